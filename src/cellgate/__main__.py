@@ -1,0 +1,5 @@
+"""``python -m cellgate``: the same as the ``cellgate`` command."""
+
+from cellgate.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""The kombu seam: the only module that touches kombu's (untyped) API directly.
+
+Errors from kombu and py-amqp are translated here into cellgate's backend
+errors, with the broker named by host and port only, never by full URL.
+"""
+
+from __future__ import annotations
+
+from kombu.connection import Connection
+
+from cellgate.errors import BackendTimeout, BackendUnavailable
+from cellgate.urls import TransportHost, TransportURL, redact
+
+DEFAULT_AMQP_PORT = 5672
+
+
+def broker_label(host: TransportHost) -> str:
+    return f"{host.hostname}:{host.port or DEFAULT_AMQP_PORT}"
+
+
+def connection_for(url: TransportURL, host: TransportHost, *, timeout: float) -> Connection:
+    """A kombu connection (not yet opened) to one broker of ``url``."""
+    return Connection(
+        hostname=host.hostname,
+        port=host.port or DEFAULT_AMQP_PORT,
+        userid=host.username or "guest",
+        password=host.password or "guest",
+        virtual_host=url.virtual_host or "/",
+        transport="pyamqp",
+        connect_timeout=timeout,
+        transport_options={"max_retries": 0},
+    )
+
+
+def probe_broker(
+    url: TransportURL, host: TransportHost, *, timeout: float, component: str
+) -> None:
+    """Open and close one AMQP connection; raise a backend error on failure."""
+    conn = connection_for(url, host, timeout=timeout)
+    try:
+        conn.connect()
+    except TimeoutError as exc:
+        raise BackendTimeout(component=component, reason=f"no answer within {timeout:g}s") from exc
+    except Exception as exc:  # kombu/amqp raise many unrelated types; all mean "unusable"
+        raise BackendUnavailable(component=component, reason=describe_amqp_error(exc)) from exc
+    finally:
+        conn.release()
+
+
+def describe_amqp_error(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return redact(first)

@@ -1,0 +1,1 @@
+"""The API database: cell, host and instance mappings (the global tables)."""

@@ -1,0 +1,68 @@
+"""The API database handle: one engine, transactional sessions, a schema check.
+
+An :class:`ApiDatabase` is created by whoever composes the process (the CLI
+today, ``App`` in services) and closed by it; nothing keeps one in a global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from cellgate.config import DatabaseSettings
+from cellgate.engines import make_engine, translate_errors
+from cellgate.errors import SchemaMismatch
+from cellgate.migrations.runner import MigrationLine, current, head
+
+
+class ApiDatabase:
+    """Owns the API database engine; create lazily, close explicitly."""
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self.settings = settings
+        self.component = f"API database {settings.connection}"
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(
+                self.settings.connection,
+                connect_timeout=self.settings.connect_timeout,
+                query_timeout=self.settings.query_timeout,
+            )
+        return self._engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        if self._sessions is None:
+            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with translate_errors(self.component), self._sessions.begin() as session:
+            yield session
+
+    def revision(self) -> str | None:
+        with translate_errors(self.component):
+            return current(self.engine, MigrationLine.API)
+
+    def require_current(self) -> None:
+        """Raise :class:`SchemaMismatch` unless the API schema is at this code's head."""
+        expected = head(MigrationLine.API)
+        found = self.revision()
+        if found != expected:
+            raise SchemaMismatch(
+                component=self.component,
+                current=found,
+                expected=expected,
+                hint="run 'cellgate api-db sync'",
+            )
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+            self._sessions = None

@@ -1,0 +1,65 @@
+"""Tables of the API database, the target of the ``api`` migration line.
+
+``cell_mapping`` follows the cells v2 mapping spec column for column. One
+deliberate tightening: ``deleted`` is NOT NULL (0 for live rows, the row id
+once soft-deleted), because the unique constraints on ``(uuid, deleted)`` and
+``(name, deleted)`` could not hold with NULLs, which every backend treats as
+distinct.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Boolean, ForeignKey, Integer, String, UniqueConstraint, false, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from cellgate.dbtypes import LongText, Timestamp, new_metadata, utcnow
+
+
+class ApiBase(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class CellMappingRow(ApiBase):
+    __tablename__ = "cell_mapping"
+    __table_args__ = (
+        UniqueConstraint("uuid", "deleted"),
+        UniqueConstraint("name", "deleted"),
+    )
+
+    created_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), nullable=False)
+    name: Mapped[str | None] = mapped_column(String(255))
+    deleted: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    transport_url: Mapped[str] = mapped_column(LongText, nullable=False)
+    database_connection: Mapped[str] = mapped_column(LongText, nullable=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+
+
+class HostMappingRow(ApiBase):
+    __tablename__ = "host_mapping"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cell_mapping.id"), nullable=False)
+    created_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
+
+
+class InstanceMappingRow(ApiBase):
+    __tablename__ = "instance_mapping"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_uuid: Mapped[str] = mapped_column(String(36), nullable=False, unique=True)
+    cell_id: Mapped[int | None] = mapped_column(ForeignKey("cell_mapping.id"))
+    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    queued_for_delete: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=false()
+    )
+    created_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)

@@ -1,0 +1,1 @@
+"""A cell's own database: the per-cell tables. Knows nothing about routing."""

@@ -1,0 +1,81 @@
+"""``cellgate``: the operator CLI.
+
+Each command parses its options, calls a library function and prints. Errors
+are :class:`~cellgate.errors.CellgateError` subclasses, turned into one line
+on stderr and an exit code from :mod:`cellgate.cli.exit_codes`. ``--debug``
+adds the (redacted) traceback; nothing else ever prints one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cellgate.cli.cells import cell
+from cellgate.cli.db import api_db, db
+from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.misc import config, quickstart
+from cellgate.cli.state import CliState
+from cellgate.errors import CellgateError
+from cellgate.logs import configure_logging
+from cellgate.urls import redact
+
+
+class CellgateGroup(click.Group):
+    """A group that renders every error as one line with a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            state = ctx.obj if isinstance(ctx.obj, CliState) else None
+            _report(exc, debug=bool(state and state.debug))
+            ctx.exit(exit_code_for(exc))
+
+
+def _report(exc: Exception, *, debug: bool) -> None:
+    if debug:
+        click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
+    if isinstance(exc, CellgateError):
+        click.echo(f"cellgate: error: {redact(str(exc))}", err=True)
+    else:
+        message = redact(f"{type(exc).__name__}: {exc}")
+        hint = "" if debug else " (re-run with --debug for the traceback)"
+        click.echo(f"cellgate: unexpected error: {message}{hint}", err=True)
+
+
+@click.group(cls=CellgateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file. Default: $CELLGATE_CONFIG, then ./cellgate.conf, "
+    "then the embedded SQLite default.",
+)
+@click.option("--debug", is_flag=True, help="Log at DEBUG and show tracebacks (redacted).")
+@click.version_option(package_name="cellgate")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
+    """Map cells to their databases and message queues, and manage them."""
+    state = CliState(config_file, debug)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+    configure_logging(logging.DEBUG if debug else logging.WARNING)
+
+
+cli.add_command(config)
+cli.add_command(api_db)
+cli.add_command(db)
+cli.add_command(cell)
+cli.add_command(quickstart)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(prog_name="cellgate") or ExitCode.OK)

@@ -1,0 +1,144 @@
+"""``cellgate api-db`` and ``cellgate db``: the two migration lines."""
+
+from __future__ import annotations
+
+import click
+
+from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.render import emit_fields, emit_json, emit_table, progress
+from cellgate.cli.state import CliState, pass_state
+from cellgate.manage.migrate import (
+    Target,
+    VersionInfo,
+    api_version,
+    cell_action,
+    for_each_cell,
+    select_targets,
+    sync_api,
+)
+from cellgate.results import CellResult, Failed, Ok
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group("api-db")
+def api_db() -> None:
+    """Migrate and inspect the API database (the 'api' migration line)."""
+
+
+@api_db.command("sync")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@json_option
+@pass_state
+def api_db_sync(state: CliState, revision: str, as_json: bool) -> None:
+    """Upgrade the API database schema."""
+    _show_version(sync_api(state.api, revision), as_json)
+
+
+@api_db.command("version")
+@json_option
+@pass_state
+def api_db_version(state: CliState, as_json: bool) -> None:
+    """Show the API database's current and head revisions."""
+    _show_version(api_version(state.api), as_json)
+
+
+def _show_version(info: VersionInfo, as_json: bool) -> None:
+    data = {"current": info.current, "head": info.head, "at_head": info.at_head}
+    emit_json(data) if as_json else emit_fields(data)
+
+
+@click.group()
+def db() -> None:
+    """Migrate and inspect cell databases (the 'cell' migration line)."""
+
+
+def _target_options(f: click.decorators.FC) -> click.decorators.FC:
+    f = click.option("--local", is_flag=True, help="This host's [database] connection (default).")(
+        f
+    )
+    f = click.option("--all-cells", is_flag=True, help="Every mapped cell, cell0 included.")(f)
+    f = click.option(
+        "--cell", "cells", multiple=True, metavar="NAME|UUID", help="A mapped cell (repeatable)."
+    )(f)
+    return f
+
+
+@db.command("sync")
+@_target_options
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@json_option
+@pass_state
+def db_sync(
+    state: CliState,
+    cells: tuple[str, ...],
+    all_cells: bool,
+    local: bool,
+    revision: str,
+    as_json: bool,
+) -> None:
+    """Upgrade cell databases, one at a time, continuing past failures."""
+    _run_cells(state, cells, all_cells, local, "sync", revision, as_json)
+
+
+@db.command("version")
+@_target_options
+@json_option
+@pass_state
+def db_version(
+    state: CliState, cells: tuple[str, ...], all_cells: bool, local: bool, as_json: bool
+) -> None:
+    """Show each cell database's current and head revisions."""
+    _run_cells(state, cells, all_cells, local, "version", "head", as_json)
+
+
+def _run_cells(
+    state: CliState,
+    cells: tuple[str, ...],
+    all_cells: bool,
+    local: bool,
+    verb: str,
+    revision: str,
+    as_json: bool,
+) -> None:
+    settings = state.settings
+    api = state.api if (cells or all_cells) else None
+    targets = select_targets(settings, api, idents=cells, all_cells=all_cells, local=local)
+
+    def report(target: Target, result: CellResult[VersionInfo]) -> None:
+        if isinstance(result, Ok):
+            progress(f"{target.label}: ok, at {result.value.current or 'none'}")
+        else:
+            progress(f"{target.label}: FAILED")
+
+    results = for_each_cell(settings, targets, cell_action(settings, verb, revision), report)
+    rows = [_row(t, results[t.key]) for t in targets]
+    if as_json:
+        emit_json(rows)
+    else:
+        emit_table(
+            rows,
+            [
+                ("cell", "CELL"),
+                ("status", "STATUS"),
+                ("current", "CURRENT"),
+                ("head", "HEAD"),
+                ("error", "ERROR"),
+            ],
+        )
+    failures = [r.error for r in results.values() if isinstance(r, Failed)]
+    if failures:
+        click.get_current_context().exit(exit_code_for(failures[0]))
+    click.get_current_context().exit(ExitCode.OK)
+
+
+def _row(target: Target, result: CellResult[VersionInfo]) -> dict[str, object]:
+    row: dict[str, object] = {"cell": target.label, "uuid": target.key}
+    if isinstance(result, Ok):
+        info = result.value
+        status = "ok" if info.at_head else "behind head"
+        row.update(status=status, current=info.current, head=info.head, error=None)
+    else:
+        error = result.error if isinstance(result, Failed) else None
+        row.update(status="failed", current=None, head=None, error=str(error))
+    return row

@@ -1,0 +1,48 @@
+"""The CLI's exit codes: one table, documented in docs/cli.md.
+
+Domain errors carry no exit code of their own; this module maps each branch
+of :mod:`cellgate.errors` to one, at the edge where it is needed.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from cellgate.errors import (
+    BackendError,
+    CellgateError,
+    CellInUse,
+    CellNotFound,
+    ConfigError,
+    DuplicateCell,
+    HostNotMapped,
+    MigrationError,
+)
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # unexpected error (a bug): re-run with --debug
+    USAGE = 2  # invalid usage or input (bad option, URL, template, config)
+    NOT_FOUND = 3  # no such cell or host
+    CONFLICT = 4  # duplicate name/uuid, or the cell is still in use
+    UNAVAILABLE = 5  # a database or broker is unreachable or timed out
+    SCHEMA = 6  # a schema is not at the expected revision, or a migration failed
+
+
+_TABLE: tuple[tuple[type[CellgateError], ExitCode], ...] = (
+    (ConfigError, ExitCode.USAGE),
+    (CellNotFound, ExitCode.NOT_FOUND),
+    (HostNotMapped, ExitCode.NOT_FOUND),
+    (DuplicateCell, ExitCode.CONFLICT),
+    (CellInUse, ExitCode.CONFLICT),
+    (BackendError, ExitCode.UNAVAILABLE),
+    (MigrationError, ExitCode.SCHEMA),
+)
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    for cls, code in _TABLE:
+        if isinstance(error, cls):
+            return code
+    return ExitCode.ERROR

@@ -1,0 +1,68 @@
+"""``cellgate config`` and ``cellgate quickstart``."""
+
+from __future__ import annotations
+
+import click
+
+from cellgate.cli.render import emit_fields, emit_json, emit_table, progress
+from cellgate.cli.state import CliState, pass_state
+from cellgate.config import sample_config
+from cellgate.manage.embedded import set_up_embedded
+
+CELL_COLUMNS = (
+    ("name", "NAME"),
+    ("uuid", "UUID"),
+    ("transport_url", "TRANSPORT URL"),
+    ("database_connection", "DATABASE CONNECTION"),
+    ("disabled", "DISABLED"),
+)
+
+
+@click.group()
+def config() -> None:
+    """Inspect configuration."""
+
+
+@config.command("sample")
+def config_sample() -> None:
+    """Print a commented config file with every option, its default and help."""
+    click.echo(sample_config(), nl=False)
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def config_show(state: CliState, as_json: bool) -> None:
+    """Show the effective settings (passwords masked) and where they came from."""
+    s = state.settings
+    data = {
+        "source": str(s.source) if s.source else "embedded default (no config file)",
+        "state_path": str(s.state_path),
+        "transport_url": str(s.transport_url),
+        "api_database.connection": str(s.api_database.connection),
+        "database.connection": str(s.database.connection),
+        "api_database.connect_timeout": s.api_database.connect_timeout,
+        "api_database.query_timeout": s.api_database.query_timeout,
+        "database.connect_timeout": s.database.connect_timeout,
+        "database.query_timeout": s.database.query_timeout,
+        "cells.verify_timeout": s.cells.verify_timeout,
+        "cells.cache_ttl": s.cells.cache_ttl,
+    }
+    emit_json(data) if as_json else emit_fields(data)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def quickstart(state: CliState, as_json: bool) -> None:
+    """Set up the embedded SQLite deployment (idempotent) and list its cells.
+
+    Creates the API database, cell0 and two cells under state_path, each with
+    its own SQLite database and in-process transport, all migrated to head.
+    """
+    cells = set_up_embedded(state.settings, state.api, on_step=progress)
+    rows = [c.to_dict() for c in cells]
+    if as_json:
+        emit_json(rows)
+    else:
+        emit_table(rows, CELL_COLUMNS)

@@ -1,0 +1,320 @@
+"""Settings: read once from an INI file into frozen objects.
+
+:func:`load_settings` is the only code in cellgate that reads a config file or
+an environment variable. Everything else receives a :class:`Settings` (or one
+of its parts) as an argument; there is no global config object.
+
+The file uses Nova's section and option names where they exist
+(``[DEFAULT] transport_url``, ``[api_database] connection``,
+``[database] connection``, ``[DEFAULT] state_path``) so an operator's habits
+carry over. Interpolation is off: a ``%`` in a password is just a ``%``.
+
+Where the file comes from, first match wins: the ``path`` argument (the CLI's
+``--config-file``), ``$CELLGATE_CONFIG``, ``./cellgate.conf``. With none of
+them, cellgate runs the *embedded default*: SQLite files under ``state_path``
+and the in-process transport, so a new user needs no servers.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TypeVar
+
+from cellgate.errors import CellgateError, ConfigError
+from cellgate.urls import DatabaseURL, TransportURL
+
+_T = TypeVar("_T")
+
+CONFIG_ENV: Final = "CELLGATE_CONFIG"
+DEFAULT_CONFIG_NAME: Final = "cellgate.conf"
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_QUERY_TIMEOUT: Final = 30.0
+DEFAULT_VERIFY_TIMEOUT: Final = 3.0
+DEFAULT_CACHE_TTL: Final = 30.0
+EMBEDDED_TRANSPORT: Final = "memory://cellgate"
+
+
+def default_state_path(environ: Mapping[str, str]) -> Path:
+    """``$XDG_DATA_HOME/cellgate``, else ``~/.local/share/cellgate``."""
+    base = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME", "~")) / ".local/share")
+    return Path(base).expanduser() / "cellgate"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One documented option: where it lives, its default and its help."""
+
+    section: str
+    name: str
+    default: str | None
+    help: str
+    kind: str = "str"  # str | float | url
+
+
+#: Every option cellgate reads. ``config sample`` prints this list, and the
+#: loader rejects anything not in it, so the two cannot drift apart.
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option(
+        "DEFAULT",
+        "state_path",
+        None,
+        "Directory for the embedded default's SQLite files. "
+        "Default: $XDG_DATA_HOME/cellgate or ~/.local/share/cellgate.",
+    ),
+    Option(
+        "DEFAULT",
+        "transport_url",
+        None,
+        "This host's message queue, e.g. rabbit://user:pass@127.0.0.1:5672/cell1. "
+        "Cell transport URL templates are rendered against it. "
+        f"Default: {EMBEDDED_TRANSPORT} (in-process).",
+        "url",
+    ),
+    Option(
+        "api_database",
+        "connection",
+        None,
+        "The API database (cell, host and instance mappings), e.g. "
+        "mysql+pymysql://cellgate:secret@127.0.0.1/cellgate_api. "
+        "Default: sqlite:///<state_path>/api.sqlite.",
+        "url",
+    ),
+    Option(
+        "api_database",
+        "connect_timeout",
+        str(DEFAULT_CONNECT_TIMEOUT),
+        "Seconds to wait for a connection to the API database.",
+        "float",
+    ),
+    Option(
+        "api_database",
+        "query_timeout",
+        str(DEFAULT_QUERY_TIMEOUT),
+        "Seconds a single API database read or write may take.",
+        "float",
+    ),
+    Option(
+        "database",
+        "connection",
+        None,
+        "This host's cell database. Cell database URL templates are rendered "
+        "against it, and cell0's default is derived from it by appending "
+        "'_cell0' to the database name. Default: sqlite:///<state_path>/cellgate.sqlite.",
+        "url",
+    ),
+    Option(
+        "database",
+        "connect_timeout",
+        str(DEFAULT_CONNECT_TIMEOUT),
+        "Seconds to wait for a connection to a cell database.",
+        "float",
+    ),
+    Option(
+        "database",
+        "query_timeout",
+        str(DEFAULT_QUERY_TIMEOUT),
+        "Seconds a single cell database read or write may take.",
+        "float",
+    ),
+    Option(
+        "cells",
+        "verify_timeout",
+        str(DEFAULT_VERIFY_TIMEOUT),
+        "Seconds 'cellgate cell verify' waits for each database and broker.",
+        "float",
+    ),
+    Option(
+        "cells",
+        "cache_ttl",
+        str(DEFAULT_CACHE_TTL),
+        "Seconds a process may serve cell mappings from memory before re-reading them.",
+        "float",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """How to reach one database, and how long to wait for it."""
+
+    connection: DatabaseURL
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    query_timeout: float = DEFAULT_QUERY_TIMEOUT
+
+
+@dataclass(frozen=True)
+class CellSettings:
+    """Options that apply to every cell."""
+
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
+    cache_ttl: float = DEFAULT_CACHE_TTL
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything cellgate was configured with. Build it with :func:`load_settings`."""
+
+    api_database: DatabaseSettings
+    database: DatabaseSettings
+    transport_url: TransportURL
+    state_path: Path
+    cells: CellSettings
+    source: Path | None  # the config file read, or None for the embedded default
+
+    @property
+    def embedded(self) -> bool:
+        return self.source is None
+
+    def cell0_database(self) -> DatabaseURL:
+        """cell0's database: this host's cell database name plus ``_cell0``."""
+        url = self.database.connection
+        name = url.database or ""
+        if url.backend == "sqlite":
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem}_cell0.{ext}" if dot and stem else f"{name}_cell0"
+            return url.with_database(name)
+        return url.with_database(f"{name}_cell0")
+
+
+def find_config(path: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file to read, or ``None`` for the embedded default."""
+    if path is not None:
+        return Path(path)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    return local if local.is_file() else None
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Find, read and validate the configuration once.
+
+    Raises :class:`ConfigError` naming the file, section and option at fault.
+    """
+    env = os.environ if environ is None else environ
+    source = find_config(path, env)
+    values = _read(source) if source is not None else {}
+    get = _Getter(values, source)
+    state_path = Path(get.text("DEFAULT", "state_path") or default_state_path(env)).expanduser()
+    api_default = f"sqlite:///{state_path / 'api.sqlite'}"
+    cell_default = f"sqlite:///{state_path / 'cellgate.sqlite'}"
+    return Settings(
+        api_database=DatabaseSettings(
+            connection=get.url("api_database", "connection", api_default, DatabaseURL.parse),
+            connect_timeout=get.number("api_database", "connect_timeout"),
+            query_timeout=get.number("api_database", "query_timeout"),
+        ),
+        database=DatabaseSettings(
+            connection=get.url("database", "connection", cell_default, DatabaseURL.parse),
+            connect_timeout=get.number("database", "connect_timeout"),
+            query_timeout=get.number("database", "query_timeout"),
+        ),
+        transport_url=get.url("DEFAULT", "transport_url", EMBEDDED_TRANSPORT, TransportURL.parse),
+        state_path=state_path,
+        cells=CellSettings(
+            verify_timeout=get.number("cells", "verify_timeout"),
+            cache_ttl=get.number("cells", "cache_ttl"),
+        ),
+        source=source,
+    )
+
+
+def _read(source: Path) -> dict[tuple[str, str], str]:
+    # A default_section no file can name makes [DEFAULT] an ordinary section, so
+    # its options are not copied into every other section.
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00")
+    try:
+        with source.open(encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {str(source)!r} does not exist",
+            hint="pass --config-file, set CELLGATE_CONFIG, or run 'cellgate config sample'",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(source)!r}: {exc}") from None
+    except configparser.Error as exc:
+        # configparser messages quote the offending line, which may hold a password.
+        line = getattr(exc, "lineno", None)
+        where = f" at line {line}" if line else ""
+        raise ConfigError(f"config file {str(source)!r} is not valid INI{where}") from None
+    known = {(o.section, o.name) for o in OPTIONS}
+    values: dict[tuple[str, str], str] = {}
+    for section in parser.sections():
+        for name, value in parser.items(section, raw=True):
+            if (section, name) not in known:
+                raise ConfigError(
+                    f"{source}: unknown option [{section}] {name}",
+                    hint="see 'cellgate config sample' for every option",
+                )
+            values[(section, name)] = value.strip()
+    return values
+
+
+class _Getter:
+    def __init__(self, values: dict[tuple[str, str], str], source: Path | None) -> None:
+        self._values = values
+        self._source = source
+        self._defaults = {(o.section, o.name): o.default for o in OPTIONS}
+
+    def text(self, section: str, name: str) -> str | None:
+        value = self._values.get((section, name))
+        return value if value else self._defaults[(section, name)]
+
+    def number(self, section: str, name: str) -> float:
+        raw = self.text(section, name)
+        try:
+            value = float(raw or "")
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise ConfigError(
+                f"{self._where(section, name)} must be a positive number, got {raw!r}"
+            )
+        return value
+
+    def url(self, section: str, name: str, default: str, parse: Callable[[str], _T]) -> _T:
+        raw = self.text(section, name) or default
+        try:
+            return parse(raw)
+        except CellgateError as exc:
+            raise ConfigError(f"{self._where(section, name)}: {exc}") from None
+
+    def _where(self, section: str, name: str) -> str:
+        origin = str(self._source) if self._source else "embedded default"
+        return f"{origin} [{section}] {name}"
+
+
+def sample_config() -> str:
+    """A commented config file listing every option with its default and help."""
+    lines = [
+        "# cellgate configuration. Every option is shown commented out with its default.",
+        "# Passwords belong in URLs; percent-encode '@', ':', '/', '%' and braces in them.",
+    ]
+    section = None
+    for opt in OPTIONS:
+        if opt.section != section:
+            section = opt.section
+            lines += ["", f"[{section}]"]
+        lines.append("")
+        lines += [f"# {chunk}" for chunk in _wrap(opt.help)]
+        lines.append(f"#{opt.name} = {opt.default or ''}")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int = 76) -> list[str]:
+    out: list[str] = []
+    line = ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*out, line] if line else out

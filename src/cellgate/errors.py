@@ -1,0 +1,161 @@
+"""Every error cellgate raises on purpose, in one small tree.
+
+Callers catch a branch, not a driver exception: SQLAlchemy, PyMySQL, psycopg
+and kombu errors are translated at the seams (``cellgate.engines``,
+``cellgate.transports``) and chained with ``raise ... from``. Messages are
+built here from typed keyword arguments and never contain a password: URLs are
+passed in already masked.
+
+::
+
+    CellgateError
+     ├── ConfigError                 a setting, URL or template is invalid
+     │    └── InvalidURL
+     ├── MappingError                the API database says no
+     │    ├── CellNotFound
+     │    ├── HostNotMapped
+     │    ├── DuplicateCell
+     │    └── CellInUse
+     ├── BackendError                a server could not be used
+     │    ├── BackendUnavailable     refused, reset, bad credentials
+     │    │    └── CellUnavailable   ... and it belongs to a cell
+     │    └── BackendTimeout         no answer within the deadline
+     │         └── CellTimeout
+     ├── RoutingError
+     │    └── UntargetedContext      cell code ran without a target cell
+     └── MigrationError
+          └── SchemaMismatch         a database is not at the expected revision
+
+``BackendError`` sits beside ``RoutingError`` rather than under it because the
+API database can be unreachable too, and that is not a routing problem.
+Exit codes and HTTP statuses are not attributes of these classes: they belong
+to the edges (``cellgate.cli.exit_codes``).
+"""
+
+from __future__ import annotations
+
+
+class CellgateError(Exception):
+    """Root of every error cellgate raises deliberately."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message}; {hint}" if hint else message)
+
+
+class ConfigError(CellgateError):
+    """A configuration value, URL or URL template is invalid."""
+
+
+class InvalidURL(ConfigError):
+    """A database or transport URL does not parse or is not supported.
+
+    ``url`` is the *masked* rendering of the offending value.
+    """
+
+    def __init__(self, *, url: str, reason: str, hint: str | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"invalid URL {url!r}: {reason}", hint=hint)
+
+
+class MappingError(CellgateError):
+    """The API database has no answer, or a conflicting one."""
+
+
+class CellNotFound(MappingError):
+    """No live cell mapping matches ``ident`` (a name or a uuid)."""
+
+    def __init__(self, *, ident: str) -> None:
+        self.ident = ident
+        super().__init__(f"no cell named or with uuid {ident!r}", hint="see 'cellgate cell list'")
+
+
+class HostNotMapped(MappingError):
+    """A compute host has no host mapping."""
+
+    def __init__(self, *, host: str) -> None:
+        self.host = host
+        super().__init__(f"host {host!r} is not mapped to a cell")
+
+
+class DuplicateCell(MappingError):
+    """A live cell already uses this name or uuid."""
+
+    def __init__(self, *, field: str, value: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(
+            f"a cell with {field} {value!r} already exists",
+            hint="choose another, or update the existing cell",
+        )
+
+
+class CellInUse(MappingError):
+    """The requested change would orphan hosts or instances, or break cell0."""
+
+    def __init__(self, *, ident: str, reason: str, hint: str | None = None) -> None:
+        self.ident = ident
+        self.reason = reason
+        super().__init__(f"cell {ident!r} {reason}", hint=hint)
+
+
+class BackendError(CellgateError):
+    """A database or message broker could not be used."""
+
+    def __init__(self, *, component: str, reason: str, hint: str | None = None) -> None:
+        self.component = component
+        self.reason = reason
+        super().__init__(f"{component}: {reason}", hint=hint)
+
+
+class BackendUnavailable(BackendError):
+    """The server refused, reset or rejected the connection."""
+
+
+class BackendTimeout(BackendError):
+    """The server did not answer within its deadline."""
+
+
+class CellUnavailable(BackendUnavailable):
+    """A cell's database or transport is unavailable."""
+
+
+class CellTimeout(BackendTimeout):
+    """A cell did not answer within its deadline."""
+
+
+class RoutingError(CellgateError):
+    """A request could not be routed to a cell."""
+
+
+class UntargetedContext(RoutingError):
+    """Cell-level code ran with a context that names no cell.
+
+    cellgate never falls back to a default cell database: that fallback is
+    how Nova's untargeted queries silently read the wrong data.
+    """
+
+    def __init__(self, *, what: str) -> None:
+        super().__init__(
+            f"{what} needs a target cell but the context has none",
+            hint="wrap the call in target_cell(ctx, cell)",
+        )
+
+
+class MigrationError(CellgateError):
+    """A migration could not be applied."""
+
+
+class SchemaMismatch(MigrationError):
+    """A database's schema is not at the revision this code expects."""
+
+    def __init__(self, *, component: str, current: str | None, expected: str, hint: str) -> None:
+        self.component = component
+        self.current = current
+        self.expected = expected
+        super().__init__(
+            f"{component} is at revision {current or 'none (empty)'}, expected {expected}",
+            hint=hint,
+        )

@@ -1,0 +1,69 @@
+"""The embedded default: a whole deployment in SQLite files, no servers.
+
+``set_up_embedded`` is idempotent: it migrates the API database, maps cell0
+and two cells (each its own SQLite file and in-process transport), and
+migrates every cell database. Running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cellgate.apidb.database import ApiDatabase
+from cellgate.apidb.mappings import CellMapping, create_cell, list_cells, map_cell0
+from cellgate.config import Settings
+from cellgate.errors import ConfigError
+from cellgate.manage.migrate import (
+    Target,
+    cell_action,
+    for_each_cell,
+    sync_api,
+    template_defaults,
+)
+from cellgate.results import Failed
+
+EMBEDDED_CELLS = ("cell1", "cell2")
+
+
+def set_up_embedded(
+    settings: Settings, api: ApiDatabase, on_step: Callable[[str], None] = lambda _: None
+) -> list[CellMapping]:
+    """Create (or complete) the embedded deployment; return its cells."""
+    if settings.api_database.connection.backend != "sqlite":
+        raise ConfigError(
+            "quickstart only sets up the embedded SQLite deployment, "
+            "but [api_database] connection is not SQLite",
+            hint="use 'cellgate api-db sync' and 'cellgate cell create' for a real deployment",
+        )
+    info = sync_api(api, "head")
+    on_step(f"API database {settings.api_database.connection}: at {info.current}")
+    defaults = template_defaults(settings)
+    with api.session() as session:
+        _, created = map_cell0(
+            session,
+            database_connection=settings.cell0_database().render(hide_password=False),
+            defaults=defaults,
+        )
+        on_step("cell0: mapped" if created else "cell0: already mapped")
+        existing = {c.name for c in list_cells(session)}
+        for name in EMBEDDED_CELLS:
+            if name in existing:
+                on_step(f"{name}: already mapped")
+                continue
+            create_cell(
+                session,
+                name=name,
+                transport_url=f"memory://{name}",
+                database_connection=f"sqlite:///{settings.state_path / (name + '.sqlite')}",
+                defaults=defaults,
+            )
+            on_step(f"{name}: mapped")
+        cells = list_cells(session)
+    targets = [Target(c.uuid, c.label, c.database_connection) for c in cells]
+    results = for_each_cell(settings, targets, cell_action(settings, "sync"))
+    for target in targets:
+        result = results[target.key]
+        if isinstance(result, Failed):
+            raise result.error
+        on_step(f"{target.label} database: migrated to head")
+    return cells

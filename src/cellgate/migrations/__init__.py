@@ -1,0 +1,1 @@
+"""The two Alembic migration lines: ``api`` (the API database) and ``cell``."""

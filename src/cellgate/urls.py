@@ -1,0 +1,478 @@
+"""Database and transport URLs as values that cannot leak their password.
+
+A cell mapping stores two URLs, and both usually carry credentials. Every
+type here renders itself with the password replaced by ``***``; the only way to
+get the real string is an explicit call (``reveal()`` or
+``render(hide_password=False)``), the way alembic's ``obfuscate_url_pw`` and
+SQLAlchemy's ``URL.render_as_string`` work.
+
+Parsing is deliberately lenient when *masking* (an operator's typo must still
+print safely, so a password with an unencoded ``@``, ``/`` or ``,`` is masked
+whole rather than shown in part) and strict when *validating*.
+
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import quote, unquote
+
+import sqlalchemy.engine
+import sqlalchemy.exc
+
+from cellgate.errors import ConfigError, InvalidURL
+
+MASK: Final = "***"
+
+#: Database drivers cellgate is tested with, as ``scheme`` of the URL.
+DATABASE_SCHEMES: Final = frozenset(
+    {
+        "sqlite",
+        "sqlite+pysqlite",
+        "mysql+pymysql",
+        "mariadb+pymysql",
+        "postgresql",
+        "postgresql+psycopg",
+    }
+)
+
+#: Transport schemes: AMQP brokers, the in-process transport, and cell0's none.
+TRANSPORT_SCHEMES: Final = frozenset({"rabbit", "amqp", "memory", "none"})
+
+#: Transport scheme meaning "this cell has no message queue" (cell0 only).
+NO_TRANSPORT: Final = "none:///"
+
+#: Placeholders a templated cell URL may use (Nova's set).
+TEMPLATE_FIELDS: Final = frozenset(
+    {"scheme", "username", "password", "hostname", "port", "path", "query", "fragment"}
+)
+# Fields that may be empty in the default URL without making the result wrong.
+_OPTIONAL_FIELDS: Final = frozenset({"path", "query", "fragment"})
+
+_SCHEME_RE: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*|\{scheme\})$")
+_URL_IN_TEXT_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
+
+
+@dataclass(frozen=True)
+class _Host:
+    username: str | None
+    password: str | None
+    hostport: str
+
+    @property
+    def hostname(self) -> str:
+        host, _, _ = self._split_port()
+        return host
+
+    @property
+    def port(self) -> str | None:
+        _, sep, port = self._split_port()
+        return port if sep else None
+
+    def _split_port(self) -> tuple[str, str, str]:
+        if self.hostport.startswith("["):  # [ipv6]:port
+            end = self.hostport.find("]")
+            if end != -1:
+                rest = self.hostport[end + 1 :]
+                return self.hostport[: end + 1], ":" if rest.startswith(":") else "", rest[1:]
+        return self.hostport.rpartition(":") if ":" in self.hostport else (self.hostport, "", "")
+
+    def render(self, hide_password: bool) -> str:
+        if self.username is None and self.password is None:
+            return self.hostport
+        user = self.username or ""
+        if self.password is None:
+            return f"{user}@{self.hostport}"
+        password = MASK if hide_password and not _is_placeholder(self.password) else self.password
+        return f"{user}:{password}@{self.hostport}"
+
+
+@dataclass(frozen=True)
+class _Parts:
+    scheme: str
+    hosts: tuple[_Host, ...]
+    tail: str  # "/path?query#fragment", unchanged
+
+    def render(self, hide_password: bool) -> str:
+        netloc = ",".join(h.render(hide_password) for h in self.hosts)
+        return f"{self.scheme}://{netloc}{self.tail}"
+
+    @property
+    def path(self) -> str:
+        return self.tail.split("?", 1)[0].split("#", 1)[0].lstrip("/")
+
+    @property
+    def query(self) -> str:
+        before_fragment = self.tail.split("#", 1)[0]
+        return before_fragment.split("?", 1)[1] if "?" in before_fragment else ""
+
+    @property
+    def fragment(self) -> str:
+        return self.tail.split("#", 1)[1] if "#" in self.tail else ""
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.startswith("{") and value.endswith("}") and value[1:-1] in TEMPLATE_FIELDS
+
+
+def _split(raw: str) -> _Parts | None:
+    """Split ``scheme://[user[:pass]@]host[,...]/tail``; ``None`` if not URL-shaped.
+
+    The netloc runs to the first ``/``, ``?`` or ``#`` *after the last* ``@``,
+    so an unencoded ``/`` in a password cannot cut it short. Hosts are split
+    on the first comma after each ``@``, so a comma in a password only ever
+    over-masks.
+    """
+    scheme, sep, rest = raw.partition("://")
+    if not sep or not _SCHEME_RE.match(scheme):
+        return None
+    at = rest.rfind("@")
+    end = len(rest)
+    for stop in "/?#":
+        found = rest.find(stop, at + 1)
+        if found != -1:
+            end = min(end, found)
+    netloc, tail = rest[:end], rest[end:]
+    if not netloc:
+        return _Parts(scheme, (), tail)
+    segments = netloc.split("@")
+    hosts: list[_Host] = []
+    userinfo: str | None = segments[0] if len(segments) > 1 else None
+    middle = segments[1:-1]
+    for seg in middle:
+        if "," in seg:
+            hostport, _, next_userinfo = seg.partition(",")
+            hosts.append(_host(userinfo, hostport))
+            userinfo = next_userinfo
+        else:  # an unencoded "@" inside the password
+            userinfo = f"{userinfo}@{seg}"
+    last = segments[-1]
+    first, *others = last.split(",")
+    hosts.append(_host(userinfo, first))
+    hosts.extend(_Host(None, None, h) for h in others)
+    return _Parts(scheme, tuple(hosts), tail)
+
+
+def _host(userinfo: str | None, hostport: str) -> _Host:
+    if userinfo is None:
+        return _Host(None, None, hostport)
+    user, colon, password = userinfo.partition(":")
+    return _Host(user, password if colon else None, hostport)
+
+
+def mask_url(raw: str) -> str:
+    """Return ``raw`` with every password replaced by ``***``.
+
+    Never raises. Placeholders such as ``{password}`` are kept, since they are
+    not secrets. A value that is not URL-shaped is shown only by its length.
+    """
+    parts = _split(raw)
+    if parts is None:
+        return f"<unparseable URL, {len(raw)} characters>"
+    return parts.render(hide_password=True)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Mask passwords of any URL inside free text, plus the given ``secrets``.
+
+    Used on messages we do not control (driver exceptions, log records). Each
+    secret is removed raw, percent-encoded and percent-decoded.
+    """
+    text = _URL_IN_TEXT_RE.sub(lambda m: mask_url(m.group(0)), text)
+    for secret in secrets:
+        for form in {secret, quote(secret, safe=""), unquote(secret)}:
+            if len(form) >= 3:
+                text = text.replace(form, MASK)
+    return text
+
+
+def url_passwords(raw: str) -> list[str]:
+    """Every password in ``raw`` (for :func:`redact`); empty if none."""
+    parts = _split(raw)
+    if parts is None:
+        return []
+    return [h.password for h in parts.hosts if h.password and not _is_placeholder(h.password)]
+
+
+class StoredURL:
+    """A URL (or URL template) as stored in a cell mapping.
+
+    ``str()`` and ``repr()`` are masked. :meth:`reveal` returns the stored
+    text for the rare caller that must have it (connecting, or
+    ``cell show --reveal-secrets``).
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: str) -> None:
+        self._raw = raw
+
+    def reveal(self) -> str:
+        return self._raw
+
+    @property
+    def is_template(self) -> bool:
+        return any(field for _, field, _, _ in _parse_format(self._raw) if field is not None)
+
+    def __str__(self) -> str:
+        return mask_url(self._raw)
+
+    def __repr__(self) -> str:
+        return f"StoredURL({mask_url(self._raw)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoredURL) and other._raw == self._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+
+class DatabaseURL:
+    """A validated SQLAlchemy database URL for a supported driver.
+
+    Bare ``postgresql://`` is normalised to psycopg 3; bare ``mysql://`` is
+    rejected, because its default driver (mysqlclient) is not installed.
+    """
+
+    __slots__ = ("_url",)
+
+    def __init__(self, url: sqlalchemy.engine.URL) -> None:
+        self._url = url
+
+    @classmethod
+    def parse(cls, raw: str) -> DatabaseURL:
+        masked = mask_url(raw)
+        try:
+            url = sqlalchemy.engine.make_url(raw)
+        except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+            reason = "not a database URL (expected driver://user:password@host/database)"
+            if "port" in str(exc).lower():
+                reason = "the port is not a number"
+            raise InvalidURL(url=masked, reason=reason) from None
+        if url.drivername not in DATABASE_SCHEMES:
+            hint = (
+                "use mysql+pymysql://" if url.get_backend_name() in {"mysql", "mariadb"} else None
+            )
+            supported = ", ".join(sorted(DATABASE_SCHEMES))
+            raise InvalidURL(
+                url=masked,
+                reason=f"unsupported driver {url.drivername!r} (supported: {supported})",
+                hint=hint,
+            )
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")
+        if url.get_backend_name() != "sqlite" and not url.host:
+            raise InvalidURL(url=masked, reason="no host given")
+        if url.get_backend_name() != "sqlite" and not url.database:
+            raise InvalidURL(url=masked, reason="no database name given")
+        return cls(url)
+
+    @property
+    def backend(self) -> str:
+        """``sqlite``, ``mysql`` or ``postgresql`` (MariaDB reports ``mysql``)."""
+        name = self._url.get_backend_name()
+        return "mysql" if name == "mariadb" else name
+
+    @property
+    def database(self) -> str | None:
+        return self._url.database
+
+    @property
+    def sqlalchemy_url(self) -> sqlalchemy.engine.URL:
+        return self._url
+
+    def with_database(self, database: str) -> DatabaseURL:
+        return DatabaseURL(self._url.set(database=database))
+
+    def render(self, *, hide_password: bool = True) -> str:
+        return self._url.render_as_string(hide_password=hide_password)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        return f"DatabaseURL({self.render()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DatabaseURL) and other.render(hide_password=False) == self.render(
+            hide_password=False
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.render(hide_password=False))
+
+
+@dataclass(frozen=True, repr=False)
+class TransportHost:
+    """One broker of a (possibly multi-host) transport URL."""
+
+    hostname: str
+    port: int | None
+    username: str | None
+    password: str | None
+
+
+class TransportURL:
+    """A validated transport URL in oslo.messaging's grammar.
+
+    ``driver://[user:pass@]host:port[,[user:pass@]hostN:portN]/virtual_host?query``
+
+    ``rabbit``/``amqp`` need at least one host; ``memory://NAME`` names an
+    in-process broker (different names are isolated like different brokers);
+    ``none:///`` means "no message queue" and is reserved for cell0.
+    """
+
+    __slots__ = ("_parts", "hosts", "query", "scheme", "virtual_host")
+
+    def __init__(self, parts: _Parts, hosts: tuple[TransportHost, ...]) -> None:
+        self._parts = parts
+        self.scheme = parts.scheme
+        self.hosts = hosts
+        self.virtual_host = unquote(parts.path) if parts.path else None
+        self.query = parts.query
+
+    @classmethod
+    def parse(cls, raw: str) -> TransportURL:
+        masked = mask_url(raw)
+        parts = _split(raw)
+        if parts is None:
+            raise InvalidURL(
+                url=masked,
+                reason="not a transport URL (expected rabbit://user:pass@host:5672/vhost)",
+            )
+        if parts.scheme not in TRANSPORT_SCHEMES:
+            supported = ", ".join(f"{s}://" for s in sorted(TRANSPORT_SCHEMES))
+            raise InvalidURL(
+                url=masked, reason=f"unsupported scheme {parts.scheme!r} (supported: {supported})"
+            )
+        hosts = tuple(_transport_host(h, masked) for h in parts.hosts)
+        if parts.scheme in {"rabbit", "amqp"} and not hosts:
+            raise InvalidURL(url=masked, reason="no broker host given")
+        if parts.scheme == "memory" and len(hosts) > 1:
+            raise InvalidURL(url=masked, reason="memory:// takes one name, not a host list")
+        if parts.scheme == "none" and (hosts or parts.path):
+            raise InvalidURL(url=masked, reason="the none transport is written exactly none:///")
+        return cls(parts, hosts)
+
+    @property
+    def is_none(self) -> bool:
+        return self.scheme == "none"
+
+    def render(self, *, hide_password: bool = True) -> str:
+        return self._parts.render(hide_password)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        return f"TransportURL({self.render()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TransportURL) and other.render(
+            hide_password=False
+        ) == self.render(hide_password=False)
+
+    def __hash__(self) -> int:
+        return hash(self.render(hide_password=False))
+
+
+def _transport_host(host: _Host, masked: str) -> TransportHost:
+    if not host.hostname:
+        raise InvalidURL(url=masked, reason="empty host name in the host list")
+    port: int | None = None
+    if host.port is not None:
+        if not host.port.isdigit() or not 0 < int(host.port) < 65536:
+            raise InvalidURL(url=masked, reason=f"port of host {host.hostname!r} is not 1-65535")
+        port = int(host.port)
+    return TransportHost(
+        hostname=host.hostname,
+        port=port,
+        username=unquote(host.username) if host.username is not None else None,
+        password=unquote(host.password) if host.password is not None else None,
+    )
+
+
+def _parse_format(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    try:
+        return list(string.Formatter().parse(template))
+    except ValueError:
+        raise InvalidURL(
+            url=mask_url(template),
+            reason="unbalanced '{' or '}' in URL template",
+            hint="write a literal brace as '{{' or '}}'",
+        ) from None
+
+
+def expand(template: str, default: str | None, *, option: str) -> str:
+    """Render a templated cell URL against this host's default URL.
+
+    ``template`` may use ``{scheme}``, ``{username}``, ``{password}``,
+    ``{hostname}``, ``{port}``, ``{path}``, ``{query}`` and ``{fragment}``,
+    filled from ``default`` (the value of ``option`` in this host's config;
+    the first host of a multi-host URL). A URL without placeholders is
+    returned unchanged. Any failure raises :class:`ConfigError`; the raw
+    template is never used in place of a rendered URL.
+    """
+    fields = [f for _, f, _, _ in _parse_format(template) if f is not None]
+    if not fields:
+        return template
+    masked = mask_url(template)
+    unknown = sorted({f for f in fields if f not in TEMPLATE_FIELDS})
+    if unknown:
+        allowed = ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))
+        raise InvalidURL(
+            url=masked, reason=f"unknown placeholder {{{unknown[0]}}} (allowed: {allowed})"
+        )
+    if default is None:
+        raise ConfigError(
+            f"URL template {masked!r} needs a default URL, but {option} is not set",
+            hint=f"set {option} in this host's config file",
+        )
+    parts = _split(default)
+    if parts is None:
+        raise ConfigError(f"{option} ({mask_url(default)!r}) is not a URL that templates can use")
+    host = parts.hosts[0] if parts.hosts else _Host(None, None, "")  # sqlite:///file has none
+    values: dict[str, str | None] = {
+        "scheme": parts.scheme,
+        "username": host.username,
+        "password": host.password,
+        "hostname": host.hostname,
+        "port": host.port,
+        "path": parts.path,
+        "query": parts.query,
+        "fragment": parts.fragment,
+    }
+    for field in fields:
+        if values[field] is None or (values[field] == "" and field not in _OPTIONAL_FIELDS):
+            raise ConfigError(
+                f"URL template {masked!r} uses {{{field}}} but {option} has no {field}",
+                hint=f"add a {field} to {option}, or remove the placeholder",
+            )
+    return template.format(**{k: v or "" for k, v in values.items()})
+
+
+@dataclass(frozen=True, repr=False)
+class TemplateDefaults:
+    """This host's own URLs, against which templated cell URLs are rendered.
+
+    Built from :class:`~cellgate.config.Settings` by the composition root, so
+    the mapping code never reads global configuration (Nova's
+    ``CellMapping.format_db_url`` reads ``CONF`` and falls back to the raw
+    template on error; here a failure is an error).
+    """
+
+    database: str | None
+    transport: str | None
+
+    def database_url(self, stored: StoredURL) -> DatabaseURL:
+        raw = expand(stored.reveal(), self.database, option="[database] connection")
+        return DatabaseURL.parse(raw)
+
+    def transport_url(self, stored: StoredURL) -> TransportURL:
+        raw = expand(stored.reveal(), self.transport, option="[DEFAULT] transport_url")
+        return TransportURL.parse(raw)
