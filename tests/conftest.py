@@ -25,6 +25,15 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     srv.drop_all()
 
 
+@pytest.fixture(params=[p for p in BACKENDS if p.values[0] != "sqlite"])
+def network_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """Like ``server``, for tests about the network: MariaDB and PostgreSQL only."""
+    srv = Server(request.param, tmp_path)
+    srv.check()
+    yield srv
+    srv.drop_all()
+
+
 @pytest.fixture(autouse=True)
 def _clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's own config or data directory."""

@@ -37,7 +37,7 @@ def in_ci() -> bool:
 
 
 def unavailable(what: str, exc: BaseException) -> None:
-    message = f"{what} is not reachable ({exc}); start it (see DEVELOPERS.md)"
+    message = f"{what} is not reachable ({exc}); start it (scripts/services; see DEVELOPERS.md)"
     if in_ci():
         pytest.fail(message)
     pytest.skip(message)

@@ -18,10 +18,11 @@ and the in-process transport, so a new user needs no servers.
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Final, TypeVar
 
 from cellgate.errors import CellgateError, ConfigError
@@ -35,6 +36,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_QUERY_TIMEOUT: Final = 30.0
 DEFAULT_VERIFY_TIMEOUT: Final = 3.0
 DEFAULT_CACHE_TTL: Final = 30.0
+DEFAULT_POOL_SIZE: Final = 2
+DEFAULT_MAX_ENGINES: Final = 64
+DEFAULT_SCATTER_TIMEOUT: Final = 30.0
 EMBEDDED_TRANSPORT: Final = "memory://cellgate"
 
 
@@ -52,7 +56,7 @@ class Option:
     name: str
     default: str | None
     help: str
-    kind: str = "str"  # str | float | url
+    kind: str = "str"  # str | int | float | url
 
 
 #: Every option cellgate reads. ``config sample`` prints this list, and the
@@ -128,6 +132,28 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "float",
     ),
     Option(
+        "database",
+        "pool_size",
+        str(DEFAULT_POOL_SIZE),
+        "Connections kept open per cell database engine (and as many again on demand).",
+        "int",
+    ),
+    Option(
+        "cells",
+        "max_engines",
+        str(DEFAULT_MAX_ENGINES),
+        "Cell database engines a process keeps at most; the least recently used idle "
+        "one is closed beyond that. Bounds open connections to max_engines * 2 * pool_size.",
+        "int",
+    ),
+    Option(
+        "cells",
+        "scatter_timeout",
+        str(DEFAULT_SCATTER_TIMEOUT),
+        "Default deadline, in seconds, of a scatter-gather over many cells.",
+        "float",
+    ),
+    Option(
         "cells",
         "cache_ttl",
         str(DEFAULT_CACHE_TTL),
@@ -144,6 +170,7 @@ class DatabaseSettings:
     connection: DatabaseURL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     query_timeout: float = DEFAULT_QUERY_TIMEOUT
+    pool_size: int = DEFAULT_POOL_SIZE
 
 
 @dataclass(frozen=True)
@@ -152,6 +179,8 @@ class CellSettings:
 
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     cache_ttl: float = DEFAULT_CACHE_TTL
+    max_engines: int = DEFAULT_MAX_ENGINES
+    scatter_timeout: float = DEFAULT_SCATTER_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -174,9 +203,8 @@ class Settings:
         url = self.database.connection
         name = url.database or ""
         if url.backend == "sqlite":
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}_cell0.{ext}" if dot and stem else f"{name}_cell0"
-            return url.with_database(name)
+            path = PurePath(name)
+            return url.with_database(str(path.with_name(f"{path.stem}_cell0{path.suffix}")))
         return url.with_database(f"{name}_cell0")
 
 
@@ -214,12 +242,15 @@ def load_settings(
             connection=get.url("database", "connection", cell_default, DatabaseURL.parse),
             connect_timeout=get.number("database", "connect_timeout"),
             query_timeout=get.number("database", "query_timeout"),
+            pool_size=get.count("database", "pool_size"),
         ),
         transport_url=get.url("DEFAULT", "transport_url", EMBEDDED_TRANSPORT, TransportURL.parse),
         state_path=state_path,
         cells=CellSettings(
             verify_timeout=get.number("cells", "verify_timeout"),
             cache_ttl=get.number("cells", "cache_ttl"),
+            max_engines=get.count("cells", "max_engines"),
+            scatter_timeout=get.number("cells", "scatter_timeout"),
         ),
         source=source,
     )
@@ -273,11 +304,19 @@ class _Getter:
             value = float(raw or "")
         except ValueError:
             value = -1.0
-        if not value > 0:
+        if not (math.isfinite(value) and value > 0):
             raise ConfigError(
                 f"{self._where(section, name)} must be a positive number, got {raw!r}"
             )
         return value
+
+    def count(self, section: str, name: str) -> int:
+        raw = self.text(section, name) or ""
+        if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+            raise ConfigError(
+                f"{self._where(section, name)} must be a positive integer, got {raw!r}"
+            )
+        return int(raw)
 
     def url(self, section: str, name: str, default: str, parse: Callable[[str], _T]) -> _T:
         raw = self.text(section, name) or default
@@ -297,14 +336,13 @@ def sample_config() -> str:
         "# cellgate configuration. Every option is shown commented out with its default.",
         "# Passwords belong in URLs; percent-encode '@', ':', '/', '%' and braces in them.",
     ]
-    section = None
-    for opt in OPTIONS:
-        if opt.section != section:
-            section = opt.section
-            lines += ["", f"[{section}]"]
-        lines.append("")
-        lines += [f"# {chunk}" for chunk in _wrap(opt.help)]
-        lines.append(f"#{opt.name} = {opt.default or ''}")
+    sections = list(dict.fromkeys(opt.section for opt in OPTIONS))
+    for section in sections:
+        lines += ["", f"[{section}]"]
+        for opt in (o for o in OPTIONS if o.section == section):
+            lines.append("")
+            lines += [f"# {chunk}" for chunk in _wrap(opt.help)]
+            lines.append(f"#{opt.name} = {opt.default}" if opt.default else f"#{opt.name} =")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,9 @@ httpx maps httpcore's errors at its transport.
 
 from __future__ import annotations
 
+import functools
 import math
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,24 +38,34 @@ def make_engine(
     connect_timeout: float,
     query_timeout: float,
     pool_size: int = 2,
+    create_missing: bool = False,
 ) -> Engine:
     """An engine for ``url`` whose every network wait is bounded.
 
-    SQLite files get their parent directory created, a busy timeout and
-    foreign keys switched on, so SQLite behaves like the servers in tests.
+    SQLite gets a busy timeout and foreign keys switched on, so it behaves like
+    the servers in tests. A missing SQLite file is an error (a typo in a cell's
+    URL must not silently create an empty cell), unless ``create_missing``: then
+    the file and its directory are created, as ``db sync`` needs.
     """
     kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
     connect_args: dict[str, Any] = {}
     if url.backend == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = (
+            Path(url.database).expanduser() if url.database not in (None, "", ":memory:") else None
+        )
+        if path is not None and create_missing:
+            path.parent.mkdir(parents=True, exist_ok=True)
         connect_args["timeout"] = query_timeout
         connect_args["isolation_level"] = None  # we issue BEGIN ourselves, below
     elif url.backend == "mysql":
+        # PyMySQL reads the server's handshake with read_timeout, not
+        # connect_timeout, so a server that accepts and never answers would
+        # cost a whole query timeout. Connect with the short one; the
+        # "connect" listener below raises it for queries.
         connect_args.update(
             connect_timeout=connect_timeout,
-            read_timeout=query_timeout,
-            write_timeout=query_timeout,
+            read_timeout=connect_timeout,
+            write_timeout=connect_timeout,
             charset="utf8mb4",
         )
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=connect_timeout)
@@ -69,10 +81,26 @@ def make_engine(
         )
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=connect_timeout)
     engine = sqlalchemy.create_engine(url.sqlalchemy_url, connect_args=connect_args, **kwargs)
+    if url.backend == "mysql":
+        event.listen(engine, "connect", functools.partial(_mysql_query_timeout, query_timeout))
     if url.backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
+        if path is not None and not create_missing:
+            event.listen(engine, "do_connect", functools.partial(_sqlite_must_exist, path))
     return engine
+
+
+def _sqlite_must_exist(path: Path, *_args: Any) -> None:
+    if not path.is_file():
+        raise sqlite3.OperationalError(f"unable to open database file {path}: it does not exist")
+
+
+def _mysql_query_timeout(timeout: float, dbapi_connection: Any, _record: Any) -> None:
+    # PyMySQL keeps its socket timeouts in these attributes and applies them
+    # on every read and write; there is no public setter.
+    dbapi_connection._read_timeout = timeout
+    dbapi_connection._write_timeout = timeout
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -134,7 +162,13 @@ def is_timeout(exc: BaseException) -> bool:
 
 
 @contextmanager
-def translate_errors(component: str, hint: str | None = None) -> Iterator[None]:
+def translate_errors(
+    component: str,
+    hint: str | None = None,
+    *,
+    unavailable: type[BackendUnavailable] = BackendUnavailable,
+    timeout: type[BackendTimeout] = BackendTimeout,
+) -> Iterator[None]:
     """Turn connection-level driver errors into cellgate's backend errors.
 
     Only errors that say "the server could not be used" are translated;
@@ -145,5 +179,5 @@ def translate_errors(component: str, hint: str | None = None) -> Iterator[None]:
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         if not is_backend_failure(exc):
             raise
-        error = BackendTimeout if is_timeout(exc) else BackendUnavailable
+        error = timeout if is_timeout(exc) else unavailable
         raise error(component=component, reason=describe_db_error(exc), hint=hint) from exc

@@ -2,7 +2,7 @@
 
 Callers catch a branch, not a driver exception: SQLAlchemy, PyMySQL, psycopg
 and kombu errors are translated at the seams (``cellgate.engines``,
-``cellgate.transports``) and chained with ``raise ... from``. Messages are
+``cellgate.amqp``) and chained with ``raise ... from``. Messages are
 built here from typed keyword arguments and never contain a password: URLs are
 passed in already masked.
 
@@ -138,6 +138,7 @@ class UntargetedContext(RoutingError):
     """
 
     def __init__(self, *, what: str) -> None:
+        self.what = what
         super().__init__(
             f"{what} needs a target cell but the context has none",
             hint="wrap the call in target_cell(ctx, cell)",

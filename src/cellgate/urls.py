@@ -55,7 +55,7 @@ TEMPLATE_FIELDS: Final = frozenset(
 _OPTIONAL_FIELDS: Final = frozenset({"path", "query", "fragment"})
 
 _SCHEME_RE: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*|\{scheme\})$")
-_URL_IN_TEXT_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
+_URL_IN_TEXT_RE: Final = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*|\{scheme\})://[^\s'\"<>]*")
 
 
 @dataclass(frozen=True)
@@ -249,11 +249,11 @@ class DatabaseURL:
         masked = mask_url(raw)
         try:
             url = sqlalchemy.engine.make_url(raw)
-        except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        except sqlalchemy.exc.ArgumentError:
             reason = "not a database URL (expected driver://user:password@host/database)"
-            if "port" in str(exc).lower():
-                reason = "the port is not a number"
             raise InvalidURL(url=masked, reason=reason) from None
+        except ValueError:  # make_url's only ValueError is int(port)
+            raise InvalidURL(url=masked, reason="the port is not a number") from None
         if url.drivername not in DATABASE_SCHEMES:
             hint = (
                 "use mysql+pymysql://" if url.get_backend_name() in {"mysql", "mariadb"} else None
@@ -263,6 +263,12 @@ class DatabaseURL:
                 url=masked,
                 reason=f"unsupported driver {url.drivername!r} (supported: {supported})",
                 hint=hint,
+            )
+        if url.get_backend_name() != "sqlite" and "@" in f"{url.host or ''}{url.database or ''}":
+            raise InvalidURL(
+                url=masked,
+                reason="the password contains an unencoded '@'",
+                hint="percent-encode it as %40",
             )
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
@@ -355,7 +361,7 @@ class TransportURL:
             raise InvalidURL(url=masked, reason="no broker host given")
         if parts.scheme == "memory" and len(hosts) > 1:
             raise InvalidURL(url=masked, reason="memory:// takes one name, not a host list")
-        if parts.scheme == "none" and (hosts or parts.path):
+        if parts.scheme == "none" and raw != NO_TRANSPORT:
             raise InvalidURL(url=masked, reason="the none transport is written exactly none:///")
         return cls(parts, hosts)
 
@@ -386,7 +392,7 @@ def _transport_host(host: _Host, masked: str) -> TransportHost:
         raise InvalidURL(url=masked, reason="empty host name in the host list")
     port: int | None = None
     if host.port is not None:
-        if not host.port.isdigit() or not 0 < int(host.port) < 65536:
+        if not (host.port.isascii() and host.port.isdigit()) or not 0 < int(host.port) < 65536:
             raise InvalidURL(url=masked, reason=f"port of host {host.hostname!r} is not 1-65535")
         port = int(host.port)
     return TransportHost(
@@ -418,10 +424,13 @@ def expand(template: str, default: str | None, *, option: str) -> str:
     returned unchanged. Any failure raises :class:`ConfigError`; the raw
     template is never used in place of a rendered URL.
     """
-    fields = [f for _, f, _, _ in _parse_format(template) if f is not None]
-    if not fields:
-        return template
+    parsed = _parse_format(template)
+    fields = [f for _, f, _, _ in parsed if f is not None]
+    if not fields:  # still honour '{{' and '}}', as str.format does below
+        return "".join(literal for literal, _, _, _ in parsed)
     masked = mask_url(template)
+    if any(spec or conv for _, f, spec, conv in parsed if f is not None):
+        raise InvalidURL(url=masked, reason="placeholders take no conversion or format spec")
     unknown = sorted({f for f in fields if f not in TEMPLATE_FIELDS})
     if unknown:
         allowed = ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -53,7 +54,7 @@ def test_commands_refuse_an_unmigrated_api_database(deployment: Deployment) -> N
 
 def test_api_db_sync_and_version(deployment: Deployment) -> None:
     info = deployment.json("api-db", "sync")
-    assert info == {"current": "api_0002", "head": "api_0002", "at_head": True}
+    assert info == {"current": "api_0003", "head": "api_0003", "at_head": True}
     assert deployment.json("api-db", "version")["at_head"] is True
 
 
@@ -285,7 +286,13 @@ def test_db_sync_local_is_the_default(synced: Deployment) -> None:
 
 
 def test_verify_reports_each_component(synced: Deployment) -> None:
-    _create(synced, "v1")
+    cell_uuid = _create(synced, "v1")
+    missing = synced.run("cell", "verify", "v1", "--json", ok=False)
+    if synced.server.kind == "sqlite":  # no file yet: verify must not create one
+        assert missing.exit_code == ExitCode.UNAVAILABLE
+        assert "does not exist" in missing.stdout
+        url = synced.revealed(cell_uuid)["database_connection"]
+        Path(url.removeprefix("sqlite:///")).touch()
     behind = synced.run("cell", "verify", "v1", "--json", ok=False)
     assert behind.exit_code == ExitCode.SCHEMA
     synced.run("db", "sync", "--cell", "v1")

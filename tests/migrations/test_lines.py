@@ -15,7 +15,7 @@ from tests.support import Server
 
 
 def _engine(url: DatabaseURL) -> Engine:
-    return make_engine(url, connect_timeout=5, query_timeout=30)
+    return make_engine(url, connect_timeout=5, query_timeout=30, create_missing=True)
 
 
 def _tables(engine: Engine) -> set[str]:

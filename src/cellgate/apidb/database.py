@@ -34,6 +34,7 @@ class ApiDatabase:
                 self.settings.connection,
                 connect_timeout=self.settings.connect_timeout,
                 query_timeout=self.settings.query_timeout,
+                create_missing=True,
             )
         return self._engine
 

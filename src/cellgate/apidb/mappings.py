@@ -19,10 +19,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import sqlalchemy.exc
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
-from cellgate.apidb.schema import CellMappingRow, HostMappingRow, InstanceMappingRow
+from cellgate.apidb.schema import (
+    ApiBase,
+    CellMappingRow,
+    HostMappingRow,
+    InstanceMappingRow,
+    MappingGenerationRow,
+)
 from cellgate.dbtypes import utcnow
 from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell
 from cellgate.urls import NO_TRANSPORT, StoredURL, TemplateDefaults
@@ -187,13 +194,15 @@ def create_cell(
         disabled=disabled,
         deleted=0,
     )
-    session.add(row)
     try:
-        session.flush()
+        # A savepoint, so losing the race undoes only this insert and the
+        # transaction stays usable to find out which field collided.
+        with session.begin_nested():
+            session.add(row)
     except sqlalchemy.exc.IntegrityError:
-        session.rollback()
         _refuse_duplicates(session, name=name, uuid=cell_uuid)
         raise DuplicateCell(field="name", value=name) from None
+    bump_generation(session)
     return _from_row(row)
 
 
@@ -253,9 +262,11 @@ def update_cell(
     if disabled is not None:
         row.disabled = disabled
     try:
-        session.flush()
+        with session.begin_nested():
+            session.flush()
     except sqlalchemy.exc.IntegrityError:
         raise DuplicateCell(field="name", value=name or "") from None
+    bump_generation(session)
     return _from_row(row)
 
 
@@ -267,25 +278,17 @@ def delete_cell(session: Session, ident: str, *, force: bool = False) -> CellMap
     removed with it; live instances always block the delete.
     """
     row = _find_row(session, ident, for_update=True)
-    hosts = session.scalar(select(func.count()).where(HostMappingRow.cell_id == row.id)) or 0
-    live = (
-        session.scalar(
-            select(func.count()).where(
-                InstanceMappingRow.cell_id == row.id,
-                InstanceMappingRow.queued_for_delete.is_(False),
-            )
+    if row.uuid == CELL0_UUID and not force:
+        raise CellInUse(
+            ident=ident,
+            reason="is cell0, which keeps the records of instances that failed to build",
+            hint="pass --force to delete it anyway; 'cell map-cell0' re-creates it",
         )
-        or 0
-    )
-    queued = (
-        session.scalar(
-            select(func.count()).where(
-                InstanceMappingRow.cell_id == row.id,
-                InstanceMappingRow.queued_for_delete.is_(True),
-            )
-        )
-        or 0
-    )
+    hosts = _count(session, HostMappingRow, HostMappingRow.cell_id == row.id)
+    mapped = InstanceMappingRow.cell_id == row.id
+    queued_for_delete = InstanceMappingRow.queued_for_delete
+    live = _count(session, InstanceMappingRow, mapped, queued_for_delete.is_(False))
+    queued = _count(session, InstanceMappingRow, mapped, queued_for_delete.is_(True))
     if live:
         raise CellInUse(
             ident=ident,
@@ -307,6 +310,7 @@ def delete_cell(session: Session, ident: str, *, force: bool = False) -> CellMap
     row.transport_url = SCRUBBED_URL
     row.database_connection = SCRUBBED_URL
     session.flush()
+    bump_generation(session)
     return deleted
 
 
@@ -326,3 +330,24 @@ def map_cell0(
         defaults=defaults,
     )
     return cell, True
+
+
+def _count(session: Session, model: type[ApiBase], *where: ColumnElement[bool]) -> int:
+    return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def bump_generation(session: Session) -> None:
+    """Increment the mapping generation in the caller's transaction."""
+    session.execute(
+        update(MappingGenerationRow)
+        .where(MappingGenerationRow.id == 1)
+        .values(generation=MappingGenerationRow.generation + 1)
+    )
+
+
+def read_generation(session: Session) -> int:
+    """The current mapping generation: one primary-key read."""
+    value = session.scalar(
+        select(MappingGenerationRow.generation).where(MappingGenerationRow.id == 1)
+    )
+    return value or 0

@@ -63,3 +63,16 @@ class InstanceMappingRow(ApiBase):
     )
     created_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
+
+
+class MappingGenerationRow(ApiBase):
+    """One row whose counter every cell-mapping write increments.
+
+    A process holding cached mappings reads this single integer to learn,
+    cheaply, whether anything changed since it last loaded them.
+    """
+
+    __tablename__ = "mapping_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))

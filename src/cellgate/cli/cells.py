@@ -150,7 +150,7 @@ def cell_map_cell0(state: CliState, database_connection: str | None, as_json: bo
 
 
 @cell.command("verify")
-@click.argument("ident", metavar="NAME|UUID", required=False)
+@click.argument("ident", metavar="[NAME|UUID]", required=False)
 @click.option("--all", "all_cells", is_flag=True, help="Verify every cell.")
 @json_option
 @pass_state

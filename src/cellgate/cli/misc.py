@@ -45,8 +45,11 @@ def config_show(state: CliState, as_json: bool) -> None:
         "api_database.query_timeout": s.api_database.query_timeout,
         "database.connect_timeout": s.database.connect_timeout,
         "database.query_timeout": s.database.query_timeout,
+        "database.pool_size": s.database.pool_size,
         "cells.verify_timeout": s.cells.verify_timeout,
         "cells.cache_ttl": s.cells.cache_ttl,
+        "cells.max_engines": s.cells.max_engines,
+        "cells.scatter_timeout": s.cells.scatter_timeout,
     }
     emit_json(data) if as_json else emit_fields(data)
 

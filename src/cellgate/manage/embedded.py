@@ -25,6 +25,13 @@ from cellgate.results import Failed
 EMBEDDED_CELLS = ("cell1", "cell2")
 
 
+def _embedded_database(settings: Settings, name: str) -> str:
+    """cell1 is this host's own cell database ([database] connection); others get a file."""
+    if name == EMBEDDED_CELLS[0]:
+        return settings.database.connection.render(hide_password=False)
+    return f"sqlite:///{settings.state_path / (name + '.sqlite')}"
+
+
 def set_up_embedded(
     settings: Settings, api: ApiDatabase, on_step: Callable[[str], None] = lambda _: None
 ) -> list[CellMapping]:
@@ -54,7 +61,7 @@ def set_up_embedded(
                 session,
                 name=name,
                 transport_url=f"memory://{name}",
-                database_connection=f"sqlite:///{settings.state_path / (name + '.sqlite')}",
+                database_connection=_embedded_database(settings, name),
                 defaults=defaults,
             )
             on_step(f"{name}: mapped")

@@ -126,7 +126,10 @@ def cell_action(
 
     def run(url: DatabaseURL, component: str) -> VersionInfo:
         engine = make_engine(
-            url, connect_timeout=db.connect_timeout, query_timeout=db.query_timeout
+            url,
+            connect_timeout=db.connect_timeout,
+            query_timeout=db.query_timeout,
+            create_missing=verb == "sync",
         )
         try:
             with translate_errors(component):

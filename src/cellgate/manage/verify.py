@@ -14,7 +14,7 @@ from cellgate.amqp import broker_label, probe_broker
 from cellgate.apidb.mappings import CellMapping
 from cellgate.config import Settings
 from cellgate.engines import make_engine, translate_errors
-from cellgate.errors import CellgateError, SchemaMismatch
+from cellgate.errors import BackendError, CellgateError, SchemaMismatch
 from cellgate.manage.migrate import template_defaults
 from cellgate.migrations.runner import MigrationLine, current, head
 from cellgate.urls import TransportHost, TransportURL
@@ -62,6 +62,9 @@ def verify_cell(settings: Settings, cell: CellMapping) -> CellReport:
 def _guard(component: str, check: Callable[[], Check]) -> Check:
     try:
         return check()
+    except BackendError as exc:  # the component is already in the row
+        detail = f"{exc.reason}; {exc.hint}" if exc.hint else exc.reason
+        return Check(component, False, detail, exc)
     except CellgateError as exc:
         return Check(component, False, str(exc), exc)
 

@@ -1,0 +1,72 @@
+"""cellgate: route each database query and RPC call to the right cell.
+
+This module is the public API; everything importable from here is supported,
+everything else may change. ``tests/unit/test_public_api.py`` keeps
+``__all__`` complete and sorted.
+"""
+
+from __future__ import annotations
+
+from cellgate.apidb.mappings import CELL0_UUID as CELL0_UUID
+from cellgate.apidb.mappings import CellMapping as CellMapping
+from cellgate.app import App as App
+from cellgate.config import Settings as Settings
+from cellgate.config import load_settings as load_settings
+from cellgate.context import RequestContext as RequestContext
+from cellgate.errors import BackendError as BackendError
+from cellgate.errors import BackendTimeout as BackendTimeout
+from cellgate.errors import BackendUnavailable as BackendUnavailable
+from cellgate.errors import CellgateError as CellgateError
+from cellgate.errors import CellInUse as CellInUse
+from cellgate.errors import CellNotFound as CellNotFound
+from cellgate.errors import CellTimeout as CellTimeout
+from cellgate.errors import CellUnavailable as CellUnavailable
+from cellgate.errors import ConfigError as ConfigError
+from cellgate.errors import DuplicateCell as DuplicateCell
+from cellgate.errors import HostNotMapped as HostNotMapped
+from cellgate.errors import InvalidURL as InvalidURL
+from cellgate.errors import MappingError as MappingError
+from cellgate.errors import MigrationError as MigrationError
+from cellgate.errors import RoutingError as RoutingError
+from cellgate.errors import SchemaMismatch as SchemaMismatch
+from cellgate.errors import UntargetedContext as UntargetedContext
+from cellgate.migrations.runner import MigrationLine as MigrationLine
+from cellgate.results import CellResult as CellResult
+from cellgate.results import Failed as Failed
+from cellgate.results import Ok as Ok
+from cellgate.results import TimedOut as TimedOut
+from cellgate.urls import DatabaseURL as DatabaseURL
+from cellgate.urls import TransportURL as TransportURL
+
+__all__ = [
+    "App",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "CELL0_UUID",
+    "CellInUse",
+    "CellMapping",
+    "CellNotFound",
+    "CellResult",
+    "CellTimeout",
+    "CellUnavailable",
+    "CellgateError",
+    "ConfigError",
+    "DatabaseURL",
+    "DuplicateCell",
+    "Failed",
+    "HostNotMapped",
+    "InvalidURL",
+    "MappingError",
+    "MigrationError",
+    "MigrationLine",
+    "Ok",
+    "RequestContext",
+    "RoutingError",
+    "SchemaMismatch",
+    "Settings",
+    "TimedOut",
+    "TransportURL",
+    "UntargetedContext",
+    "load_settings",
+]

@@ -1,0 +1,153 @@
+"""``App``: the composition root, and the per-call cell targeting it offers.
+
+One ``App`` per process owns every long-lived resource: the API database
+engine, the mapping cache, the cell engine registry and the scatter-gather
+thread pool. ``App.close()`` (or leaving ``with App(settings) as app``)
+releases them all. Nothing is global: two ``App`` objects in one process (as
+in tests) share nothing.
+
+The request path::
+
+    ctx = RequestContext(project_id=...)
+    with app.target_cell(ctx, "cell1") as cctx:      # cached mapping lookup
+        with app.db.session(cctx) as session:         # that cell's engine
+            session.execute(...)
+
+Cell-level access with an untargeted context raises ``UntargetedContext``;
+there is no default cell to fall back to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from cellgate.apidb.database import ApiDatabase
+from cellgate.apidb.mappings import CellMapping
+from cellgate.config import Settings
+from cellgate.context import RequestContext
+from cellgate.engines import translate_errors
+from cellgate.errors import CellTimeout, CellUnavailable, UntargetedContext
+from cellgate.manage.migrate import template_defaults
+from cellgate.results import CellResult
+from cellgate.routing.cache import MappingCache
+from cellgate.routing.connections import EngineRegistry
+from cellgate.routing.fanout import FanoutPool
+from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults
+
+T = TypeVar("T")
+
+_RENDERED_LIMIT = 4096
+
+
+class CellDatabases:
+    """Sessions on cell databases, chosen per call from the context's cell."""
+
+    def __init__(self, api: ApiDatabase, engines: EngineRegistry, defaults: TemplateDefaults):
+        self._api = api
+        self._engines = engines
+        self._defaults = defaults
+        self._rendered: dict[StoredURL, DatabaseURL] = {}
+
+    def url_for(self, cell: CellMapping) -> DatabaseURL:
+        """The cell's database URL, its template rendered (memoised per stored value)."""
+        url = self._rendered.get(cell.database_connection)
+        if url is None:
+            url = self._defaults.database_url(cell.database_connection)
+            if len(self._rendered) >= _RENDERED_LIMIT:
+                self._rendered.clear()
+            self._rendered[cell.database_connection] = url
+        return url
+
+    @contextmanager
+    def session(self, ctx: RequestContext) -> Iterator[Session]:
+        """A session in one transaction on ``ctx.cell``'s database."""
+        cell = ctx.cell
+        if cell is None:
+            raise UntargetedContext(what="a cell database session")
+        url = self.url_for(cell)
+        engine = self._engines.get(url)
+        component = f"cell {cell.label} database {url}"
+        with (
+            translate_errors(component, unavailable=CellUnavailable, timeout=CellTimeout),
+            Session(engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
+            yield session
+
+    @contextmanager
+    def api_session(self) -> Iterator[Session]:
+        """A session in one transaction on the API database."""
+        with self._api.session() as session:
+            yield session
+
+
+class App:
+    """Owns every engine, cache and pool of one process; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.api = ApiDatabase(settings.api_database)
+        self.cells = MappingCache(self.api, settings.cells.cache_ttl)
+        self.engines = EngineRegistry(
+            max_engines=settings.cells.max_engines,
+            connect_timeout=settings.database.connect_timeout,
+            query_timeout=settings.database.query_timeout,
+            pool_size=settings.database.pool_size,
+        )
+        self.db = CellDatabases(self.api, self.engines, template_defaults(settings))
+        self._fanout = FanoutPool()
+
+    @contextmanager
+    def target_cell(
+        self, ctx: RequestContext, cell: CellMapping | str
+    ) -> Iterator[RequestContext]:
+        """Yield a copy of ``ctx`` targeting ``cell`` (a mapping, name or uuid)."""
+        mapping = cell if isinstance(cell, CellMapping) else self.cells.get(cell)
+        yield ctx.for_cell(mapping)
+
+    def scatter_gather(
+        self,
+        ctx: RequestContext,
+        cells: Iterable[CellMapping] | None,
+        fn: Callable[[RequestContext], T],
+        *,
+        timeout: float | None = None,
+        include_disabled: bool = False,
+        include_cell0: bool = False,
+    ) -> dict[str, CellResult[T]]:
+        """Run ``fn(cell_ctx)`` on every cell at once; one result per cell uuid.
+
+        ``cells=None`` means every live cell. Cell0 and disabled cells are
+        skipped unless asked for. Returns by the deadline even if a cell hangs.
+        """
+        chosen = self.cells.list(include_disabled=True) if cells is None else list(cells)
+        targets = {
+            c.uuid: ctx.for_cell(c)
+            for c in chosen
+            if (include_disabled or not c.disabled) and (include_cell0 or not c.is_cell0)
+        }
+        deadline = timeout if timeout is not None else self.settings.cells.scatter_timeout
+        return self._fanout.scatter_gather(targets, fn, timeout=deadline)
+
+    def close(self) -> None:
+        """Release every engine, pool and thread this App owns."""
+        self._fanout.close()
+        self.engines.close()
+        self.api.close()
+        self.cells.invalidate()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Per-call routing: the mapping cache, connection registries and fan-out."""

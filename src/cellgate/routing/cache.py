@@ -1,0 +1,138 @@
+"""``MappingCache``: cell mappings served from memory, refreshed safely.
+
+The spec notes that every request pays an extra lookup and that the data
+"could be cached quite easily". Nova cached it in a module global that was
+never refreshed. Here the cache:
+
+- answers by uuid or by name from an immutable snapshot (a dict read, no lock);
+- after ``ttl`` seconds, one caller re-checks the API database while every
+  other caller keeps using the current snapshot; the re-check reads the single
+  ``mapping_generation`` integer and reloads the mappings only if it moved;
+- on a miss, reloads once before answering :class:`CellNotFound`, so a cell
+  created a moment ago resolves and a deleted one stops resolving;
+- keeps serving the last snapshot if a refresh fails (the API database being
+  down must not take down requests the cache can answer), logging the failure;
+- is owned by ``App``; ``invalidate()`` (or SIGHUP in services) drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cellgate.apidb.database import ApiDatabase
+from cellgate.apidb.mappings import CellMapping, list_cells, normalize_uuid, read_generation
+from cellgate.errors import CellgateError, CellNotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    generation: int
+    loaded_at: float
+    cells: tuple[CellMapping, ...]
+    by_uuid: dict[str, CellMapping] = field(default_factory=dict)
+    by_name: dict[str, CellMapping] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, generation: int, loaded_at: float, cells: list[CellMapping]) -> _Snapshot:
+        return cls(
+            generation,
+            loaded_at,
+            tuple(cells),
+            {c.uuid: c for c in cells},
+            {c.name: c for c in cells if c.name},
+        )
+
+
+class MappingCache:
+    """A TTL cache of live cell mappings; see the module docstring."""
+
+    def __init__(
+        self, api: ApiDatabase, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._api = api
+        self._ttl = ttl
+        self._clock = clock
+        self._snapshot: _Snapshot | None = None
+        self._refresh_lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def generation(self) -> int:
+        """The mapping generation of the snapshot in use (-1 before the first load)."""
+        snap = self._snapshot
+        return snap.generation if snap else -1
+
+    def get(self, ident: str) -> CellMapping:
+        """The live cell whose uuid or name is ``ident``."""
+        found = self._lookup(self._current(), ident)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        found = self._lookup(self._refresh(force=True), ident)
+        if found is None:
+            raise CellNotFound(ident=ident)
+        return found
+
+    def list(
+        self, *, include_disabled: bool = False, include_cell0: bool = True
+    ) -> list[CellMapping]:
+        """Live cells, cell0 first; disabled ones only if asked for."""
+        return [
+            c
+            for c in self._current().cells
+            if (include_disabled or not c.disabled) and (include_cell0 or not c.is_cell0)
+        ]
+
+    def invalidate(self) -> None:
+        """Forget everything; the next lookup reloads from the API database."""
+        self._snapshot = None
+
+    @staticmethod
+    def _lookup(snap: _Snapshot, ident: str) -> CellMapping | None:
+        as_uuid = normalize_uuid(ident)
+        return snap.by_uuid.get(as_uuid) if as_uuid else snap.by_name.get(ident)
+
+    def _current(self) -> _Snapshot:
+        snap = self._snapshot
+        if snap is not None and self._clock() - snap.loaded_at < self._ttl:
+            return snap
+        return self._refresh(force=False)
+
+    def _refresh(self, *, force: bool) -> _Snapshot:
+        snap = self._snapshot
+        if snap is not None and not force:
+            # Expired: one caller refreshes, the others use what we have.
+            if not self._refresh_lock.acquire(blocking=False):
+                return snap
+        else:
+            self._refresh_lock.acquire()
+        try:
+            return self._reload(self._snapshot if not force else None, fallback=snap)
+        finally:
+            self._refresh_lock.release()
+
+    def _reload(self, current: _Snapshot | None, fallback: _Snapshot | None) -> _Snapshot:
+        try:
+            with self._api.session() as session:
+                generation = read_generation(session)
+                if current is not None and current.generation == generation:
+                    fresh = _Snapshot(
+                        generation, self._clock(), current.cells, current.by_uuid, current.by_name
+                    )
+                else:
+                    fresh = _Snapshot.build(generation, self._clock(), list_cells(session))
+        except CellgateError as exc:
+            if fallback is None:
+                raise
+            log.warning("serving cached cell mappings; refresh failed: %s", exc)
+            return fallback
+        self._snapshot = fresh
+        return fresh

@@ -1,0 +1,136 @@
+"""``EngineRegistry``: one engine per cell database URL, bounded, created once.
+
+Engines are keyed by the *rendered* database URL, not by cell uuid (Nova's
+``CELL_CACHE[uuid]``), so ``cell update --database-connection`` takes effect
+without a restart: the new URL simply gets a new engine. The registry is an
+LRU with a maximum size; when it is full, the least recently used engine with
+no connection checked out is disposed. Each engine has a small pool, so a
+process that touches 1,000 cells holds at most ``max_engines * pool_size``
+connections. Creation is guarded by a lock per key: under any concurrency an
+engine is created exactly once per URL.
+
+After ``os.fork()`` the child must not reuse the parent's sockets;
+:meth:`dispose_after_fork` drops them without closing the parent's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import OrderedDict
+
+from sqlalchemy.engine import Engine
+
+from cellgate.engines import make_engine
+from cellgate.urls import DatabaseURL
+
+
+class EngineRegistry:
+    def __init__(
+        self,
+        *,
+        max_engines: int,
+        connect_timeout: float,
+        query_timeout: float,
+        pool_size: int = 2,
+    ) -> None:
+        if max_engines < 1:
+            raise ValueError("max_engines must be at least 1")
+        self.max_engines = max_engines
+        self._connect_timeout = connect_timeout
+        self._query_timeout = query_timeout
+        self._pool_size = pool_size
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+        self.created = 0
+        self.evicted = 0
+        self._closed = False
+        _after_fork.add(self)
+
+    def get(self, url: DatabaseURL) -> Engine:
+        """The engine for ``url``, created on first use."""
+        key = url.render(hide_password=False)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the App owning this engine registry is closed")
+            engine = self._engines.get(key)
+            if engine is not None:
+                self._engines.move_to_end(key)
+                return engine
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                engine = self._engines.get(key)
+            if engine is not None:
+                return engine
+            engine = make_engine(
+                url,
+                connect_timeout=self._connect_timeout,
+                query_timeout=self._query_timeout,
+                pool_size=self._pool_size,
+            )
+            with self._lock:
+                self._engines[key] = engine
+                self.created += 1
+                self._key_locks.pop(key, None)
+                victims = self._evict_locked(keep=key)
+        for victim in victims:
+            victim.dispose()
+        return engine
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def checked_out(self) -> int:
+        """Connections currently lent out, over every engine."""
+        with self._lock:
+            engines = list(self._engines.values())
+        return sum(_checked_out(e) for e in engines)
+
+    def _evict_locked(self, keep: str) -> list[Engine]:
+        """Pop least recently used idle engines until within the bound."""
+        victims: list[Engine] = []
+        for key in list(self._engines):
+            if len(self._engines) <= self.max_engines:
+                break
+            engine = self._engines[key]
+            if key == keep:
+                continue
+            if _checked_out(engine) == 0:
+                victims.append(self._engines.pop(key))
+                self.evicted += 1
+        return victims
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            engines = list(self._engines.values())
+            self._engines.clear()
+        for engine in engines:
+            engine.dispose()
+        _after_fork.discard(self)
+
+    def dispose_after_fork(self) -> None:
+        """In a forked child: forget the parent's connections without closing them."""
+        with self._lock:
+            for engine in self._engines.values():
+                engine.dispose(close=False)
+
+
+def _checked_out(engine: Engine) -> int:
+    checkedout = getattr(engine.pool, "checkedout", None)
+    return int(checkedout()) if callable(checkedout) else 0
+
+
+_after_fork: weakref.WeakSet[EngineRegistry] = weakref.WeakSet()
+
+
+def _dispose_all_after_fork() -> None:
+    for registry in list(_after_fork):
+        registry._lock = threading.Lock()  # a lock held at fork time stays held forever
+        registry.dispose_after_fork()
+
+
+os.register_at_fork(after_in_child=_dispose_all_after_fork)

@@ -1,0 +1,271 @@
+"""Scatter-gather: run one function per cell in parallel, with one deadline.
+
+:meth:`FanoutPool.scatter_gather` returns exactly one
+:data:`~cellgate.results.CellResult` per key, in the order of the input:
+
+- ``Ok(value)`` when the function returned;
+- ``Failed(error)`` when it raised a :class:`~cellgate.errors.CellgateError`
+  (kept as-is) or any other ``Exception``, which is wrapped in
+  :class:`~cellgate.errors.CellUnavailable` with a redacted one-line reason
+  and the original chained as ``__cause__`` (the seam translation of
+  STYLE B.4);
+- ``TimedOut(deadline)`` when it had not finished by the deadline, including
+  work that was still queued and therefore never started.
+
+Nova's ``scatter_gather_cells`` (nova/context.py) returns a dict whose values
+are a cell's result, ``raised_exception_sentinel`` (or, later, the raw
+exception) or ``did_not_respond_sentinel``. Every caller must remember to
+compare against two sentinels before using a value, the exception itself is
+only logged, and a forgotten check turns a dead cell into a wrong answer.
+Here the three outcomes are types, so a ``match`` (and mypy) make callers
+handle each one.
+
+Why an own thread pool, not ``concurrent.futures.ThreadPoolExecutor``
+----------------------------------------------------------------------
+A cell whose database or broker stops answering can block a call for far
+longer than any deadline, and a thread cannot be killed. Two things follow:
+
+1. *The process must still be able to exit.* ``ThreadPoolExecutor`` threads
+   are joined at interpreter exit, so one hung cell would hang shutdown. Our
+   workers are ``daemon`` threads and nothing ever joins them: not
+   ``scatter_gather`` at its deadline, not :meth:`FanoutPool.close`.
+2. *Hung calls must not starve later ones.* A worker still running a task
+   when that task's caller reaches its deadline is *written off*: it stops
+   counting against ``max_workers``, and a replacement thread is started at
+   once if work is waiting. If the hung call ever returns, the thread rejoins
+   the pool when there is room and exits otherwise, so the pool settles back
+   to at most ``max_workers`` threads.
+
+Writing off single threads is the per-thread form of "replace the executor
+once all its workers hang". It is simpler than swapping executors because
+there is only one queue: replacing an executor would strand, or cancel, work
+that other callers had queued on the old one before their own deadlines.
+The cost is the same in both designs: a cell that never answers keeps one
+thread per abandoned call until the process ends.
+
+The pool is a ``deque`` of pending work and one ``Condition``; workers take
+work and count themselves idle under that lock, so "is a thread free for this
+item?" is answered exactly. Results travel in ``concurrent.futures.Future``
+objects, so the caller can use ``concurrent.futures.wait`` with a timeout
+computed from one monotonic deadline, and ``Future.cancel`` for work that
+never started.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import itertools
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Final, Generic, TypeVar
+
+from cellgate.errors import CellgateError, CellUnavailable, RoutingError
+from cellgate.results import CellResult, Failed, Ok, TimedOut
+from cellgate.urls import redact
+
+K = TypeVar("K")
+V = TypeVar("V")
+T = TypeVar("T")
+
+#: Default number of threads a pool runs at once (hung ones not counted).
+DEFAULT_MAX_WORKERS: Final = 32
+
+_pool_numbers = itertools.count(1)  # only for readable thread names
+
+
+class _Work(Generic[T]):
+    """One call of ``fn(item)``; its flags are guarded by the pool's lock."""
+
+    __slots__ = ("abandoned", "call", "finished", "future")
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self.call = call
+        self.future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self.finished = False  # the worker is done with it (result set or not run)
+        self.abandoned = False  # its caller gave up while it was running
+
+
+class FanoutPool:
+    """Owns the worker threads for scatter-gather; one per App; close() releases them."""
+
+    def __init__(self, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, not {max_workers}")
+        self._max_workers = max_workers
+        self._cond = threading.Condition()
+        self._pending: deque[_Work[Any]] = deque()
+        self._workers = 0  # threads counted against max_workers, busy or idle
+        self._idle = 0  # counted threads waiting for work (or about to)
+        self._closed = False
+        self._name = f"cellgate-fanout-{next(_pool_numbers)}"
+        self._thread_numbers = itertools.count(1)
+
+    def scatter_gather(
+        self, items: Mapping[K, V], fn: Callable[[V], T], *, timeout: float
+    ) -> dict[K, CellResult[T]]:
+        """Run ``fn(item)`` for every item concurrently; one result per key.
+
+        Returns no later than ``timeout`` seconds after the call (plus
+        scheduling noise), however long any ``fn`` blocks. See the module
+        docstring for the three kinds of result.
+
+        :raises ValueError: ``timeout`` is not a finite number above zero.
+        :raises RuntimeError: the pool is closed.
+        """
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a finite number of seconds above 0, not {timeout}")
+        deadline = time.monotonic() + timeout
+        works = {key: _Work(functools.partial(fn, item)) for key, item in items.items()}
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("scatter_gather() called on a closed FanoutPool")
+            if not works:
+                return {}
+            self._pending.extend(works.values())
+            new_threads = self._reserve_threads()
+            self._cond.notify(len(works))
+        try:
+            self._start_threads(new_threads)
+            remaining = max(0.0, deadline - time.monotonic())
+            concurrent.futures.wait([w.future for w in works.values()], timeout=remaining)
+        finally:
+            overdue = self._settle(works.values())
+        return {key: _result(key, work, timeout, overdue) for key, work in works.items()}
+
+    def close(self) -> None:
+        """Cancel queued work and let idle threads exit; never waits for hung ones.
+
+        Calls still waiting in :meth:`scatter_gather` report their cancelled
+        items as failed. Closing twice is harmless.
+        """
+        with self._cond:
+            self._closed = True
+            while self._pending:
+                work = self._pending.popleft()
+                work.future.cancel()
+                work.finished = True
+            self._cond.notify_all()
+
+    def __enter__(self) -> FanoutPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _reserve_threads(self) -> int:
+        """Count in the threads the pending work needs; call with the lock held.
+
+        The caller starts them (outside the lock) with :meth:`_start_threads`.
+        """
+        wanted = len(self._pending) - self._idle
+        new = max(0, min(wanted, self._max_workers - self._workers))
+        self._workers += new
+        self._idle += new  # a new thread starts out looking for work
+        return new
+
+    def _start_threads(self, count: int) -> None:
+        for started in range(count):
+            thread = threading.Thread(
+                target=self._work_loop,
+                name=f"{self._name}_{next(self._thread_numbers)}",
+                daemon=True,
+            )
+            try:
+                thread.start()
+            except BaseException:  # e.g. "can't start new thread": undo the count
+                with self._cond:
+                    self._workers -= count - started
+                    self._idle -= count - started
+                raise
+
+    def _settle(self, works: Iterable[_Work[Any]]) -> set[_Work[Any]]:
+        """At the deadline: cancel queued work and write off running work.
+
+        Returns the work that did not finish in time.
+        """
+        overdue: set[_Work[Any]] = set()
+        with self._cond:
+            for work in works:
+                if work.finished:
+                    continue
+                overdue.add(work)
+                if work.future.cancel():  # still queued: it will never run
+                    self._pending.remove(work)
+                    work.finished = True
+                else:  # running: its thread no longer counts as a worker
+                    work.abandoned = True
+                    self._workers -= 1
+            new_threads = self._reserve_threads() if overdue and not self._closed else 0
+        # Best effort: if no thread can start, the waiting work runs on a freed
+        # thread or times out.
+        with contextlib.suppress(RuntimeError):
+            self._start_threads(new_threads)
+        return overdue
+
+    def _work_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                self._idle -= 1
+                if not self._pending:  # closed
+                    self._workers -= 1
+                    return
+                work = self._pending.popleft()
+                # Under the lock, so _settle sees "queued" or "running", never between.
+                work.future.set_running_or_notify_cancel()
+            _run(work)
+            with self._cond:
+                work.finished = True
+                if work.abandoned:
+                    if self._closed or self._workers >= self._max_workers:
+                        return  # replaced while it hung; the pool is full again
+                    self._workers += 1
+                self._idle += 1
+
+
+def _run(work: _Work[Any]) -> None:
+    try:
+        result = work.call()
+    except BaseException as exc:  # delivered to the caller, never to this thread
+        work.future.set_exception(exc)
+    else:
+        work.future.set_result(result)
+
+
+def _result(
+    key: object, work: _Work[T], timeout: float, overdue: set[_Work[Any]]
+) -> CellResult[T]:
+    if work in overdue:
+        return TimedOut(deadline=timeout)
+    if work.future.cancelled():
+        return Failed(RoutingError(f"cell {key}: not run because the fan-out pool was closed"))
+    exc = work.future.exception()
+    if exc is None:
+        return Ok(work.future.result())
+    if isinstance(exc, CellgateError):
+        return Failed(exc)
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not a cell failure
+        raise exc
+    wrapped = CellUnavailable(component=f"cell {key}", reason=_one_line(exc))
+    wrapped.__cause__ = exc
+    wrapped.__suppress_context__ = True
+    return Failed(wrapped)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, with any URL password masked."""
+    lines = redact(str(exc)).strip().splitlines()
+    name = type(exc).__name__
+    return f"{name}: {lines[0].strip()}" if lines else name

@@ -1,0 +1,300 @@
+"""Unit tests for :mod:`cellgate.errors` and the CLI's exit-code table.
+
+Each error class builds its message from keyword arguments, keeps those
+arguments as attributes, and appends its hint after ``"; "``. The class tree
+must match the one drawn in the ``cellgate.errors`` docstring, because callers
+catch branches of it; and every branch must map to the exit code documented in
+``cellgate.cli.exit_codes``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cellgate import errors
+from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    CellgateError,
+    CellInUse,
+    CellNotFound,
+    CellTimeout,
+    CellUnavailable,
+    ConfigError,
+    DuplicateCell,
+    HostNotMapped,
+    InvalidURL,
+    MappingError,
+    MigrationError,
+    RoutingError,
+    SchemaMismatch,
+    UntargetedContext,
+)
+
+# --------------------------------------------------------------------------
+# The class tree
+# --------------------------------------------------------------------------
+
+#: Each class and its direct parent, as drawn in the errors.py docstring.
+TREE: dict[type[Exception], type[Exception]] = {
+    CellgateError: Exception,
+    ConfigError: CellgateError,
+    InvalidURL: ConfigError,
+    MappingError: CellgateError,
+    CellNotFound: MappingError,
+    HostNotMapped: MappingError,
+    DuplicateCell: MappingError,
+    CellInUse: MappingError,
+    BackendError: CellgateError,
+    BackendUnavailable: BackendError,
+    CellUnavailable: BackendUnavailable,
+    BackendTimeout: BackendError,
+    CellTimeout: BackendTimeout,
+    RoutingError: CellgateError,
+    UntargetedContext: RoutingError,
+    MigrationError: CellgateError,
+    SchemaMismatch: MigrationError,
+}
+
+
+@pytest.mark.parametrize(("cls", "parent"), TREE.items(), ids=lambda c: c.__name__)
+def test_direct_parent_matches_the_documented_tree(
+    cls: type[Exception], parent: type[Exception]
+) -> None:
+    assert cls.__bases__ == (parent,)
+
+
+def test_the_tree_covers_every_error_class_in_the_module() -> None:
+    defined = {
+        obj
+        for obj in vars(errors).values()
+        if isinstance(obj, type)
+        and issubclass(obj, Exception)
+        and obj.__module__ == errors.__name__
+    }
+    assert defined == set(TREE)
+
+
+def test_every_documented_class_appears_in_the_docstring() -> None:
+    doc = errors.__doc__ or ""
+    for cls in TREE:
+        assert cls.__name__ in doc
+
+
+def test_deep_chains() -> None:
+    assert CellUnavailable.__mro__[:5] == (
+        CellUnavailable,
+        BackendUnavailable,
+        BackendError,
+        CellgateError,
+        Exception,
+    )
+    assert CellTimeout.__mro__[:5] == (
+        CellTimeout,
+        BackendTimeout,
+        BackendError,
+        CellgateError,
+        Exception,
+    )
+    # Backend problems are not routing problems (the API database can fail too).
+    assert not issubclass(BackendError, RoutingError)
+    assert not issubclass(CellTimeout, BackendUnavailable)
+    assert not issubclass(CellUnavailable, BackendTimeout)
+
+
+# --------------------------------------------------------------------------
+# Messages, attributes and hints
+# --------------------------------------------------------------------------
+
+
+def test_cellgate_error_message_and_hint() -> None:
+    err = CellgateError("it broke", hint="try again")
+    assert err.message == "it broke"
+    assert err.hint == "try again"
+    assert str(err) == "it broke; try again"
+    assert err.args == ("it broke; try again",)
+
+
+def test_cellgate_error_without_hint() -> None:
+    err = CellgateError("it broke")
+    assert err.hint is None
+    assert str(err) == "it broke"
+
+
+def test_empty_hint_is_not_appended() -> None:
+    assert str(CellgateError("it broke", hint="")) == "it broke"
+
+
+@pytest.mark.parametrize("cls", [ConfigError, MappingError, RoutingError, MigrationError])
+def test_plain_branches_take_a_message_and_hint(cls: type[CellgateError]) -> None:
+    err = cls("bad thing", hint="do this")
+    assert str(err) == "bad thing; do this"
+    assert (err.message, err.hint) == ("bad thing", "do this")
+
+
+def test_invalid_url() -> None:
+    err = InvalidURL(url="rabbit://u:***@h", reason="no vhost", hint="add one")
+    assert (err.url, err.reason, err.hint) == ("rabbit://u:***@h", "no vhost", "add one")
+    assert err.message == "invalid URL 'rabbit://u:***@h': no vhost"
+    assert str(err) == "invalid URL 'rabbit://u:***@h': no vhost; add one"
+    assert str(InvalidURL(url="x", reason="y")) == "invalid URL 'x': y"
+
+
+def test_cell_not_found() -> None:
+    err = CellNotFound(ident="cell1")
+    assert err.ident == "cell1"
+    assert err.message == "no cell named or with uuid 'cell1'"
+    assert err.hint == "see 'cellgate cell list'"
+    assert str(err) == "no cell named or with uuid 'cell1'; see 'cellgate cell list'"
+
+
+def test_host_not_mapped() -> None:
+    err = HostNotMapped(host="compute-7")
+    assert err.host == "compute-7"
+    assert err.hint is None
+    assert str(err) == "host 'compute-7' is not mapped to a cell"
+
+
+def test_duplicate_cell() -> None:
+    err = DuplicateCell(field="name", value="cell1")
+    assert (err.field, err.value) == ("name", "cell1")
+    assert err.message == "a cell with name 'cell1' already exists"
+    assert str(err) == (
+        "a cell with name 'cell1' already exists; choose another, or update the existing cell"
+    )
+
+
+def test_cell_in_use() -> None:
+    err = CellInUse(ident="cell1", reason="still has 3 hosts", hint="use --force")
+    assert (err.ident, err.reason, err.hint) == ("cell1", "still has 3 hosts", "use --force")
+    assert str(err) == "cell 'cell1' still has 3 hosts; use --force"
+    assert str(CellInUse(ident="cell0", reason="is cell0")) == "cell 'cell0' is cell0"
+
+
+@pytest.mark.parametrize(
+    "cls", [BackendError, BackendUnavailable, BackendTimeout, CellUnavailable, CellTimeout]
+)
+def test_backend_errors(cls: type[BackendError]) -> None:
+    err = cls(component="cell 'cell1' database", reason="connection refused", hint="is it up?")
+    assert (err.component, err.reason) == ("cell 'cell1' database", "connection refused")
+    assert err.message == "cell 'cell1' database: connection refused"
+    assert str(err) == "cell 'cell1' database: connection refused; is it up?"
+    assert str(cls(component="API database", reason="timed out")) == "API database: timed out"
+
+
+def test_untargeted_context() -> None:
+    err = UntargetedContext(what="instance_get")
+    assert err.message == "instance_get needs a target cell but the context has none"
+    assert err.hint == "wrap the call in target_cell(ctx, cell)"
+    assert str(err).startswith("instance_get needs a target cell")
+
+
+def test_untargeted_context_keeps_what() -> None:
+    assert UntargetedContext(what="instance_get").what == "instance_get"
+
+
+def test_schema_mismatch() -> None:
+    err = SchemaMismatch(component="API database", current="abc123", expected="def456", hint="run")
+    assert (err.component, err.current, err.expected) == ("API database", "abc123", "def456")
+    assert str(err) == "API database is at revision abc123, expected def456; run"
+
+
+def test_schema_mismatch_on_an_empty_database() -> None:
+    err = SchemaMismatch(
+        component="cell 'cell1'", current=None, expected="def456", hint="run 'cellgate db sync'"
+    )
+    assert err.current is None
+    assert err.message == "cell 'cell1' is at revision none (empty), expected def456"
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (InvalidURL, {"url": "u", "reason": "r"}),
+        (CellNotFound, {"ident": "i"}),
+        (HostNotMapped, {"host": "h"}),
+        (DuplicateCell, {"field": "f", "value": "v"}),
+        (CellInUse, {"ident": "i", "reason": "r"}),
+        (BackendError, {"component": "c", "reason": "r"}),
+        (UntargetedContext, {"what": "w"}),
+        (SchemaMismatch, {"component": "c", "current": None, "expected": "e", "hint": "h"}),
+    ],
+)
+def test_typed_errors_take_keyword_arguments_only(
+    cls: type[CellgateError], kwargs: dict[str, object]
+) -> None:
+    cls(**kwargs)  # fine
+    with pytest.raises(TypeError):
+        cls(*kwargs.values())
+
+
+def test_errors_chain_with_raise_from() -> None:
+    cause = OSError("connection refused")
+    with pytest.raises(CellUnavailable) as info:
+        try:
+            raise cause
+        except OSError as exc:
+            raise CellUnavailable(component="cell1", reason="refused") from exc
+    assert info.value.__cause__ is cause
+
+
+# --------------------------------------------------------------------------
+# CLI exit codes
+# --------------------------------------------------------------------------
+
+
+def test_exit_code_values_are_the_documented_ones() -> None:
+    assert {c.name: int(c) for c in ExitCode} == {
+        "OK": 0,
+        "ERROR": 1,
+        "USAGE": 2,
+        "NOT_FOUND": 3,
+        "CONFLICT": 4,
+        "UNAVAILABLE": 5,
+        "SCHEMA": 6,
+    }
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ConfigError("bad"), ExitCode.USAGE),
+        (InvalidURL(url="x", reason="y"), ExitCode.USAGE),
+        (CellNotFound(ident="c"), ExitCode.NOT_FOUND),
+        (HostNotMapped(host="h"), ExitCode.NOT_FOUND),
+        (DuplicateCell(field="name", value="c"), ExitCode.CONFLICT),
+        (CellInUse(ident="c", reason="r"), ExitCode.CONFLICT),
+        (BackendError(component="c", reason="r"), ExitCode.UNAVAILABLE),
+        (BackendUnavailable(component="c", reason="r"), ExitCode.UNAVAILABLE),
+        (BackendTimeout(component="c", reason="r"), ExitCode.UNAVAILABLE),
+        (CellUnavailable(component="c", reason="r"), ExitCode.UNAVAILABLE),
+        (CellTimeout(component="c", reason="r"), ExitCode.UNAVAILABLE),
+        (MigrationError("m"), ExitCode.SCHEMA),
+        (SchemaMismatch(component="c", current=None, expected="e", hint="h"), ExitCode.SCHEMA),
+        # Not in the table: unexpected, i.e. a bug.
+        (UntargetedContext(what="w"), ExitCode.ERROR),
+        (RoutingError("r"), ExitCode.ERROR),
+        (MappingError("m"), ExitCode.ERROR),
+        (CellgateError("c"), ExitCode.ERROR),
+        (Exception("x"), ExitCode.ERROR),
+        (ValueError("x"), ExitCode.ERROR),
+        (KeyError("x"), ExitCode.ERROR),
+        (KeyboardInterrupt(), ExitCode.ERROR),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.name,
+)
+def test_exit_code_for(error: BaseException, code: ExitCode) -> None:
+    assert exit_code_for(error) is code
+
+
+def test_exit_code_for_follows_subclasses() -> None:
+    class CustomTimeout(CellTimeout):
+        pass
+
+    class CustomConfig(InvalidURL):
+        pass
+
+    assert exit_code_for(CustomTimeout(component="c", reason="r")) is ExitCode.UNAVAILABLE
+    assert exit_code_for(CustomConfig(url="u", reason="r")) is ExitCode.USAGE

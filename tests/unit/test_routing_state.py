@@ -1,0 +1,191 @@
+"""MappingCache and EngineRegistry on SQLite: TTL, generation, misses, bounds."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, text
+
+from cellgate.apidb.database import ApiDatabase
+from cellgate.apidb.mappings import create_cell, delete_cell, update_cell
+from cellgate.config import DatabaseSettings
+from cellgate.errors import BackendUnavailable, CellNotFound
+from cellgate.migrations.runner import MigrationLine, upgrade
+from cellgate.routing.cache import MappingCache
+from cellgate.routing.connections import EngineRegistry
+from cellgate.urls import DatabaseURL, TemplateDefaults
+
+DEFAULTS = TemplateDefaults(database=None, transport=None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[ApiDatabase]:
+    db = ApiDatabase(DatabaseSettings(DatabaseURL.parse(f"sqlite:///{tmp_path}/api.sqlite")))
+    upgrade(db.engine, MigrationLine.API)
+    yield db
+    db.close()
+
+
+def _create(api: ApiDatabase, name: str) -> str:
+    with api.session() as s:
+        return create_cell(
+            s,
+            name=name,
+            transport_url=f"memory://{name}",
+            database_connection=f"sqlite:///{name}.db",
+            defaults=DEFAULTS,
+        ).uuid
+
+
+def _count_queries(api: ApiDatabase) -> list[str]:
+    seen: list[str] = []
+    event.listen(
+        api.engine, "before_cursor_execute", lambda _c, _cur, stmt, *_a: seen.append(stmt)
+    )
+    return seen
+
+
+def test_hits_are_served_from_memory_until_the_ttl(api: ApiDatabase) -> None:
+    uuid1 = _create(api, "c1")
+    clock = Clock()
+    cache = MappingCache(api, ttl=30, clock=clock)
+    assert cache.get("c1").uuid == uuid1
+    queries = _count_queries(api)
+    for _ in range(50):
+        assert cache.get(uuid1).name == "c1"
+        assert cache.get("c1").uuid == uuid1
+    assert queries == []
+    assert cache.hits == 101  # the first lookup found it in the snapshot it loaded
+
+
+def test_after_the_ttl_an_unchanged_generation_costs_one_small_read(api: ApiDatabase) -> None:
+    _create(api, "c1")
+    clock = Clock()
+    cache = MappingCache(api, ttl=30, clock=clock)
+    cache.get("c1")
+    queries = _count_queries(api)
+    clock.now += 31
+    cache.get("c1")
+    selects = [q for q in queries if q.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 1 and "mapping_generation" in selects[0]
+
+
+def test_a_write_elsewhere_is_seen_after_the_ttl(api: ApiDatabase) -> None:
+    _create(api, "c1")
+    clock = Clock()
+    cache = MappingCache(api, ttl=30, clock=clock)
+    assert cache.generation == -1  # nothing loaded yet
+    assert cache.get("c1").disabled is False
+    generation = cache.generation
+    with api.session() as s:
+        update_cell(s, "c1", disabled=True, defaults=DEFAULTS)
+    assert cache.get("c1").disabled is False  # within the TTL: the snapshot
+    clock.now += 31
+    assert cache.get("c1").disabled is True
+    assert cache.generation == generation + 1
+    assert cache.list() == [] and len(cache.list(include_disabled=True)) == 1
+
+
+def test_a_miss_reloads_once_then_raises(api: ApiDatabase) -> None:
+    cache = MappingCache(api, ttl=3600, clock=Clock())
+    assert cache.list() == []
+    uuid2 = _create(api, "c2")
+    assert cache.get("c2").uuid == uuid2  # a miss falls through to the database
+    with pytest.raises(CellNotFound):
+        cache.get("nope")
+    assert cache.misses == 2
+
+
+def test_deleted_cell_stops_resolving_after_invalidate(api: ApiDatabase) -> None:
+    _create(api, "c3")
+    cache = MappingCache(api, ttl=3600, clock=Clock())
+    cache.get("c3")
+    with api.session() as s:
+        delete_cell(s, "c3")
+    cache.invalidate()
+    with pytest.raises(CellNotFound):
+        cache.get("c3")
+
+
+def test_stale_snapshot_is_served_while_the_api_database_is_down(
+    api: ApiDatabase, tmp_path: Path
+) -> None:
+    _create(api, "c4")
+    clock = Clock()
+    cache = MappingCache(api, ttl=30, clock=clock)
+    cache.get("c4")
+    api.close()
+    (tmp_path / "api.sqlite").rename(tmp_path / "gone.sqlite")
+    (tmp_path / "api.sqlite").mkdir()  # now unopenable
+    clock.now += 31
+    assert cache.get("c4").name == "c4"
+    cache.invalidate()
+    with pytest.raises(BackendUnavailable):
+        cache.get("c4")
+
+
+def test_only_one_refresh_is_in_flight(api: ApiDatabase) -> None:
+    _create(api, "c5")
+    clock = Clock()
+    cache = MappingCache(api, ttl=30, clock=clock)
+    cache.get("c5")
+    clock.now += 31
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def slow(*_a: object) -> None:
+        entered.set()
+        gate.wait(10)
+
+    event.listen(api.engine, "before_cursor_execute", slow)
+    refresher = threading.Thread(target=cache.get, args=("c5",))
+    refresher.start()
+    assert entered.wait(10)
+    # While one thread refreshes, others answer from the current snapshot.
+    assert cache.get("c5").name == "c5"
+    gate.set()
+    refresher.join(10)
+    event.remove(api.engine, "before_cursor_execute", slow)
+
+
+def test_engine_registry_is_bounded_and_keyed_by_url(tmp_path: Path) -> None:
+    registry = EngineRegistry(max_engines=3, connect_timeout=1, query_timeout=1)
+    urls = []
+    for i in range(10):
+        (tmp_path / f"c{i}.db").touch()
+        urls.append(DatabaseURL.parse(f"sqlite:///{tmp_path}/c{i}.db"))
+    for url in urls:
+        with registry.get(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    assert len(registry) == 3 and registry.created == 10 and registry.evicted == 7
+    assert registry.get(urls[-1]) is registry.get(urls[-1])
+    assert registry.created == 10
+    registry.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        registry.get(urls[0])
+
+
+def test_engine_in_use_is_not_evicted(tmp_path: Path) -> None:
+    registry = EngineRegistry(max_engines=1, connect_timeout=1, query_timeout=1)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.db").touch()
+    a = DatabaseURL.parse(f"sqlite:///{tmp_path}/a.db")
+    b = DatabaseURL.parse(f"sqlite:///{tmp_path}/b.db")
+    engine_a = registry.get(a)
+    with engine_a.connect():
+        registry.get(b)
+        assert len(registry) == 2  # a is busy: over the bound until it is idle
+        assert registry.checked_out() == 1
+    registry.get(b)
+    registry.close()
