@@ -27,14 +27,22 @@ from cellgate.errors import HostNotMapped as HostNotMapped
 from cellgate.errors import InvalidURL as InvalidURL
 from cellgate.errors import MappingError as MappingError
 from cellgate.errors import MigrationError as MigrationError
+from cellgate.errors import NoTransport as NoTransport
+from cellgate.errors import RemoteError as RemoteError
 from cellgate.errors import RoutingError as RoutingError
+from cellgate.errors import RPCError as RPCError
+from cellgate.errors import RPCTimeout as RPCTimeout
 from cellgate.errors import SchemaMismatch as SchemaMismatch
+from cellgate.errors import UnsupportedVersion as UnsupportedVersion
 from cellgate.errors import UntargetedContext as UntargetedContext
 from cellgate.migrations.runner import MigrationLine as MigrationLine
 from cellgate.results import CellResult as CellResult
 from cellgate.results import Failed as Failed
 from cellgate.results import Ok as Ok
 from cellgate.results import TimedOut as TimedOut
+from cellgate.rpc.client import RPCClient as RPCClient
+from cellgate.rpc.server import RPCServer as RPCServer
+from cellgate.rpc.target import Target as Target
 from cellgate.urls import DatabaseURL as DatabaseURL
 from cellgate.urls import TransportURL as TransportURL
 
@@ -60,13 +68,21 @@ __all__ = [
     "MappingError",
     "MigrationError",
     "MigrationLine",
+    "NoTransport",
     "Ok",
+    "RPCClient",
+    "RPCError",
+    "RPCServer",
+    "RPCTimeout",
+    "RemoteError",
     "RequestContext",
     "RoutingError",
     "SchemaMismatch",
     "Settings",
+    "Target",
     "TimedOut",
     "TransportURL",
+    "UnsupportedVersion",
     "UntargetedContext",
     "load_settings",
 ]

@@ -6,12 +6,13 @@ thread pool. ``App.close()`` (or leaving ``with App(settings) as app``)
 releases them all. Nothing is global: two ``App`` objects in one process (as
 in tests) share nothing.
 
-The request path::
+The request path (database and RPC)::
 
     ctx = RequestContext(project_id=...)
     with app.target_cell(ctx, "cell1") as cctx:      # cached mapping lookup
         with app.db.session(cctx) as session:         # that cell's engine
             session.execute(...)
+        app.rpc.client(cctx, Target("compute")).call("reboot", instance=uuid)
 
 Cell-level access with an untargeted context raises ``UntargetedContext``;
 there is no default cell to fall back to.
@@ -19,7 +20,8 @@ there is no default cell to fall back to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import signal
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TypeVar
@@ -37,7 +39,12 @@ from cellgate.results import CellResult
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.connections import EngineRegistry
 from cellgate.routing.fanout import FanoutPool
-from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults
+from cellgate.rpc.client import RPCClient
+from cellgate.rpc.rabbit import RabbitTransport
+from cellgate.rpc.server import RPCServer
+from cellgate.rpc.target import Target
+from cellgate.rpc.transport import TransportRegistry
+from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults, TransportURL
 
 T = TypeVar("T")
 
@@ -86,6 +93,39 @@ class CellDatabases:
             yield session
 
 
+class CellRPC:
+    """RPC clients and servers on cell transports, chosen per call from the cell."""
+
+    def __init__(self, transports: TransportRegistry, defaults: TemplateDefaults, timeout: float):
+        self._transports = transports
+        self._defaults = defaults
+        self._timeout = timeout
+        self._rendered: dict[StoredURL, TransportURL] = {}
+
+    def url_for(self, cell: CellMapping) -> TransportURL:
+        url = self._rendered.get(cell.transport_url)
+        if url is None:
+            url = self._defaults.transport_url(cell.transport_url)
+            if len(self._rendered) >= _RENDERED_LIMIT:
+                self._rendered.clear()
+            self._rendered[cell.transport_url] = url
+        return url
+
+    def client(self, ctx: RequestContext, target: Target) -> RPCClient:
+        """A client reaching ``target`` in ``ctx.cell``, over that cell's transport."""
+        if ctx.cell is None:
+            raise UntargetedContext(what="an RPC client")
+        transport = self._transports.get(self.url_for(ctx.cell), ctx.cell.label)
+        return RPCClient(transport, target, ctx, timeout=self._timeout)
+
+    def server(
+        self, cell: CellMapping, target: Target, endpoints: Sequence[object], *, workers: int = 8
+    ) -> RPCServer:
+        """A server (not yet started) for ``target`` on ``cell``'s transport."""
+        transport = self._transports.dedicated(self.url_for(cell), cell.label)
+        return RPCServer(transport, target, endpoints, cell, workers=workers, owns_transport=True)
+
+
 class App:
     """Owns every engine, cache and pool of one process; see the module docstring."""
 
@@ -99,7 +139,16 @@ class App:
             query_timeout=settings.database.query_timeout,
             pool_size=settings.database.pool_size,
         )
-        self.db = CellDatabases(self.api, self.engines, template_defaults(settings))
+        defaults = template_defaults(settings)
+        self.db = CellDatabases(self.api, self.engines, defaults)
+        rpc = settings.rpc
+        self.transports = TransportRegistry(
+            max_transports=rpc.max_transports,
+            rabbit=lambda url: RabbitTransport(
+                url, connect_timeout=rpc.connect_timeout, heartbeat=rpc.heartbeat
+            ),
+        )
+        self.rpc = CellRPC(self.transports, defaults, rpc.response_timeout)
         self._fanout = FanoutPool()
 
     @contextmanager
@@ -122,24 +171,36 @@ class App:
     ) -> dict[str, CellResult[T]]:
         """Run ``fn(cell_ctx)`` on every cell at once; one result per cell uuid.
 
-        ``cells=None`` means every live cell. Cell0 and disabled cells are
-        skipped unless asked for. Returns by the deadline even if a cell hangs.
+        ``cells=None`` means every live cell, less cell0 and disabled cells
+        unless asked for; an explicit list is used as given. Returns by the
+        deadline even if a cell hangs.
         """
-        chosen = self.cells.list(include_disabled=True) if cells is None else list(cells)
-        targets = {
-            c.uuid: ctx.for_cell(c)
-            for c in chosen
-            if (include_disabled or not c.disabled) and (include_cell0 or not c.is_cell0)
-        }
+        if cells is None:
+            cells = self.cells.list(include_disabled=include_disabled, include_cell0=include_cell0)
+        targets = {c.uuid: ctx.for_cell(c) for c in cells}
         deadline = timeout if timeout is not None else self.settings.cells.scatter_timeout
         return self._fanout.scatter_gather(targets, fn, timeout=deadline)
+
+    def reload(self) -> None:
+        """Drop cached cell mappings; the next lookup re-reads the API database.
+
+        What a service does on SIGHUP (see :meth:`install_sighup_handler`).
+        Engines and transports need no reload: they are keyed by URL, so a
+        changed mapping simply reaches a new one.
+        """
+        self.cells.invalidate()
+
+    def install_sighup_handler(self) -> None:
+        """Make SIGHUP call :meth:`reload` (main thread only, POSIX only)."""
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload())
 
     def close(self) -> None:
         """Release every engine, pool and thread this App owns."""
         self._fanout.close()
+        self.transports.close()
         self.engines.close()
+        self.cells.close()
         self.api.close()
-        self.cells.invalidate()
 
     def __enter__(self) -> App:
         return self

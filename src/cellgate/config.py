@@ -39,6 +39,9 @@ DEFAULT_CACHE_TTL: Final = 30.0
 DEFAULT_POOL_SIZE: Final = 2
 DEFAULT_MAX_ENGINES: Final = 64
 DEFAULT_SCATTER_TIMEOUT: Final = 30.0
+DEFAULT_RPC_TIMEOUT: Final = 60.0
+DEFAULT_HEARTBEAT: Final = 30
+DEFAULT_MAX_TRANSPORTS: Final = 64
 EMBEDDED_TRANSPORT: Final = "memory://cellgate"
 
 
@@ -77,6 +80,36 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Cell transport URL templates are rendered against it. "
         f"Default: {EMBEDDED_TRANSPORT} (in-process).",
         "url",
+    ),
+    Option(
+        "DEFAULT",
+        "rpc_response_timeout",
+        str(DEFAULT_RPC_TIMEOUT),
+        "Seconds an RPC call waits for its reply (oslo.messaging's name).",
+        "float",
+    ),
+    Option(
+        "rpc",
+        "connect_timeout",
+        str(DEFAULT_CONNECT_TIMEOUT),
+        "Seconds to wait for a connection to a cell's message broker.",
+        "float",
+    ),
+    Option(
+        "rpc",
+        "heartbeat",
+        str(DEFAULT_HEARTBEAT),
+        "AMQP heartbeat in seconds: a silent broker connection is declared dead "
+        "after about twice this.",
+        "int",
+    ),
+    Option(
+        "rpc",
+        "max_transports",
+        str(DEFAULT_MAX_TRANSPORTS),
+        "Broker connections (one per transport URL) a process keeps for clients at most; "
+        "the least recently used is closed beyond that.",
+        "int",
     ),
     Option(
         "api_database",
@@ -184,6 +217,16 @@ class CellSettings:
 
 
 @dataclass(frozen=True)
+class RPCSettings:
+    """How RPC reaches cells' brokers."""
+
+    response_timeout: float = DEFAULT_RPC_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    heartbeat: int = DEFAULT_HEARTBEAT
+    max_transports: int = DEFAULT_MAX_TRANSPORTS
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything cellgate was configured with. Build it with :func:`load_settings`."""
 
@@ -192,7 +235,8 @@ class Settings:
     transport_url: TransportURL
     state_path: Path
     cells: CellSettings
-    source: Path | None  # the config file read, or None for the embedded default
+    source: Path | None
+    rpc: RPCSettings = RPCSettings()  # the config file read, or None for the embedded default
 
     @property
     def embedded(self) -> bool:
@@ -253,6 +297,12 @@ def load_settings(
             scatter_timeout=get.number("cells", "scatter_timeout"),
         ),
         source=source,
+        rpc=RPCSettings(
+            response_timeout=get.number("DEFAULT", "rpc_response_timeout"),
+            connect_timeout=get.number("rpc", "connect_timeout"),
+            heartbeat=get.count("rpc", "heartbeat"),
+            max_transports=get.count("rpc", "max_transports"),
+        ),
     )
 
 

@@ -23,8 +23,18 @@ passed in already masked.
      │         └── CellTimeout
      ├── RoutingError
      │    └── UntargetedContext      cell code ran without a target cell
-     └── MigrationError
-          └── SchemaMismatch         a database is not at the expected revision
+     ├── MigrationError
+     │    └── SchemaMismatch         a database is not at the expected revision
+     └── RPCError
+          ├── RPCTimeout             no reply within the call's timeout
+          ├── RemoteError            the remote method raised (type name + message)
+          ├── UnsupportedVersion     the server cannot serve the requested version
+          ├── NoTransport            RPC to a cell without a queue (cell0)
+          ├── NoSuchMethod           (server side) no endpoint has that method
+          └── WrongCell              (server side) a message for another cell arrived
+
+The two server-side errors travel back to the caller as a ``RemoteError``
+whose ``exc_type`` is their class name.
 
 ``BackendError`` sits beside ``RoutingError`` rather than under it because the
 API database can be unreachable too, and that is not a routing problem.
@@ -160,3 +170,71 @@ class SchemaMismatch(MigrationError):
             f"{component} is at revision {current or 'none (empty)'}, expected {expected}",
             hint=hint,
         )
+
+
+class RPCError(CellgateError):
+    """An RPC call or cast could not be completed."""
+
+
+class RPCTimeout(RPCError):
+    """No reply arrived within the call's timeout."""
+
+    def __init__(self, *, method: str, target: str, timeout: float) -> None:
+        self.method = method
+        self.target = target
+        self.timeout = timeout
+        super().__init__(
+            f"no reply to {method!r} from {target} within {timeout:g}s",
+            hint="is a server for this topic running in that cell?",
+        )
+
+
+class RemoteError(RPCError):
+    """The remote endpoint raised; carries its type name and message, not its class.
+
+    Exceptions are never re-created from their names (no dynamic imports):
+    callers match on ``exc_type``, a plain string.
+    """
+
+    def __init__(self, *, exc_type: str, message: str, method: str) -> None:
+        self.exc_type = exc_type
+        self.remote_message = message
+        self.method = method
+        super().__init__(f"remote {method!r} raised {exc_type}: {message}")
+
+
+class UnsupportedVersion(RPCError):
+    """The server's target version cannot serve the requested version."""
+
+    def __init__(self, *, requested: str, supported: str) -> None:
+        self.requested = requested
+        self.supported = supported
+        super().__init__(
+            f"requested RPC version {requested} is not supported (server has {supported})",
+            hint="upgrade the server, or pin the client to an older version",
+        )
+
+
+class NoTransport(RPCError):
+    """The target cell has no message queue (cell0's ``none:///``)."""
+
+    def __init__(self, *, cell: str) -> None:
+        self.cell = cell
+        super().__init__(f"cell {cell!r} has no message queue (none:///); RPC cannot reach it")
+
+
+class NoSuchMethod(RPCError):
+    """No endpoint of the server has a public method of that name."""
+
+    def __init__(self, *, method: str) -> None:
+        self.method = method
+        super().__init__(f"no endpoint has a public method {method!r}")
+
+
+class WrongCell(RPCError):
+    """A message whose context names another cell reached this cell's server."""
+
+    def __init__(self, *, expected: str, got: str | None) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(f"message for cell {got!r} reached cell {expected!r}'s server")

@@ -27,7 +27,7 @@ class Failed:
 
 @dataclass(frozen=True)
 class TimedOut:
-    deadline: float
+    timeout: float  # the seconds the caller allowed
 
 
 CellResult = Ok[T] | Failed | TimedOut

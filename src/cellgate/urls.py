@@ -239,10 +239,18 @@ class DatabaseURL:
     rejected, because its default driver (mysqlclient) is not installed.
     """
 
-    __slots__ = ("_url",)
+    __slots__ = ("_key", "_url")
 
     def __init__(self, url: sqlalchemy.engine.URL) -> None:
         self._url = url
+        self._key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The full URL, password included: an identity for registries, never output."""
+        if self._key is None:
+            self._key = self._url.render_as_string(hide_password=False)
+        return self._key
 
     @classmethod
     def parse(cls, raw: str) -> DatabaseURL:
@@ -305,12 +313,10 @@ class DatabaseURL:
         return f"DatabaseURL({self.render()!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, DatabaseURL) and other.render(hide_password=False) == self.render(
-            hide_password=False
-        )
+        return isinstance(other, DatabaseURL) and other.key == self.key
 
     def __hash__(self) -> int:
-        return hash(self.render(hide_password=False))
+        return hash(self.key)
 
 
 @dataclass(frozen=True, repr=False)
@@ -378,13 +384,16 @@ class TransportURL:
     def __repr__(self) -> str:
         return f"TransportURL({self.render()!r})"
 
+    @property
+    def key(self) -> str:
+        """The full URL, password included: an identity for registries, never output."""
+        return self._parts.render(hide_password=False)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TransportURL) and other.render(
-            hide_password=False
-        ) == self.render(hide_password=False)
+        return isinstance(other, TransportURL) and other.key == self.key
 
     def __hash__(self) -> int:
-        return hash(self.render(hide_password=False))
+        return hash(self.key)
 
 
 def _transport_host(host: _Host, masked: str) -> TransportHost:

@@ -28,9 +28,16 @@ from cellgate.errors import (
     InvalidURL,
     MappingError,
     MigrationError,
+    NoSuchMethod,
+    NoTransport,
+    RemoteError,
     RoutingError,
+    RPCError,
+    RPCTimeout,
     SchemaMismatch,
+    UnsupportedVersion,
     UntargetedContext,
+    WrongCell,
 )
 
 # --------------------------------------------------------------------------
@@ -56,6 +63,13 @@ TREE: dict[type[Exception], type[Exception]] = {
     UntargetedContext: RoutingError,
     MigrationError: CellgateError,
     SchemaMismatch: MigrationError,
+    RPCError: CellgateError,
+    RPCTimeout: RPCError,
+    RemoteError: RPCError,
+    UnsupportedVersion: RPCError,
+    NoTransport: RPCError,
+    NoSuchMethod: RPCError,
+    WrongCell: RPCError,
 }
 
 
@@ -298,3 +312,18 @@ def test_exit_code_for_follows_subclasses() -> None:
 
     assert exit_code_for(CustomTimeout(component="c", reason="r")) is ExitCode.UNAVAILABLE
     assert exit_code_for(CustomConfig(url="u", reason="r")) is ExitCode.USAGE
+
+
+def test_rpc_errors_keep_their_fields() -> None:
+    timeout = RPCTimeout(method="reboot", target="cell a topic 'compute'", timeout=2.5)
+    assert (timeout.method, timeout.timeout) == ("reboot", 2.5)
+    assert "no reply to 'reboot' from cell a topic 'compute' within 2.5s" in str(timeout)
+    remote = RemoteError(exc_type="ValueError", message="bad", method="m")
+    assert (remote.exc_type, remote.remote_message) == ("ValueError", "bad")
+    assert str(remote) == "remote 'm' raised ValueError: bad"
+    version = UnsupportedVersion(requested="1.4", supported="1.3")
+    assert (version.requested, version.supported) == ("1.4", "1.3")
+    assert NoTransport(cell="cell0").cell == "cell0"
+    assert NoSuchMethod(method="x").method == "x"
+    wrong = WrongCell(expected="a", got="b")
+    assert (wrong.expected, wrong.got) == ("a", "b")

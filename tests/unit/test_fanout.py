@@ -79,7 +79,7 @@ def test_mixed_ok_failed_timed_out(pool: FanoutPool, release: threading.Event) -
     results = pool.scatter_gather({"c1": "ok", "c2": "fail", "c3": "hang"}, fn, timeout=0.5)
 
     assert time.monotonic() - started < 0.5 + SLACK
-    assert results == {"c1": Ok("OK"), "c2": Failed(not_found), "c3": TimedOut(deadline=0.5)}
+    assert results == {"c1": Ok("OK"), "c2": Failed(not_found), "c3": TimedOut(timeout=0.5)}
     failed = results["c2"]
     assert isinstance(failed, Failed)
     assert failed.error is not_found  # a CellgateError is kept as-is, not wrapped
@@ -99,7 +99,7 @@ def test_result_types_support_match(pool: FanoutPool, release: threading.Event) 
                 seen.append(f"ok {value}")
             case Failed():
                 seen.append("failed")
-            case TimedOut(deadline=deadline):
+            case TimedOut(timeout=deadline):
                 seen.append(f"timed out after {deadline}")
     assert seen == ["ok 1", "timed out after 0.3"]
 

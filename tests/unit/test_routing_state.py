@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,11 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, text
 
+from cellgate import App, load_settings
 from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell, delete_cell, update_cell
 from cellgate.config import DatabaseSettings
 from cellgate.errors import BackendUnavailable, CellNotFound
-from cellgate.migrations.runner import MigrationLine, upgrade
+from cellgate.manage.migrate import sync_api
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.connections import EngineRegistry
 from cellgate.urls import DatabaseURL, TemplateDefaults
@@ -32,7 +35,7 @@ class Clock:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiDatabase]:
     db = ApiDatabase(DatabaseSettings(DatabaseURL.parse(f"sqlite:///{tmp_path}/api.sqlite")))
-    upgrade(db.engine, MigrationLine.API)
+    sync_api(db)
     yield db
     db.close()
 
@@ -189,3 +192,19 @@ def test_engine_in_use_is_not_evicted(tmp_path: Path) -> None:
         assert registry.checked_out() == 1
     registry.get(b)
     registry.close()
+
+
+def test_sighup_drops_the_cached_mappings(api: ApiDatabase, tmp_path: Path) -> None:
+    _create(api, "hup")
+    conf = tmp_path / "hup.conf"
+    conf.write_text(f"[api_database]\nconnection = sqlite:///{tmp_path}/api.sqlite\n")
+    previous = signal.getsignal(signal.SIGHUP)
+    with App(load_settings(conf)) as app:
+        try:
+            app.install_sighup_handler()
+            assert app.cells.get("hup").name == "hup"
+            assert app.cells.generation >= 0
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert app.cells.generation == -1  # nothing cached until the next lookup
+        finally:
+            signal.signal(signal.SIGHUP, previous)

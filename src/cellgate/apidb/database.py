@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,7 +35,6 @@ class ApiDatabase:
                 self.settings.connection,
                 connect_timeout=self.settings.connect_timeout,
                 query_timeout=self.settings.query_timeout,
-                create_missing=True,
             )
         return self._engine
 
@@ -46,7 +46,29 @@ class ApiDatabase:
         with translate_errors(self.component), self._sessions.begin() as session:
             yield session
 
+    def create_file(self) -> None:
+        """For a SQLite API database: create its directory and empty file if missing.
+
+        Only ``api-db sync`` does this; every other use of a missing file is an
+        error, so a typo in the path is reported instead of silently creating
+        an empty database.
+        """
+        path = self._sqlite_path()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(exist_ok=True)
+
+    def _sqlite_path(self) -> Path | None:
+        url = self.settings.connection
+        if url.backend == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(str(url.database)).expanduser()
+        return None
+
     def revision(self) -> str | None:
+        """The API line's revision; ``None`` for an empty (or not yet created) database."""
+        path = self._sqlite_path()
+        if path is not None and not path.exists():
+            return None
         with translate_errors(self.component):
             return current(self.engine, MigrationLine.API)
 

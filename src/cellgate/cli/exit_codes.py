@@ -17,6 +17,7 @@ from cellgate.errors import (
     DuplicateCell,
     HostNotMapped,
     MigrationError,
+    RPCTimeout,
 )
 
 
@@ -26,7 +27,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # invalid usage or input (bad option, URL, template, config)
     NOT_FOUND = 3  # no such cell or host
     CONFLICT = 4  # duplicate name/uuid, or the cell is still in use
-    UNAVAILABLE = 5  # a database or broker is unreachable or timed out
+    UNAVAILABLE = 5  # a database or broker is unreachable or timed out (RPC timeouts too)
     SCHEMA = 6  # a schema is not at the expected revision, or a migration failed
 
 
@@ -37,6 +38,7 @@ _TABLE: tuple[tuple[type[CellgateError], ExitCode], ...] = (
     (DuplicateCell, ExitCode.CONFLICT),
     (CellInUse, ExitCode.CONFLICT),
     (BackendError, ExitCode.UNAVAILABLE),
+    (RPCTimeout, ExitCode.UNAVAILABLE),
     (MigrationError, ExitCode.SCHEMA),
 )
 

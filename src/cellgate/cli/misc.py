@@ -50,6 +50,10 @@ def config_show(state: CliState, as_json: bool) -> None:
         "cells.cache_ttl": s.cells.cache_ttl,
         "cells.max_engines": s.cells.max_engines,
         "cells.scatter_timeout": s.cells.scatter_timeout,
+        "rpc_response_timeout": s.rpc.response_timeout,
+        "rpc.connect_timeout": s.rpc.connect_timeout,
+        "rpc.heartbeat": s.rpc.heartbeat,
+        "rpc.max_transports": s.rpc.max_transports,
     }
     emit_json(data) if as_json else emit_fields(data)
 

@@ -83,6 +83,7 @@ def _unique(cells: list[CellMapping]) -> list[CellMapping]:
 
 
 def sync_api(api: ApiDatabase, revision: str = "head") -> VersionInfo:
+    api.create_file()
     with translate_errors(api.component):
         reached = upgrade(api.engine, MigrationLine.API, revision)
     return VersionInfo(reached, head(MigrationLine.API))

@@ -9,9 +9,15 @@ never refreshed. Here the cache:
   other caller keeps using the current snapshot; the re-check reads the single
   ``mapping_generation`` integer and reloads the mappings only if it moved;
 - on a miss, reloads once before answering :class:`CellNotFound`, so a cell
-  created a moment ago resolves and a deleted one stops resolving;
-- keeps serving the last snapshot if a refresh fails (the API database being
-  down must not take down requests the cache can answer), logging the failure;
+  created a moment ago resolves at once; the answer "no such cell" is then
+  remembered for a second, so a flood of bad names cannot turn into a flood of
+  reloads;
+- keeps resolving a cell deleted elsewhere until the TTL re-check or
+  ``invalidate()`` (the staleness bound is the TTL);
+- keeps serving the last snapshot if a TTL refresh fails (the API database
+  being down must not take down requests the cache can answer), logging the
+  failure; a miss during an outage raises the outage, never a false
+  :class:`CellNotFound`;
 - is owned by ``App``; ``invalidate()`` (or SIGHUP in services) drops it.
 """
 
@@ -23,11 +29,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cellgate import forksafe
 from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import CellMapping, list_cells, normalize_uuid, read_generation
 from cellgate.errors import CellgateError, CellNotFound
 
 log = logging.getLogger(__name__)
+
+_NEGATIVE_TTL = 1.0  # seconds a "no such cell" answer is remembered
+_NEGATIVE_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,15 @@ class MappingCache:
         self._clock = clock
         self._snapshot: _Snapshot | None = None
         self._refresh_lock = threading.Lock()
+        self._negative: dict[str, float] = {}
+        self._closed = False
+        self._schema_checked = False
+        forksafe.register(self)
         self.hits = 0
         self.misses = 0
+
+    def _after_fork_in_child(self) -> None:
+        self._refresh_lock = threading.Lock()
 
     @property
     def generation(self) -> int:
@@ -76,8 +93,14 @@ class MappingCache:
             self.hits += 1
             return found
         self.misses += 1
+        now = self._clock()
+        if self._negative.get(ident, 0.0) > now:
+            raise CellNotFound(ident=ident)
         found = self._lookup(self._refresh(force=True), ident)
         if found is None:
+            if len(self._negative) >= _NEGATIVE_LIMIT:
+                self._negative.clear()
+            self._negative[ident] = now + min(self._ttl, _NEGATIVE_TTL)
             raise CellNotFound(ident=ident)
         return found
 
@@ -94,6 +117,12 @@ class MappingCache:
     def invalidate(self) -> None:
         """Forget everything; the next lookup reloads from the API database."""
         self._snapshot = None
+        self._negative = {}
+
+    def close(self) -> None:
+        """Forget everything and refuse further lookups (the App is closing)."""
+        self._closed = True
+        self.invalidate()
 
     @staticmethod
     def _lookup(snap: _Snapshot, ident: str) -> CellMapping | None:
@@ -101,6 +130,8 @@ class MappingCache:
         return snap.by_uuid.get(as_uuid) if as_uuid else snap.by_name.get(ident)
 
     def _current(self) -> _Snapshot:
+        if self._closed:
+            raise RuntimeError("the App owning this mapping cache is closed")
         snap = self._snapshot
         if snap is not None and self._clock() - snap.loaded_at < self._ttl:
             return snap
@@ -115,11 +146,15 @@ class MappingCache:
         else:
             self._refresh_lock.acquire()
         try:
-            return self._reload(self._snapshot if not force else None, fallback=snap)
+            # A forced reload answers a miss: failing it must raise, not fall back.
+            return self._reload(self._snapshot if not force else None, None if force else snap)
         finally:
             self._refresh_lock.release()
 
     def _reload(self, current: _Snapshot | None, fallback: _Snapshot | None) -> _Snapshot:
+        if not self._schema_checked:  # a clear SchemaMismatch, not "no such table"
+            self._api.require_current()
+            self._schema_checked = True
         try:
             with self._api.session() as session:
                 generation = read_generation(session)

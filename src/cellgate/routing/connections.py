@@ -5,23 +5,27 @@ Engines are keyed by the *rendered* database URL, not by cell uuid (Nova's
 without a restart: the new URL simply gets a new engine. The registry is an
 LRU with a maximum size; when it is full, the least recently used engine with
 no connection checked out is disposed. Each engine has a small pool, so a
-process that touches 1,000 cells holds at most ``max_engines * pool_size``
-connections. Creation is guarded by a lock per key: under any concurrency an
+process that touches 1,000 cells holds a bounded number of connections. Creation is guarded by a lock per key: under any concurrency an
 engine is created exactly once per URL.
 
 After ``os.fork()`` the child must not reuse the parent's sockets;
-:meth:`dispose_after_fork` drops them without closing the parent's.
+the registry drops them without closing the parent's (see ``cellgate.forksafe``).
+
+The bound is on engines, enforced when one is created: least recently used
+engines with no connection checked out are disposed until at most
+``max_engines`` remain; engines busy at that moment are kept, so the count can
+briefly exceed the bound. Each engine holds up to ``2 * pool_size``
+connections (pool plus overflow; SQLite's own pool ignores ``pool_size``).
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections import OrderedDict
 
 from sqlalchemy.engine import Engine
 
+from cellgate import forksafe
 from cellgate.engines import make_engine
 from cellgate.urls import DatabaseURL
 
@@ -47,11 +51,11 @@ class EngineRegistry:
         self.created = 0
         self.evicted = 0
         self._closed = False
-        _after_fork.add(self)
+        forksafe.register(self)
 
     def get(self, url: DatabaseURL) -> Engine:
         """The engine for ``url``, created on first use."""
-        key = url.render(hide_password=False)
+        key = url.key
         with self._lock:
             if self._closed:
                 raise RuntimeError("the App owning this engine registry is closed")
@@ -110,27 +114,15 @@ class EngineRegistry:
             self._engines.clear()
         for engine in engines:
             engine.dispose()
-        _after_fork.discard(self)
 
-    def dispose_after_fork(self) -> None:
-        """In a forked child: forget the parent's connections without closing them."""
-        with self._lock:
-            for engine in self._engines.values():
-                engine.dispose(close=False)
+    def _after_fork_in_child(self) -> None:
+        """Forget the parent's connections without closing them, and reset locks."""
+        self._lock = threading.Lock()
+        self._key_locks = {}
+        for engine in self._engines.values():
+            engine.dispose(close=False)
 
 
 def _checked_out(engine: Engine) -> int:
     checkedout = getattr(engine.pool, "checkedout", None)
     return int(checkedout()) if callable(checkedout) else 0
-
-
-_after_fork: weakref.WeakSet[EngineRegistry] = weakref.WeakSet()
-
-
-def _dispose_all_after_fork() -> None:
-    for registry in list(_after_fork):
-        registry._lock = threading.Lock()  # a lock held at fork time stays held forever
-        registry.dispose_after_fork()
-
-
-os.register_at_fork(after_in_child=_dispose_all_after_fork)

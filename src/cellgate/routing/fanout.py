@@ -65,6 +65,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar
 
+from cellgate import forksafe
 from cellgate.errors import CellgateError, CellUnavailable, RoutingError
 from cellgate.results import CellResult, Failed, Ok, TimedOut
 from cellgate.urls import redact
@@ -105,6 +106,14 @@ class FanoutPool:
         self._closed = False
         self._name = f"cellgate-fanout-{next(_pool_numbers)}"
         self._thread_numbers = itertools.count(1)
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """Only the forking thread survives a fork: start from an empty pool."""
+        self._cond = threading.Condition()
+        self._pending = deque()
+        self._workers = 0
+        self._idle = 0
 
     def scatter_gather(
         self, items: Mapping[K, V], fn: Callable[[V], T], *, timeout: float
@@ -248,7 +257,7 @@ def _result(
     key: object, work: _Work[T], timeout: float, overdue: set[_Work[Any]]
 ) -> CellResult[T]:
     if work in overdue:
-        return TimedOut(deadline=timeout)
+        return TimedOut(timeout=timeout)
     if work.future.cancelled():
         return Failed(RoutingError(f"cell {key}: not run because the fan-out pool was closed"))
     exc = work.future.exception()

@@ -1,0 +1,1 @@
+"""RPC to a cell's workers over that cell's own transport: client, server, wire, drivers."""

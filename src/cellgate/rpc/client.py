@@ -1,0 +1,110 @@
+"""``RPCClient``: call or cast a method on a cell's servers, with a timeout.
+
+A client is cheap: it binds a transport (shared, from the App's registry),
+a :class:`~cellgate.rpc.target.Target` and the caller's context. ``prepare``
+returns a new client with overrides and leaves this one unchanged, as
+oslo.messaging's does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cellgate.context import RequestContext
+from cellgate.errors import (
+    BackendUnavailable,
+    CellUnavailable,
+    RemoteError,
+    RPCError,
+    RPCTimeout,
+    UnsupportedVersion,
+)
+from cellgate.rpc.target import Target
+from cellgate.rpc.transport import Transport
+from cellgate.rpc.wire import MalformedMessage, Request, decode_reply
+
+#: Default seconds a call waits for its reply (oslo's rpc_response_timeout).
+DEFAULT_RPC_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class RPCClient:
+    transport: Transport
+    target: Target
+    ctx: RequestContext
+    timeout: float = DEFAULT_RPC_TIMEOUT
+
+    @property
+    def _cell(self) -> str:
+        return self.ctx.cell.label if self.ctx.cell else "?"
+
+    def prepare(
+        self,
+        *,
+        timeout: float | None = None,
+        server: str | None = None,
+        version: str | None = None,
+        fanout: bool | None = None,
+    ) -> RPCClient:
+        """A copy with some settings overridden; this client is unchanged."""
+        target = self.target
+        if server is not None or version is not None or fanout is not None:
+            target = Target(
+                topic=target.topic,
+                server=server if server is not None else target.server,
+                fanout=fanout if fanout is not None else target.fanout,
+                version=version if version is not None else target.version,
+            )
+        return replace(
+            self, target=target, timeout=timeout if timeout is not None else self.timeout
+        )
+
+    def call(self, method: str, **kwargs: Any) -> Any:
+        """Invoke ``method(ctx, **kwargs)`` on one server and return its result.
+
+        :raises RPCTimeout: no reply within ``timeout``.
+        :raises RemoteError: the method raised; ``exc_type`` names its class.
+        :raises UnsupportedVersion: the server is older than ``target.version``.
+        :raises CellUnavailable: the cell's broker could not be used.
+        """
+        request = Request.new(method, kwargs, self.ctx.to_dict(), self.target.version)
+        body = request.encode()
+        try:
+            answer = self.transport.call(self.target, body, self.timeout)
+        except TimeoutError:
+            raise RPCTimeout(
+                method=method, target=f"cell {self._cell} {self.target}", timeout=self.timeout
+            ) from None
+        except BackendUnavailable as exc:
+            raise self._unavailable(exc) from exc
+        try:
+            reply = decode_reply(answer)
+        except MalformedMessage as exc:
+            raise RPCError(
+                f"malformed reply to {method!r} from cell {self._cell}: {exc}"
+            ) from None
+        if reply.ok:
+            return reply.result
+        detail = reply.error_detail or {}
+        if reply.error_type == "UnsupportedVersion":
+            raise UnsupportedVersion(
+                requested=detail.get("requested", str(self.target.version)),
+                supported=detail.get("supported", "?"),
+            )
+        raise RemoteError(
+            exc_type=reply.error_type or "Exception",
+            message=reply.error_message or "",
+            method=method,
+        )
+
+    def cast(self, method: str, **kwargs: Any) -> None:
+        """Send ``method(ctx, **kwargs)`` without waiting (to every server if fanout)."""
+        request = Request.new(method, kwargs, self.ctx.to_dict(), self.target.version)
+        try:
+            self.transport.cast(self.target, request.encode())
+        except BackendUnavailable as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BackendUnavailable) -> CellUnavailable:
+        return CellUnavailable(component=f"cell {self._cell} {exc.component}", reason=exc.reason)
