@@ -21,6 +21,7 @@ there is no default cell to fall back to.
 from __future__ import annotations
 
 import signal
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -41,7 +42,7 @@ from cellgate.routing.connections import EngineRegistry
 from cellgate.routing.fanout import FanoutPool
 from cellgate.rpc.client import RPCClient
 from cellgate.rpc.rabbit import RabbitTransport
-from cellgate.rpc.server import RPCServer
+from cellgate.rpc.server import DEFAULT_SERVER_WORKERS, RPCServer
 from cellgate.rpc.target import Target
 from cellgate.rpc.transport import TransportRegistry
 from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults, TransportURL
@@ -101,6 +102,7 @@ class CellRPC:
         self._defaults = defaults
         self._timeout = timeout
         self._rendered: dict[StoredURL, TransportURL] = {}
+        self._servers: weakref.WeakSet[RPCServer] = weakref.WeakSet()
 
     def url_for(self, cell: CellMapping) -> TransportURL:
         url = self._rendered.get(cell.transport_url)
@@ -119,11 +121,25 @@ class CellRPC:
         return RPCClient(transport, target, ctx, timeout=self._timeout)
 
     def server(
-        self, cell: CellMapping, target: Target, endpoints: Sequence[object], *, workers: int = 8
+        self,
+        cell: CellMapping,
+        target: Target,
+        endpoints: Sequence[object],
+        *,
+        workers: int = DEFAULT_SERVER_WORKERS,
     ) -> RPCServer:
         """A server (not yet started) for ``target`` on ``cell``'s transport."""
         transport = self._transports.dedicated(self.url_for(cell), cell.label)
-        return RPCServer(transport, target, endpoints, cell, workers=workers, owns_transport=True)
+        server = RPCServer(
+            transport, target, endpoints, cell, workers=workers, owns_transport=True
+        )
+        self._servers.add(server)
+        return server
+
+    def stop_servers(self) -> None:
+        """Stop every server made here that is still running (App.close does this)."""
+        for server in list(self._servers):
+            server.stop()
 
 
 class App:
@@ -156,7 +172,7 @@ class App:
         self, ctx: RequestContext, cell: CellMapping | str
     ) -> Iterator[RequestContext]:
         """Yield a copy of ``ctx`` targeting ``cell`` (a mapping, name or uuid)."""
-        mapping = cell if isinstance(cell, CellMapping) else self.cells.get(cell)
+        mapping = cell if isinstance(cell, CellMapping) else self.cells.get(ctx, cell)
         yield ctx.for_cell(mapping)
 
     def scatter_gather(
@@ -176,7 +192,9 @@ class App:
         deadline even if a cell hangs.
         """
         if cells is None:
-            cells = self.cells.list(include_disabled=include_disabled, include_cell0=include_cell0)
+            cells = self.cells.list(
+                ctx, include_disabled=include_disabled, include_cell0=include_cell0
+            )
         targets = {c.uuid: ctx.for_cell(c) for c in cells}
         deadline = timeout if timeout is not None else self.settings.cells.scatter_timeout
         return self._fanout.scatter_gather(targets, fn, timeout=deadline)
@@ -196,6 +214,7 @@ class App:
 
     def close(self) -> None:
         """Release every engine, pool and thread this App owns."""
+        self.rpc.stop_servers()
         self._fanout.close()
         self.transports.close()
         self.engines.close()

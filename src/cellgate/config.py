@@ -21,7 +21,7 @@ import configparser
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Final, TypeVar
 
@@ -42,6 +42,11 @@ DEFAULT_SCATTER_TIMEOUT: Final = 30.0
 DEFAULT_RPC_TIMEOUT: Final = 60.0
 DEFAULT_HEARTBEAT: Final = 30
 DEFAULT_MAX_TRANSPORTS: Final = 64
+DEFAULT_API_PORT: Final = 8780
+DEFAULT_CELL_TIMEOUT: Final = 5.0
+DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
+DEFAULT_SERVICE_DOWN_TIME: Final = 30.0
+SCHEDULER_POLICIES: Final = ("fewest_instances", "round_robin")
 EMBEDDED_TRANSPORT: Final = "memory://cellgate"
 
 
@@ -110,6 +115,50 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Broker connections (one per transport URL) a process keeps for clients at most; "
         "the least recently used is closed beyond that.",
         "int",
+    ),
+    Option(
+        "api",
+        "listen",
+        "127.0.0.1",
+        "Address the REST API listens on.",
+    ),
+    Option("api", "port", str(DEFAULT_API_PORT), "Port the REST API listens on.", "int"),
+    Option(
+        "api",
+        "auth_tokens",
+        None,
+        "Bearer tokens, comma separated, each TOKEN:PROJECT:ROLE[+ROLE...], e.g. "
+        "s3cret:admin:admin+member. The 'admin' role may manage cells and hosts. "
+        "Tokens are secrets: they are never printed.",
+    ),
+    Option(
+        "api",
+        "cell_timeout",
+        str(DEFAULT_CELL_TIMEOUT),
+        "Seconds a request waits for each cell before reporting it down.",
+        "float",
+    ),
+    Option(
+        "scheduler",
+        "policy",
+        SCHEDULER_POLICIES[0],
+        "How a new instance's cell is chosen when none is given: "
+        + " or ".join(SCHEDULER_POLICIES)
+        + ".",
+    ),
+    Option(
+        "worker",
+        "heartbeat_interval",
+        str(DEFAULT_HEARTBEAT_INTERVAL),
+        "Seconds between a worker's heartbeats in its cell database.",
+        "float",
+    ),
+    Option(
+        "worker",
+        "service_down_time",
+        str(DEFAULT_SERVICE_DOWN_TIME),
+        "Seconds without a heartbeat after which a worker is reported down.",
+        "float",
     ),
     Option(
         "api_database",
@@ -227,6 +276,43 @@ class RPCSettings:
 
 
 @dataclass(frozen=True)
+class TokenGrant:
+    """What one bearer token stands for. The token never appears in a repr."""
+
+    token: str = field(repr=False)
+    project_id: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The reference service: REST API, scheduling and workers."""
+
+    listen: str = "127.0.0.1"
+    port: int = DEFAULT_API_PORT
+    tokens: tuple[TokenGrant, ...] = ()
+    cell_timeout: float = DEFAULT_CELL_TIMEOUT
+    scheduler_policy: str = SCHEDULER_POLICIES[0]
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    service_down_time: float = DEFAULT_SERVICE_DOWN_TIME
+
+
+def parse_tokens(raw: str | None, where: str) -> tuple[TokenGrant, ...]:
+    """``TOKEN:PROJECT:ROLE+ROLE, ...`` -> grants; errors never quote a token."""
+    grants = []
+    for index, item in enumerate(filter(None, (p.strip() for p in (raw or "").split(","))), 1):
+        parts = item.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ConfigError(
+                f"{where}: entry {index} is not TOKEN:PROJECT:ROLE[+ROLE...]",
+                hint="the entry itself is not shown because it holds a token",
+            )
+        token, project, roles = parts
+        grants.append(TokenGrant(token, project, tuple(r for r in roles.split("+") if r)))
+    return tuple(grants)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything cellgate was configured with. Build it with :func:`load_settings`."""
 
@@ -236,7 +322,10 @@ class Settings:
     state_path: Path
     cells: CellSettings
     source: Path | None
-    rpc: RPCSettings = RPCSettings()  # the config file read, or None for the embedded default
+    rpc: RPCSettings = RPCSettings()
+    service: ServiceSettings = (
+        ServiceSettings()
+    )  # the config file read, or None for the embedded default
 
     @property
     def embedded(self) -> bool:
@@ -272,6 +361,17 @@ def load_settings(
     env = os.environ if environ is None else environ
     source = find_config(path, env)
     values = _read(source) if source is not None else {}
+    return _build(values, source, env)
+
+
+def embedded_settings(state_path: Path) -> Settings:
+    """The embedded default rooted at ``state_path``, ignoring any config file."""
+    return _build({("DEFAULT", "state_path"): str(state_path)}, None, {})
+
+
+def _build(
+    values: dict[tuple[str, str], str], source: Path | None, env: Mapping[str, str]
+) -> Settings:
     get = _Getter(values, source)
     state_path = Path(get.text("DEFAULT", "state_path") or default_state_path(env)).expanduser()
     api_default = f"sqlite:///{state_path / 'api.sqlite'}"
@@ -302,6 +402,15 @@ def load_settings(
             connect_timeout=get.number("rpc", "connect_timeout"),
             heartbeat=get.count("rpc", "heartbeat"),
             max_transports=get.count("rpc", "max_transports"),
+        ),
+        service=ServiceSettings(
+            listen=get.text("api", "listen") or "127.0.0.1",
+            port=get.count("api", "port"),
+            tokens=parse_tokens(get.text("api", "auth_tokens"), get.where("api", "auth_tokens")),
+            cell_timeout=get.number("api", "cell_timeout"),
+            scheduler_policy=get.choice("scheduler", "policy", SCHEDULER_POLICIES),
+            heartbeat_interval=get.number("worker", "heartbeat_interval"),
+            service_down_time=get.number("worker", "service_down_time"),
         ),
     )
 
@@ -374,6 +483,17 @@ class _Getter:
             return parse(raw)
         except CellgateError as exc:
             raise ConfigError(f"{self._where(section, name)}: {exc}") from None
+
+    def choice(self, section: str, name: str, choices: tuple[str, ...]) -> str:
+        value = self.text(section, name) or ""
+        if value not in choices:
+            raise ConfigError(
+                f"{self._where(section, name)} must be one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
+
+    def where(self, section: str, name: str) -> str:
+        return self._where(section, name)
 
     def _where(self, section: str, name: str) -> str:
         origin = str(self._source) if self._source else "embedded default"

@@ -15,14 +15,16 @@ passed in already masked.
      │    ├── CellNotFound
      │    ├── HostNotMapped
      │    ├── DuplicateCell
-     │    └── CellInUse
+     │    ├── CellInUse
+     │    └── InstanceNotFound
      ├── BackendError                a server could not be used
      │    ├── BackendUnavailable     refused, reset, bad credentials
      │    │    └── CellUnavailable   ... and it belongs to a cell
      │    └── BackendTimeout         no answer within the deadline
      │         └── CellTimeout
      ├── RoutingError
-     │    └── UntargetedContext      cell code ran without a target cell
+     │    ├── UntargetedContext      cell code ran without a target cell
+     │    └── NoValidCell            no enabled cell can take a new instance
      ├── MigrationError
      │    └── SchemaMismatch         a database is not at the expected revision
      └── RPCError
@@ -30,6 +32,7 @@ passed in already masked.
           ├── RemoteError            the remote method raised (type name + message)
           ├── UnsupportedVersion     the server cannot serve the requested version
           ├── NoTransport            RPC to a cell without a queue (cell0)
+          ├── MalformedMessage       bytes that are not a valid envelope (or too big)
           ├── NoSuchMethod           (server side) no endpoint has that method
           └── WrongCell              (server side) a message for another cell arrived
 
@@ -111,6 +114,14 @@ class CellInUse(MappingError):
         super().__init__(f"cell {ident!r} {reason}", hint=hint)
 
 
+class InstanceNotFound(MappingError):
+    """No instance with this uuid is visible to the caller."""
+
+    def __init__(self, *, uuid: str) -> None:
+        self.uuid = uuid
+        super().__init__(f"instance {uuid!r} not found")
+
+
 class BackendError(CellgateError):
     """A database or message broker could not be used."""
 
@@ -153,6 +164,14 @@ class UntargetedContext(RoutingError):
             f"{what} needs a target cell but the context has none",
             hint="wrap the call in target_cell(ctx, cell)",
         )
+
+
+class NoValidCell(RoutingError):
+    """No enabled cell (cell0 aside) can take a new instance."""
+
+    def __init__(self, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"no cell can take the instance: {reason}")
 
 
 class MigrationError(CellgateError):
@@ -238,3 +257,7 @@ class WrongCell(RPCError):
         self.expected = expected
         self.got = got
         super().__init__(f"message for cell {got!r} reached cell {expected!r}'s server")
+
+
+class MalformedMessage(RPCError, ValueError):
+    """Bytes that are not a valid cellgate RPC envelope, or arguments that cannot be one."""

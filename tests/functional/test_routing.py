@@ -32,6 +32,9 @@ from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.urls import DatabaseURL, TemplateDefaults
 from tests.support import Server, blackhole
 
+#: The context that cache lookups here are made with.
+CTX = RequestContext(request_id="req-test")
+
 DEFAULTS = TemplateDefaults(database=None, transport=None)
 CELLS = ("alpha", "beta", "gamma")
 
@@ -167,12 +170,12 @@ def test_scatter_gather_skips_cell0_and_disabled_unless_asked(
             return s.scalar(select(func.count()).select_from(InstanceRow)) or 0
 
     results = app.scatter_gather(RequestContext(), None, count, timeout=10)
-    assert {app.cells.get(u).name for u in results} == {"alpha", "beta"}
+    assert {app.cells.get(CTX, u).name for u in results} == {"alpha", "beta"}
     assert all(isinstance(r, Ok) and r.value == 0 for r in results.values())
     everything = app.scatter_gather(
         RequestContext(), None, count, timeout=10, include_disabled=True, include_cell0=True
     )
-    assert {app.cells.get(u).name for u in everything} == {"alpha", "beta", "gamma", "cell0"}
+    assert {app.cells.get(CTX, u).name for u in everything} == {"alpha", "beta", "gamma", "cell0"}
 
 
 def test_dead_and_hung_cells_cost_only_their_deadline(cells: Cells, tmp_path: Path) -> None:
@@ -204,7 +207,7 @@ def test_dead_and_hung_cells_cost_only_their_deadline(cells: Cells, tmp_path: Pa
     finally:
         release.set()
     elapsed = time.monotonic() - started
-    by_name = {app.cells.get(u).name: r for u, r in results.items()}
+    by_name = {app.cells.get(CTX, u).name: r for u, r in results.items()}
     assert by_name["alpha"] == Ok("1")
     assert isinstance(by_name["beta"], Failed)
     assert isinstance(by_name["beta"].error, CellUnavailable)
@@ -243,20 +246,20 @@ def test_engines_are_created_once_per_url_under_concurrency(cells: Cells) -> Non
 
 def test_deleted_cell_stops_resolving(cells: Cells, tmp_path: Path) -> None:
     app = cells.app
-    assert app.cells.get("beta").name == "beta"
+    assert app.cells.get(CTX, "beta").name == "beta"
     api = ApiDatabase(load_settings(_config(tmp_path, cells.api_url)).api_database)
     with api.session() as s:
         delete_cell(s, "beta")
     api.close()
     app.cells.invalidate()
     with pytest.raises(Exception, match="no cell named"):
-        app.cells.get("beta")
+        app.cells.get(CTX, "beta")
 
 
 def test_new_cell_resolves_on_a_miss_without_invalidate(cells: Cells, tmp_path: Path) -> None:
     app = cells.app
     before = app.cells.generation
-    app.cells.get("alpha")
+    app.cells.get(CTX, "alpha")
     api = ApiDatabase(load_settings(_config(tmp_path, cells.api_url)).api_database)
     url = _migrated(cells.server.new_database(), MigrationLine.CELL)
     with api.session() as s:
@@ -268,7 +271,7 @@ def test_new_cell_resolves_on_a_miss_without_invalidate(cells: Cells, tmp_path: 
             defaults=DEFAULTS,
         )
     api.close()
-    assert app.cells.get("delta").uuid == created.uuid
+    assert app.cells.get(CTX, "delta").uuid == created.uuid
     assert app.cells.generation > before
 
 
@@ -297,7 +300,7 @@ def test_blackholed_database_times_out_at_its_connect_timeout(
         started = time.monotonic()
         results = app.scatter_gather(RequestContext(), None, probe, timeout=20)
         elapsed = time.monotonic() - started
-    by_name = {app.cells.get(u).name: r for u, r in results.items()}
+    by_name = {app.cells.get(CTX, u).name: r for u, r in results.items()}
     assert by_name["alpha"] == Ok(1) and by_name["gamma"] == Ok(1)
     beta = by_name["beta"]
     assert isinstance(beta, Failed) and isinstance(beta.error, CellTimeout), beta

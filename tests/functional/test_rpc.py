@@ -35,6 +35,9 @@ from cellgate.manage.migrate import sync_api
 from cellgate.urls import TemplateDefaults, url_passwords
 from tests.support import Broker, blackhole
 
+#: The context that cache lookups here are made with.
+CTX = RequestContext(request_id="req-test")
+
 DEFAULTS = TemplateDefaults(database=None, transport=None)
 TOPIC = "compute"
 
@@ -94,7 +97,9 @@ class Deployment:
         self, cell: str, endpoint: Recorder, server: str | None = None, version: str | None = None
     ) -> object:
         srv = self.app.rpc.server(
-            self.app.cells.get(cell), Target(TOPIC, server=server, version=version), [endpoint]
+            self.app.cells.get(CTX, cell),
+            Target(TOPIC, server=server, version=version),
+            [endpoint],
         ).start()
         _wait_ready(srv)
         return srv
@@ -319,7 +324,7 @@ def test_calls_recover_after_the_broker_drops_every_connection(tmp_path: Path) -
             )
         api.close()
         with App(settings) as app:
-            srv = app.rpc.server(app.cells.get("r"), Target(TOPIC), [Recorder("s")]).start()
+            srv = app.rpc.server(app.cells.get(CTX, "r"), Target(TOPIC), [Recorder("s")]).start()
             _wait_ready(srv)
             with app.target_cell(RequestContext(), "r") as cctx:
                 client = app.rpc.client(cctx, Target(TOPIC))
@@ -380,7 +385,9 @@ def test_scatter_rpc_with_a_silent_broker_returns_the_other_cells(
                 )
         api.close()
         with App(settings) as app:
-            srv = app.rpc.server(app.cells.get("live"), Target(TOPIC), [Recorder("s")]).start()
+            srv = app.rpc.server(
+                app.cells.get(CTX, "live"), Target(TOPIC), [Recorder("s")]
+            ).start()
             _wait_ready(srv)
 
             def ask(cctx: RequestContext) -> object:
@@ -389,7 +396,7 @@ def test_scatter_rpc_with_a_silent_broker_returns_the_other_cells(
             started = time.monotonic()
             results = app.scatter_gather(RequestContext(), None, ask, timeout=3)
             elapsed = time.monotonic() - started
-            by_name = {app.cells.get(u).name: r for u, r in results.items()}
+            by_name = {app.cells.get(CTX, u).name: r for u, r in results.items()}
             srv.stop()
     assert by_name["live"] == Ok("live")
     assert isinstance(by_name["silent"], TimedOut)

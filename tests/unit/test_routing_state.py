@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, text
 
-from cellgate import App, load_settings
+from cellgate import App, RequestContext, load_settings
 from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell, delete_cell, update_cell
 from cellgate.config import DatabaseSettings
@@ -20,6 +20,9 @@ from cellgate.manage.migrate import sync_api
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.connections import EngineRegistry
 from cellgate.urls import DatabaseURL, TemplateDefaults
+
+#: The context that cache lookups here are made with.
+CTX = RequestContext(request_id="req-test")
 
 DEFAULTS = TemplateDefaults(database=None, transport=None)
 
@@ -63,11 +66,11 @@ def test_hits_are_served_from_memory_until_the_ttl(api: ApiDatabase) -> None:
     uuid1 = _create(api, "c1")
     clock = Clock()
     cache = MappingCache(api, ttl=30, clock=clock)
-    assert cache.get("c1").uuid == uuid1
+    assert cache.get(CTX, "c1").uuid == uuid1
     queries = _count_queries(api)
     for _ in range(50):
-        assert cache.get(uuid1).name == "c1"
-        assert cache.get("c1").uuid == uuid1
+        assert cache.get(CTX, uuid1).name == "c1"
+        assert cache.get(CTX, "c1").uuid == uuid1
     assert queries == []
     assert cache.hits == 101  # the first lookup found it in the snapshot it loaded
 
@@ -76,10 +79,10 @@ def test_after_the_ttl_an_unchanged_generation_costs_one_small_read(api: ApiData
     _create(api, "c1")
     clock = Clock()
     cache = MappingCache(api, ttl=30, clock=clock)
-    cache.get("c1")
+    cache.get(CTX, "c1")
     queries = _count_queries(api)
     clock.now += 31
-    cache.get("c1")
+    cache.get(CTX, "c1")
     selects = [q for q in queries if q.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1 and "mapping_generation" in selects[0]
 
@@ -89,36 +92,36 @@ def test_a_write_elsewhere_is_seen_after_the_ttl(api: ApiDatabase) -> None:
     clock = Clock()
     cache = MappingCache(api, ttl=30, clock=clock)
     assert cache.generation == -1  # nothing loaded yet
-    assert cache.get("c1").disabled is False
+    assert cache.get(CTX, "c1").disabled is False
     generation = cache.generation
     with api.session() as s:
         update_cell(s, "c1", disabled=True, defaults=DEFAULTS)
-    assert cache.get("c1").disabled is False  # within the TTL: the snapshot
+    assert cache.get(CTX, "c1").disabled is False  # within the TTL: the snapshot
     clock.now += 31
-    assert cache.get("c1").disabled is True
+    assert cache.get(CTX, "c1").disabled is True
     assert cache.generation == generation + 1
-    assert cache.list() == [] and len(cache.list(include_disabled=True)) == 1
+    assert cache.list(CTX) == [] and len(cache.list(CTX, include_disabled=True)) == 1
 
 
 def test_a_miss_reloads_once_then_raises(api: ApiDatabase) -> None:
     cache = MappingCache(api, ttl=3600, clock=Clock())
-    assert cache.list() == []
+    assert cache.list(CTX) == []
     uuid2 = _create(api, "c2")
-    assert cache.get("c2").uuid == uuid2  # a miss falls through to the database
+    assert cache.get(CTX, "c2").uuid == uuid2  # a miss falls through to the database
     with pytest.raises(CellNotFound):
-        cache.get("nope")
+        cache.get(CTX, "nope")
     assert cache.misses == 2
 
 
 def test_deleted_cell_stops_resolving_after_invalidate(api: ApiDatabase) -> None:
     _create(api, "c3")
     cache = MappingCache(api, ttl=3600, clock=Clock())
-    cache.get("c3")
+    cache.get(CTX, "c3")
     with api.session() as s:
         delete_cell(s, "c3")
     cache.invalidate()
     with pytest.raises(CellNotFound):
-        cache.get("c3")
+        cache.get(CTX, "c3")
 
 
 def test_stale_snapshot_is_served_while_the_api_database_is_down(
@@ -127,22 +130,22 @@ def test_stale_snapshot_is_served_while_the_api_database_is_down(
     _create(api, "c4")
     clock = Clock()
     cache = MappingCache(api, ttl=30, clock=clock)
-    cache.get("c4")
+    cache.get(CTX, "c4")
     api.close()
     (tmp_path / "api.sqlite").rename(tmp_path / "gone.sqlite")
     (tmp_path / "api.sqlite").mkdir()  # now unopenable
     clock.now += 31
-    assert cache.get("c4").name == "c4"
+    assert cache.get(CTX, "c4").name == "c4"
     cache.invalidate()
     with pytest.raises(BackendUnavailable):
-        cache.get("c4")
+        cache.get(CTX, "c4")
 
 
 def test_only_one_refresh_is_in_flight(api: ApiDatabase) -> None:
     _create(api, "c5")
     clock = Clock()
     cache = MappingCache(api, ttl=30, clock=clock)
-    cache.get("c5")
+    cache.get(CTX, "c5")
     clock.now += 31
     gate = threading.Event()
     entered = threading.Event()
@@ -152,11 +155,11 @@ def test_only_one_refresh_is_in_flight(api: ApiDatabase) -> None:
         gate.wait(10)
 
     event.listen(api.engine, "before_cursor_execute", slow)
-    refresher = threading.Thread(target=cache.get, args=("c5",))
+    refresher = threading.Thread(target=cache.get, args=(CTX, "c5"))
     refresher.start()
     assert entered.wait(10)
     # While one thread refreshes, others answer from the current snapshot.
-    assert cache.get("c5").name == "c5"
+    assert cache.get(CTX, "c5").name == "c5"
     gate.set()
     refresher.join(10)
     event.remove(api.engine, "before_cursor_execute", slow)
@@ -202,7 +205,7 @@ def test_sighup_drops_the_cached_mappings(api: ApiDatabase, tmp_path: Path) -> N
     with App(load_settings(conf)) as app:
         try:
             app.install_sighup_handler()
-            assert app.cells.get("hup").name == "hup"
+            assert app.cells.get(CTX, "hup").name == "hup"
             assert app.cells.generation >= 0
             os.kill(os.getpid(), signal.SIGHUP)
             assert app.cells.generation == -1  # nothing cached until the next lookup

@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from cellgate import forksafe
 from cellgate.config import DatabaseSettings
 from cellgate.engines import make_engine, translate_errors
 from cellgate.errors import SchemaMismatch
@@ -27,6 +28,12 @@ class ApiDatabase:
         self.component = f"API database {settings.connection}"
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """Never share the parent's pooled sockets: drop them unclosed."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
 
     @property
     def engine(self) -> Engine:

@@ -19,7 +19,9 @@ import click
 from cellgate.cli.cells import cell
 from cellgate.cli.db import api_db, db
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.hosts import host
 from cellgate.cli.misc import config, quickstart
+from cellgate.cli.serve import all_in_one, demo, serve
 from cellgate.cli.state import CliState
 from cellgate.errors import CellgateError
 from cellgate.logs import configure_logging
@@ -73,7 +75,11 @@ cli.add_command(config)
 cli.add_command(api_db)
 cli.add_command(db)
 cli.add_command(cell)
+cli.add_command(host)
 cli.add_command(quickstart)
+cli.add_command(serve)
+cli.add_command(all_in_one)
+cli.add_command(demo)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from cellgate import forksafe
 from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import CellMapping, list_cells, normalize_uuid, read_generation
+from cellgate.context import RequestContext
 from cellgate.errors import CellgateError, CellNotFound
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,12 @@ class MappingCache:
         snap = self._snapshot
         return snap.generation if snap else -1
 
-    def get(self, ident: str) -> CellMapping:
-        """The live cell whose uuid or name is ``ident``."""
+    def get(self, ctx: RequestContext, ident: str) -> CellMapping:
+        """The live cell whose uuid or name is ``ident``.
+
+        ``ctx`` names the request in the log line of a miss; lookups are not
+        scoped by project (cell mappings are global).
+        """
         found = self._lookup(self._current(), ident)
         if found is not None:
             self.hits += 1
@@ -96,6 +101,7 @@ class MappingCache:
         now = self._clock()
         if self._negative.get(ident, 0.0) > now:
             raise CellNotFound(ident=ident)
+        log.debug("%s: cell %r not cached; reloading mappings", ctx.request_id, ident)
         found = self._lookup(self._refresh(force=True), ident)
         if found is None:
             if len(self._negative) >= _NEGATIVE_LIMIT:
@@ -105,7 +111,7 @@ class MappingCache:
         return found
 
     def list(
-        self, *, include_disabled: bool = False, include_cell0: bool = True
+        self, ctx: RequestContext, *, include_disabled: bool = False, include_cell0: bool = True
     ) -> list[CellMapping]:
         """Live cells, cell0 first; disabled ones only if asked for."""
         return [

@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cellgate.config import DEFAULT_RPC_TIMEOUT
 from cellgate.context import RequestContext
 from cellgate.errors import (
     BackendUnavailable,
     CellUnavailable,
+    MalformedMessage,
     RemoteError,
     RPCError,
     RPCTimeout,
@@ -22,10 +24,7 @@ from cellgate.errors import (
 )
 from cellgate.rpc.target import Target
 from cellgate.rpc.transport import Transport
-from cellgate.rpc.wire import MalformedMessage, Request, decode_reply
-
-#: Default seconds a call waits for its reply (oslo's rpc_response_timeout).
-DEFAULT_RPC_TIMEOUT = 60.0
+from cellgate.rpc.wire import Request, decode_reply
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,14 @@
 
 Layout on the broker, per vhost (one vhost per cell is the recommended setup):
 
-- direct exchange ``cellgate``; queue ``cellgate.TOPIC`` bound with key
+- direct exchange ``cellgate``; queue ``cellgate:TOPIC`` bound with key
   ``TOPIC`` (shared by the topic's servers: round robin) and queue
-  ``cellgate.TOPIC.SERVER`` bound with ``TOPIC.SERVER``;
-- fanout exchange ``cellgate.TOPIC.fanout``; each server binds an exclusive,
+  ``cellgate:TOPIC:SERVER`` bound with ``TOPIC:SERVER``;
+- fanout exchange ``cellgate:TOPIC:fanout``; each server binds an exclusive,
   auto-deleted queue to it.
+
+Names are joined with ``:``, which a topic or server name cannot contain, so
+topic ``a.b`` with server ``c`` never meets topic ``a.b.c``.
 
 Calls wait for their reply on RabbitMQ's *direct reply-to*
 (``amq.rabbitmq.reply-to``): no reply queue is declared per caller, and the
@@ -24,6 +27,7 @@ host and port only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -64,6 +68,13 @@ def kombu_urls(url: TransportURL) -> str:
     return ";".join(parts)
 
 
+def connect(conn: Connection, hosts: int) -> None:
+    """Open ``conn``, trying each of its ``hosts`` once (kombu's connect() tries two)."""
+    conn.ensure_connection(
+        max_retries=max(1, hosts), interval_start=0, interval_step=0.2, interval_max=0.5
+    )
+
+
 class RabbitTransport(Transport):
     def __init__(self, url: TransportURL, *, connect_timeout: float, heartbeat: int) -> None:
         self._url = url
@@ -73,6 +84,7 @@ class RabbitTransport(Transport):
         self.label = "transport " + ",".join(
             f"{h.hostname}:{h.port or DEFAULT_AMQP_PORT}" for h in url.hosts
         )
+        self.host_count = len(url.hosts)
         self._idle: queue.LifoQueue[_CallChannel] = queue.LifoQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -152,8 +164,8 @@ class _StaleConnection(Exception):
 
 def _routing(target: Target) -> tuple[Exchange, str]:
     if target.fanout:
-        return Exchange(f"{EXCHANGE}.{target.topic}.fanout", type="fanout", durable=False), ""
-    key = f"{target.topic}.{target.server}" if target.server else target.topic
+        return Exchange(f"{EXCHANGE}:{target.topic}:fanout", type="fanout", durable=False), ""
+    key = f"{target.topic}:{target.server}" if target.server else target.topic
     return Exchange(EXCHANGE, type="direct", durable=False), key
 
 
@@ -168,7 +180,7 @@ class _CallChannel:
         self._reply: bytes | None = None
         self._consumer: Consumer | None = None
         try:
-            self._conn.connect()
+            connect(self._conn, self._transport.host_count)
             self._channel = self._conn.channel()
             self._producer = Producer(self._channel)
         except Exception as exc:
@@ -220,10 +232,9 @@ class _CallChannel:
         self._waiting = self.publish(target, body, reply=True, timeout=timeout)
         try:
             while self._reply is None and (remaining := deadline - time.monotonic()) > 0:
-                try:
+                with contextlib.suppress(TimeoutError):  # kombu's "nothing arrived yet"
                     self._conn.drain_events(timeout=min(remaining, 1.0))
-                except TimeoutError:  # kombu's "nothing arrived yet"
-                    self._conn.heartbeat_check()
+                self._conn.heartbeat_check()
         except self._errors() as exc:
             raise self._transport.unavailable(exc) from exc
         finally:
@@ -275,20 +286,20 @@ class _RabbitListener(Listener):
     def _queues(self) -> list[Queue]:
         topic, server = self._target.topic, self._target.server
         direct = Exchange(EXCHANGE, type="direct", durable=False)
-        queues = [Queue(f"{EXCHANGE}.{topic}", direct, routing_key=topic, durable=False)]
+        queues = [Queue(f"{EXCHANGE}:{topic}", direct, routing_key=topic, durable=False)]
         if server:
             queues.append(
                 Queue(
-                    f"{EXCHANGE}.{topic}.{server}",
+                    f"{EXCHANGE}:{topic}:{server}",
                     direct,
-                    routing_key=f"{topic}.{server}",
+                    routing_key=f"{topic}:{server}",
                     durable=False,
                 )
             )
-        fanout = Exchange(f"{EXCHANGE}.{topic}.fanout", type="fanout", durable=False)
+        fanout = Exchange(f"{EXCHANGE}:{topic}:fanout", type="fanout", durable=False)
         queues.append(
             Queue(
-                f"{EXCHANGE}.{topic}.fanout.{uuid.uuid4().hex[:12]}",
+                f"{EXCHANGE}:{topic}:fanout:{uuid.uuid4().hex[:12]}",
                 fanout,
                 durable=False,
                 exclusive=True,
@@ -302,17 +313,16 @@ class _RabbitListener(Listener):
         while not self._stopping.is_set():
             conn = self._transport.connection()
             try:
-                conn.connect()
+                connect(conn, self._transport.host_count)
                 channel = conn.channel()
                 channel.basic_qos(0, 16, False)
                 with Consumer(channel, queues=self._queues(), on_message=self._deliver):
                     self.ready.set()
                     backoff = _BACKOFF_START
                     while not self._stopping.is_set():
-                        try:
+                        with contextlib.suppress(TimeoutError):
                             conn.drain_events(timeout=1.0)
-                        except TimeoutError:
-                            conn.heartbeat_check()
+                        conn.heartbeat_check()  # after every slice, busy or not
             except Exception as exc:  # any broker failure: log, back off, reconnect
                 if self._stopping.is_set():
                     break

@@ -21,10 +21,10 @@ from typing import Any
 
 from cellgate.apidb.mappings import CellMapping
 from cellgate.context import RequestContext
-from cellgate.errors import NoSuchMethod, UnsupportedVersion, WrongCell
+from cellgate.errors import MalformedMessage, NoSuchMethod, UnsupportedVersion, WrongCell
 from cellgate.rpc.target import Target, version_compatible
 from cellgate.rpc.transport import Incoming, Listener, Transport
-from cellgate.rpc.wire import MalformedMessage, Reply, Request, decode_request
+from cellgate.rpc.wire import Reply, Request, decode_request
 from cellgate.urls import redact
 
 log = logging.getLogger(__name__)

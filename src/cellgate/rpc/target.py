@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+# No ':' in names: drivers use it to join topic and server (see rpc/rabbit.py).
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 _VERSION_RE: Final = re.compile(r"^\d+\.\d+$")
 

@@ -8,7 +8,8 @@ Request::
 Reply::
 
     {"cellgate": 1, "id": "<request id>", "result": <json>}            # success
-    {"cellgate": 1, "id": "<request id>", "error": {"type": "...", "message": "..."}}
+    {"cellgate": 1, "id": "<request id>",
+     "error": {"type": "...", "message": "...", "detail": {...}}}
 
 Decoding never trusts its input: any bytes that are not a well-formed
 envelope raise :class:`MalformedMessage`, which a server logs and drops; a
@@ -24,16 +25,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cellgate.errors import CellgateError
+from cellgate.errors import CellgateError, MalformedMessage
 from cellgate.urls import redact
 
 WIRE_VERSION: Final = 1
 #: The largest message body accepted, to bound memory per message.
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
-
-
-class MalformedMessage(ValueError):
-    """Bytes that are not a valid cellgate envelope (a programming or wire error)."""
 
 
 @dataclass(frozen=True)
@@ -102,9 +99,12 @@ class Reply:
 
 def _dump(data: dict[str, Any]) -> bytes:
     try:
-        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise MalformedMessage(f"RPC arguments and results must be plain JSON: {exc}") from None
+    if len(body) > MAX_MESSAGE_BYTES:  # refused here, not silently dropped by the receiver
+        raise MalformedMessage(f"message of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return body
 
 
 def _load(body: bytes) -> dict[str, Any]:

@@ -1,0 +1,206 @@
+"""Queries on one cell's database. Each takes a ``Session`` already on that cell.
+
+Nothing here knows which cell it is in: routing happens before (``app.db
+.session(ctx)``), so the same functions serve every cell.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from cellgate.celldb.schema import InstanceRow, ServiceRow
+from cellgate.dbtypes import utcnow
+
+#: Sort keys a listing accepts, each a column of ``instances``.
+SORT_KEYS: Final = ("created_at", "name")
+
+
+@dataclass(frozen=True)
+class Instance:
+    uuid: str
+    name: str
+    project_id: str
+    user_id: str | None
+    host: str | None
+    vm_state: str
+    task_state: str | None
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "project_id": self.project_id,
+            "user_id": self.user_id,
+            "host": self.host,
+            "status": self.vm_state,
+            "task_state": self.task_state,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+    def sort_key(self, key: str) -> tuple[str, str]:
+        value = getattr(self, key)
+        text = value.isoformat() if isinstance(value, dt.datetime) else str(value or "")
+        return (text, self.uuid)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value else None
+
+
+def _instance(row: InstanceRow) -> Instance:
+    return Instance(
+        uuid=row.uuid,
+        name=row.name,
+        project_id=row.project_id,
+        user_id=row.user_id,
+        host=row.host,
+        vm_state=row.vm_state,
+        task_state=row.task_state,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def add_instance(
+    session: Session, *, uuid: str, name: str, project_id: str, user_id: str | None
+) -> Instance:
+    row = InstanceRow(
+        uuid=uuid,
+        name=name,
+        project_id=project_id,
+        user_id=user_id,
+        vm_state="building",
+        task_state="scheduling",
+        created_at=utcnow(),
+        deleted=0,
+    )
+    session.add(row)
+    session.flush()
+    return _instance(row)
+
+
+def get_instance(session: Session, uuid: str, *, project_id: str | None) -> Instance | None:
+    """The live instance ``uuid``; ``None`` if missing or (with a project) not the project's."""
+    stmt = select(InstanceRow).where(InstanceRow.uuid == uuid, InstanceRow.deleted == 0)
+    if project_id is not None:
+        stmt = stmt.where(InstanceRow.project_id == project_id)
+    row = session.scalars(stmt).first()
+    return _instance(row) if row else None
+
+
+def list_instances(
+    session: Session,
+    *,
+    project_id: str | None,
+    sort: str,
+    limit: int,
+    after: tuple[str, str] | None = None,
+) -> list[Instance]:
+    """Live instances ordered by (sort key, uuid), strictly after ``after`` if given."""
+    column = getattr(InstanceRow, sort)
+    stmt = select(InstanceRow).where(InstanceRow.deleted == 0)
+    if project_id is not None:
+        stmt = stmt.where(InstanceRow.project_id == project_id)
+    if after is not None:
+        stmt = stmt.where(_after(column, after))
+    stmt = stmt.order_by(column, InstanceRow.uuid).limit(limit)
+    return [_instance(r) for r in session.scalars(stmt)]
+
+
+def _after(column: Any, after: tuple[str, str]) -> ColumnElement[bool]:
+    value: Any = after[0]
+    if column.key == "created_at":
+        value = dt.datetime.fromisoformat(after[0]) if after[0] else None
+    if value is None:
+        return or_(column.is_not(None), and_(column.is_(None), InstanceRow.uuid > after[1]))
+    return or_(column > value, and_(column == value, InstanceRow.uuid > after[1]))
+
+
+def count_instances(session: Session) -> int:
+    stmt = select(func.count()).select_from(InstanceRow).where(InstanceRow.deleted == 0)
+    return session.scalar(stmt) or 0
+
+
+def set_state(
+    session: Session,
+    uuid: str,
+    *,
+    vm_state: str,
+    task_state: str | None = None,
+    host: str | None = None,
+) -> Instance | None:
+    row = session.scalars(
+        select(InstanceRow).where(InstanceRow.uuid == uuid, InstanceRow.deleted == 0)
+    ).first()
+    if row is None:
+        return None
+    row.vm_state = vm_state
+    row.task_state = task_state
+    if host is not None:
+        row.host = host
+    row.updated_at = utcnow()
+    session.flush()
+    return _instance(row)
+
+
+def soft_delete_instance(session: Session, uuid: str) -> bool:
+    now = utcnow()
+    result = session.execute(
+        update(InstanceRow)
+        .where(InstanceRow.uuid == uuid, InstanceRow.deleted == 0)
+        .values(deleted=InstanceRow.id, deleted_at=now, vm_state="deleted", updated_at=now)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def hard_delete_instance(session: Session, uuid: str) -> None:
+    """Undo :func:`add_instance` (compensation when the API write fails)."""
+    session.query(InstanceRow).filter(InstanceRow.uuid == uuid).delete()
+
+
+@dataclass(frozen=True)
+class Service:
+    host: str
+    binary: str
+    topic: str | None
+    last_seen_at: dt.datetime | None
+    disabled: bool
+
+    def is_up(self, now: dt.datetime, down_after: float) -> bool:
+        return (
+            self.last_seen_at is not None
+            and (now - self.last_seen_at).total_seconds() <= down_after
+        )
+
+
+def heartbeat(session: Session, *, host: str, binary: str, topic: str) -> None:
+    """Create the service row on first call, then bump its counter and timestamp."""
+    row = session.scalars(
+        select(ServiceRow).where(
+            ServiceRow.host == host, ServiceRow.binary == binary, ServiceRow.deleted == 0
+        )
+    ).first()
+    now = utcnow()
+    if row is None:
+        session.add(
+            ServiceRow(
+                host=host, binary=binary, topic=topic, last_seen_at=now, deleted=0, report_count=1
+            )
+        )
+    else:
+        row.last_seen_at = now
+        row.report_count += 1
+    session.flush()
+
+
+def list_services(session: Session) -> list[Service]:
+    rows = session.scalars(select(ServiceRow).where(ServiceRow.deleted == 0)).all()
+    return [Service(r.host, r.binary, r.topic, r.last_seen_at, r.disabled) for r in rows]

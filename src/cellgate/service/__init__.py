@@ -1,0 +1,1 @@
+"""The reference service: a REST API and per-cell workers, built on ``App``."""

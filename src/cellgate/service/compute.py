@@ -1,0 +1,125 @@
+"""The per-cell worker: an RPC endpoint acting on its cell's instances, plus heartbeats.
+
+A worker serves the ``compute`` topic of one cell, on the shared topic queue
+(any worker may build) and on its own host's queue (actions on an instance go
+to the host that runs it). It registers itself as a service row in its cell
+database and refreshes it every ``[worker] heartbeat_interval`` seconds, which
+is what ``GET /v1/cells`` reports as the cell's service health.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Final
+
+from cellgate.apidb.mappings import CellMapping
+from cellgate.app import App
+from cellgate.celldb import queries
+from cellgate.context import RequestContext
+from cellgate.errors import CellgateError
+from cellgate.rpc.server import RPCServer
+from cellgate.rpc.target import Target
+
+log = logging.getLogger(__name__)
+
+TOPIC: Final = "compute"
+VERSION: Final = "1.0"
+BINARY: Final = "cellgate-worker"
+
+#: action -> (states it may start from, state it leaves the instance in)
+TRANSITIONS: Final = {
+    "reboot": (("active",), "active"),
+    "stop": (("active",), "stopped"),
+    "start": (("stopped",), "active"),
+}
+
+
+class InvalidState(Exception):
+    """The action does not apply to the instance's current state (HTTP 409)."""
+
+
+class UnknownInstance(LookupError):
+    """The instance is not in this cell (HTTP 404)."""
+
+
+class ComputeEndpoint:
+    """Methods the API calls on a cell's workers: ``method(ctx, **kwargs)``."""
+
+    def __init__(self, app: App, host: str) -> None:
+        self._app = app
+        self.host = host
+
+    def build(self, ctx: RequestContext, instance: str) -> dict[str, Any]:
+        with self._app.db.session(ctx) as session:
+            built = queries.set_state(session, instance, vm_state="active", host=self.host)
+        if built is None:
+            raise UnknownInstance(f"instance {instance} is not in this cell")
+        log.info("%s: built %s on %s", ctx.request_id, instance, self.host)
+        return built.to_dict()
+
+    def act(self, ctx: RequestContext, instance: str, action: str) -> dict[str, Any]:
+        if action not in TRANSITIONS:
+            raise InvalidState(f"unknown action {action!r}")
+        allowed, result = TRANSITIONS[action]
+        with self._app.db.session(ctx) as session:
+            current = queries.get_instance(session, instance, project_id=None)
+            if current is None:
+                raise UnknownInstance(f"instance {instance} is not in this cell")
+            if current.vm_state not in allowed:
+                raise InvalidState(f"cannot {action} an instance that is {current.vm_state}")
+            done = queries.set_state(session, instance, vm_state=result)
+        assert done is not None
+        return done.to_dict()
+
+    def delete(self, ctx: RequestContext, instance: str) -> bool:
+        with self._app.db.session(ctx) as session:
+            return queries.soft_delete_instance(session, instance)
+
+    def ping(self, ctx: RequestContext) -> dict[str, Any]:
+        return {"host": self.host, "cell": ctx.cell.name if ctx.cell else None}
+
+
+class Worker:
+    """One cell's RPC server plus its heartbeat thread."""
+
+    def __init__(self, app: App, cell: CellMapping, host: str, heartbeat_interval: float) -> None:
+        self.app = app
+        self.cell = cell
+        self.host = host
+        self._interval = heartbeat_interval
+        self._endpoint = ComputeEndpoint(app, host)
+        self._servers: list[RPCServer] = []
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Worker:
+        self.heartbeat()  # register before taking work; fails loudly if the cell is down
+        for server in (None, self.host):
+            target = Target(TOPIC, server=server, version=VERSION)
+            self._servers.append(self.app.rpc.server(self.cell, target, [self._endpoint]).start())
+        self._thread = threading.Thread(
+            target=self._beat, name=f"cellgate-heartbeat-{self.host}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def heartbeat(self) -> None:
+        ctx = RequestContext(request_id=f"req-heartbeat-{self.host}").for_cell(self.cell)
+        with self.app.db.session(ctx) as session:
+            queries.heartbeat(session, host=self.host, binary=BINARY, topic=TOPIC)
+
+    def _beat(self) -> None:
+        while not self._stopping.wait(self._interval):
+            try:
+                self.heartbeat()
+            except CellgateError as exc:  # keep serving; the API reports us down meanwhile
+                log.warning("worker %s: heartbeat failed: %s", self.host, exc)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for server in self._servers:
+            server.stop()
+        self._servers.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,224 @@
+"""The REST API (FastAPI), versioned under ``/v1``. Routes stay thin.
+
+Each route builds the caller's :class:`RequestContext` from its bearer token
+and calls :class:`~cellgate.service.instances.InstanceService` or the mapping
+functions. Errors are mapped in one place, :data:`STATUS`, to one JSON shape::
+
+    {"error": {"status": 404, "code": "InstanceNotFound", "message": "..."}}
+
+No response ever carries a traceback or a password: messages of our errors
+are built from masked values, and anything unexpected becomes a 500 with a
+generic message (logged, redacted, with the request id).
+
+This module does not use ``from __future__ import annotations``: FastAPI
+reads the route signatures at runtime, including the ``Annotated`` aliases
+built inside :func:`create_api`.
+"""
+
+import logging
+import secrets as pysecrets
+from dataclasses import replace
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from cellgate.apidb.hosts import list_hosts
+from cellgate.apidb.mappings import CellMapping
+from cellgate.app import App
+from cellgate.config import ServiceSettings
+from cellgate.context import RequestContext
+from cellgate.errors import (
+    BackendError,
+    CellgateError,
+    CellNotFound,
+    ConfigError,
+    HostNotMapped,
+    InstanceNotFound,
+    NoTransport,
+    NoValidCell,
+    RemoteError,
+    RPCTimeout,
+    SchemaMismatch,
+    UnsupportedVersion,
+)
+from cellgate.service.health import cell_health
+from cellgate.service.instances import MAX_LIMIT, InstanceService
+from cellgate.service.metrics import CONTENT_TYPE, Metrics
+from cellgate.urls import redact
+
+log = logging.getLogger(__name__)
+
+#: Error class -> HTTP status. First match wins, so subclasses come first.
+STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (InstanceNotFound, 404),
+    (CellNotFound, 404),
+    (HostNotMapped, 404),
+    (ConfigError, 400),
+    (NoValidCell, 409),
+    (UnsupportedVersion, 409),
+    (NoTransport, 409),
+    (RPCTimeout, 504),
+    (SchemaMismatch, 503),
+    (BackendError, 503),
+)
+#: Remote exception type names (from workers) -> HTTP status.
+REMOTE_STATUS = {"InvalidState": 409, "UnknownInstance": 404}
+
+
+class Unauthorized(CellgateError):
+    status = 401
+
+
+class Forbidden(CellgateError):
+    status = 403
+
+
+class CreateInstance(BaseModel):
+    name: str = Field(min_length=1, max_length=255)
+    cell: str | None = Field(default=None, max_length=255)
+
+
+class InstanceAction(BaseModel):
+    action: Literal["reboot", "stop", "start"]
+
+
+def error_body(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"status": status, "code": code, "message": redact(message)}}, status_code=status
+    )
+
+
+def create_api(app: App, settings: ServiceSettings) -> FastAPI:
+    """The ASGI application for ``app``; the caller owns and closes ``app``."""
+    metrics = Metrics(app.cells)
+    instances = InstanceService(app, settings, metrics)
+    tokens = {grant.token: grant for grant in settings.tokens}
+    api = FastAPI(
+        title="cellgate", version="1", openapi_url="/openapi.json", docs_url=None, redoc_url=None
+    )
+    api.state.metrics = metrics
+
+    def context(
+        authorization: Annotated[str | None, Header()] = None,
+        x_request_id: Annotated[str | None, Header()] = None,
+    ) -> RequestContext:
+        scheme, _, token = (authorization or "").partition(" ")
+        grant = None
+        if scheme.lower() == "bearer" and token:
+            grant = next(
+                (g for t, g in tokens.items() if pysecrets.compare_digest(t, token)), None
+            )
+        if grant is None:
+            raise Unauthorized(
+                "a valid bearer token is required", hint="send Authorization: Bearer TOKEN"
+            )
+        ctx = RequestContext(project_id=grant.project_id, roles=grant.roles)
+        if x_request_id:  # keep the caller's id for log correlation, bounded
+            ctx = replace(ctx, request_id=x_request_id[:64])
+        return ctx
+
+    def admin(ctx: Annotated[RequestContext, Depends(context)]) -> RequestContext:
+        if not ctx.is_admin:
+            raise Forbidden("this needs the admin role")
+        return ctx
+
+    Ctx = Annotated[RequestContext, Depends(context)]
+    Admin = Annotated[RequestContext, Depends(admin)]
+
+    @api.exception_handler(CellgateError)
+    async def _cellgate_error(request: Request, exc: CellgateError) -> JSONResponse:
+        status = getattr(exc, "status", None) or _status(exc)
+        if isinstance(exc, RemoteError):
+            status = REMOTE_STATUS.get(exc.exc_type, 502)
+            return error_body(status, exc.exc_type, exc.remote_message)
+        return error_body(status, type(exc).__name__, str(exc))
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_body(400, "InvalidRequest", f"{where}: {first.get('msg', 'invalid input')}")
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unexpected error on %s %s: %s",
+            request.method,
+            request.url.path,
+            redact(f"{type(exc).__name__}: {exc}"),
+        )
+        return error_body(500, "InternalError", "unexpected error; see the API's log")
+
+    @api.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @api.post("/v1/instances", status_code=202)
+    def create_instance(body: CreateInstance, ctx: Ctx) -> dict[str, Any]:
+        return {"instance": instances.create(ctx, body.name, body.cell)}
+
+    @api.get("/v1/instances")
+    def list_instances(
+        ctx: Ctx,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+        marker: Annotated[str | None, Query(max_length=36)] = None,
+        sort: Literal["created_at", "name"] = "created_at",
+    ) -> dict[str, Any]:
+        page = instances.page(ctx, limit=limit, marker=marker, sort=sort)
+        return {
+            "instances": page.instances,
+            "down_cells": page.down_cells,
+            "next_marker": page.next_marker,
+        }
+
+    @api.get("/v1/instances/{instance}")
+    def show_instance(instance: str, ctx: Ctx) -> dict[str, Any]:
+        return {"instance": instances.show(ctx, instance)}
+
+    @api.delete("/v1/instances/{instance}", status_code=204)
+    def delete_instance(instance: str, ctx: Ctx) -> Response:
+        instances.delete(ctx, instance)
+        return Response(status_code=204)
+
+    @api.post("/v1/instances/{instance}/action")
+    def act(instance: str, body: InstanceAction, ctx: Ctx) -> dict[str, Any]:
+        return {"instance": instances.action(ctx, instance, body.action)}
+
+    @api.get("/v1/cells")
+    def cells(ctx: Admin) -> dict[str, Any]:
+        found = app.cells.list(ctx, include_disabled=True)
+        return {"cells": _with_health(app, ctx, found, settings)}
+
+    @api.get("/v1/cells/{cell}")
+    def cell(cell: str, ctx: Admin) -> dict[str, Any]:
+        return {"cell": _with_health(app, ctx, [app.cells.get(ctx, cell)], settings)[0]}
+
+    @api.get("/v1/hosts")
+    def hosts(ctx: Admin, cell: str | None = None) -> dict[str, Any]:
+        with app.db.api_session() as session:
+            return {"hosts": [h.to_dict() for h in list_hosts(session, cell)]}
+
+    return api
+
+
+def _status(exc: Exception) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def _with_health(
+    app: App, ctx: RequestContext, cells: list[CellMapping], settings: ServiceSettings
+) -> list[dict[str, Any]]:
+    health = cell_health(
+        app, ctx, cells, timeout=settings.cell_timeout, down_after=settings.service_down_time
+    )
+    return [{**c.to_dict(), "health": health[c.uuid]} for c in cells]

@@ -1,0 +1,242 @@
+"""Instance operations as the API performs them: lookup, target, then DB or RPC.
+
+The whole request path of the spec lives here:
+
+- ``show``: instance mapping (API database) -> cell (mapping cache) ->
+  ``target_cell`` -> that cell's database;
+- ``create``: pick a cell, write the instance to the cell database *and* its
+  mapping to the API database so that neither is left without the other,
+  then cast ``build`` to that cell's workers;
+- ``delete`` / actions: RPC call to the cell's workers;
+- ``list``: scatter-gather over every enabled cell, merged and paged by
+  ``(sort key, uuid)``; a cell that fails or misses the deadline is listed in
+  ``down_cells`` and its instances appear as minimal records from the API
+  database (Nova's microversion 2.69).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Any
+
+from cellgate.apidb import instances as mapping_db
+from cellgate.apidb.mappings import CellMapping, normalize_uuid
+from cellgate.app import App
+from cellgate.celldb import queries
+from cellgate.config import ServiceSettings
+from cellgate.context import RequestContext
+from cellgate.errors import InstanceNotFound, NoValidCell
+from cellgate.results import Ok
+from cellgate.rpc.target import Target
+from cellgate.service.compute import TOPIC, VERSION
+from cellgate.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Page:
+    instances: list[dict[str, Any]]
+    down_cells: list[dict[str, Any]]
+    next_marker: str | None
+
+
+class InstanceService:
+    def __init__(self, app: App, settings: ServiceSettings, metrics: Metrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self._turn = itertools.count()
+
+    # -- lookup ---------------------------------------------------------------
+    def _locate(self, ctx: RequestContext, instance: str) -> tuple[RequestContext, str]:
+        """The context targeted at the instance's cell, and the canonical uuid."""
+        canonical = normalize_uuid(instance)
+        if canonical is None:
+            raise InstanceNotFound(uuid=instance)
+        with self.app.db.api_session() as session:
+            mapping = mapping_db.get_mapping(session, canonical)
+        visible = mapping is not None and (ctx.is_admin or mapping.project_id == ctx.project_id)
+        if mapping is None or not visible or mapping.cell_uuid is None:
+            raise InstanceNotFound(uuid=instance)
+        if mapping.queued_for_delete:
+            raise InstanceNotFound(uuid=instance)
+        cell = self.app.cells.get(ctx, mapping.cell_uuid)
+        return ctx.for_cell(cell), canonical
+
+    def _project(self, ctx: RequestContext) -> str | None:
+        return None if ctx.is_admin else ctx.project_id
+
+    # -- show ------------------------------------------------------------------
+    def show(self, ctx: RequestContext, instance: str) -> dict[str, Any]:
+        cctx, canonical = self._locate(ctx, instance)
+        assert cctx.cell is not None
+        with self.metrics.timed(cctx.cell, "show"), self.app.db.session(cctx) as session:
+            found = queries.get_instance(session, canonical, project_id=self._project(ctx))
+        if found is None:
+            raise InstanceNotFound(uuid=instance)
+        return {**found.to_dict(), "cell": cctx.cell.name}
+
+    # -- create ----------------------------------------------------------------
+    def create(self, ctx: RequestContext, name: str, cell: str | None) -> dict[str, Any]:
+        if ctx.project_id is None:
+            raise NoValidCell(reason="the request has no project")
+        chosen = self._choose_cell(ctx, cell)
+        cctx = ctx.for_cell(chosen)
+        instance_uuid = str(uuidlib.uuid4())
+        with self.metrics.timed(chosen, "create"), self.app.db.session(cctx) as cell_session:
+            created = queries.add_instance(
+                cell_session,
+                uuid=instance_uuid,
+                name=name,
+                project_id=ctx.project_id,
+                user_id=ctx.user_id,
+            )
+            # The mapping commits first, inside the still-open cell transaction:
+            # if it fails, the cell row rolls back with the exception; if the
+            # cell commit then fails, the mapping is removed below.
+            with self.app.db.api_session() as api_session:
+                mapping_db.add_mapping(
+                    api_session,
+                    instance_uuid=instance_uuid,
+                    cell=chosen,
+                    project_id=ctx.project_id,
+                    user_id=ctx.user_id,
+                )
+            self._commit_or_unmap(cell_session, instance_uuid)
+        self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).cast(
+            "build", instance=instance_uuid
+        )
+        return {**created.to_dict(), "cell": chosen.name}
+
+    def _commit_or_unmap(self, cell_session: Any, instance_uuid: str) -> None:
+        try:
+            cell_session.commit()
+        except Exception:
+            with self.app.db.api_session() as api_session:
+                mapping_db.remove_mapping(api_session, instance_uuid)
+            raise
+
+    def _choose_cell(self, ctx: RequestContext, ident: str | None) -> CellMapping:
+        if ident is not None:
+            cell = self.app.cells.get(ctx, ident)
+            if cell.is_cell0 or cell.disabled:
+                raise NoValidCell(reason=f"cell {cell.label!r} is disabled or is cell0")
+            return cell
+        cells = self.app.cells.list(ctx, include_cell0=False)
+        if not cells:
+            raise NoValidCell(reason="no enabled cell is mapped")
+        if self.settings.scheduler_policy == "round_robin":
+            return cells[next(self._turn) % len(cells)]
+
+        def count(cctx: RequestContext) -> int:
+            with self.app.db.session(cctx) as session:
+                return queries.count_instances(session)
+
+        results = self.app.scatter_gather(ctx, cells, count, timeout=self.settings.cell_timeout)
+        counts = {c.uuid: r.value for c in cells if isinstance(r := results[c.uuid], Ok)}
+        if not counts:
+            raise NoValidCell(reason="no enabled cell answered")
+        by_uuid = {c.uuid: c for c in cells}
+        return by_uuid[min(counts, key=lambda u: (counts[u], by_uuid[u].name or u))]
+
+    # -- delete and actions ---------------------------------------------------------
+    def delete(self, ctx: RequestContext, instance: str) -> None:
+        cctx, canonical = self._locate(ctx, instance)
+        assert cctx.cell is not None
+        with self.metrics.timed(cctx.cell, "delete"):
+            self._compute(cctx).call("delete", instance=canonical)
+        with self.app.db.api_session() as session:
+            mapping_db.queue_for_delete(session, canonical)
+
+    def action(self, ctx: RequestContext, instance: str, action: str) -> dict[str, Any]:
+        cctx, canonical = self._locate(ctx, instance)
+        assert cctx.cell is not None
+        with self.metrics.timed(cctx.cell, action):
+            result: dict[str, Any] = self._compute(cctx).call(
+                "act", instance=canonical, action=action
+            )
+        return {**result, "cell": cctx.cell.name}
+
+    def _compute(self, cctx: RequestContext) -> Any:
+        timeout = min(self.app.settings.rpc.response_timeout, 30.0)
+        return self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).prepare(timeout=timeout)
+
+    # -- list -------------------------------------------------------------------
+    def page(self, ctx: RequestContext, *, limit: int, marker: str | None, sort: str) -> Page:
+        project = self._project(ctx)
+        after = self._marker_key(ctx, marker, sort) if marker else None
+        cells = self.app.cells.list(ctx, include_cell0=False, include_disabled=True)
+
+        def page_of(cctx: RequestContext) -> list[queries.Instance]:
+            with self.app.db.session(cctx) as session:
+                return queries.list_instances(
+                    session, project_id=project, sort=sort, limit=limit, after=after
+                )
+
+        results = self.app.scatter_gather(ctx, cells, page_of, timeout=self.settings.cell_timeout)
+        by_uuid = {c.uuid: c for c in cells}
+        rows: list[tuple[tuple[str, str], dict[str, Any]]] = []
+        down: list[CellMapping] = []
+        for cell_uuid, result in results.items():
+            cell = by_uuid[cell_uuid]
+            self.metrics.cell_up(cell, isinstance(result, Ok))
+            if isinstance(result, Ok):
+                rows.extend(
+                    (i.sort_key(sort), {**i.to_dict(), "cell": cell.name}) for i in result.value
+                )
+            else:
+                down.append(cell)
+        rows.extend(self._minimal_records(down, project, sort, after))
+        page = [record for _, record in heapq.nsmallest(limit, rows, key=lambda r: r[0])]
+        next_marker = page[-1]["uuid"] if len(page) == limit else None
+        down_cells = [
+            {"uuid": c.uuid, "name": c.name, "reason": _reason(results[c.uuid])} for c in down
+        ]
+        return Page(page, down_cells, next_marker)
+
+    def _minimal_records(
+        self,
+        down: list[CellMapping],
+        project: str | None,
+        sort: str,
+        after: tuple[str, str] | None,
+    ) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        if not down:
+            return []
+        with self.app.db.api_session() as session:
+            mappings = mapping_db.mappings_in_cells(
+                session, [c.uuid for c in down], project_id=project
+            )
+        names = {c.uuid: c.name for c in down}
+        out = []
+        for m in mappings:
+            created = m.created_at.isoformat() if m.created_at and sort == "created_at" else ""
+            key = (created, m.instance_uuid)
+            if after is None or key > after:
+                out.append((key, {**m.minimal(), "cell": names.get(m.cell_uuid or "")}))
+        return out
+
+    def _marker_key(self, ctx: RequestContext, marker: str, sort: str) -> tuple[str, str]:
+        try:
+            cctx, canonical = self._locate(ctx, marker)
+        except InstanceNotFound:
+            raise InstanceNotFound(uuid=marker) from None
+        with self.app.db.session(cctx) as session:
+            found = queries.get_instance(session, canonical, project_id=self._project(ctx))
+        if found is None:
+            raise InstanceNotFound(uuid=marker)
+        return found.sort_key(sort)
+
+
+def _reason(result: object) -> str:
+    error = getattr(result, "error", None)
+    if error is not None:
+        return str(error)
+    return "no answer within the deadline"

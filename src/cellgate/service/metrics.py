@@ -1,0 +1,79 @@
+"""Prometheus metrics for the API, in a registry owned by the service (not global).
+
+- ``cellgate_cell_request_seconds{cell,op}``: latency of work done in a cell;
+- ``cellgate_cell_errors_total{cell,op}``: such work that raised;
+- ``cellgate_cell_up{cell}``: 1 if the cell answered its last fan-out, else 0;
+- ``cellgate_mapping_cache_{hits,misses}_total``: read from the App's cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cellgate.apidb.mappings import CellMapping
+from cellgate.routing.cache import MappingCache
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: MappingCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "cellgate_mapping_cache_hits", "Cell lookups served from memory.", self._cache.hits
+        )
+        yield CounterMetricFamily(
+            "cellgate_mapping_cache_misses",
+            "Cell lookups that went to the API database.",
+            self._cache.misses,
+        )
+
+
+class Metrics:
+    def __init__(self, cache: MappingCache) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "cellgate_cell_request_seconds",
+            "Time spent on one operation in one cell.",
+            ["cell", "op"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "cellgate_cell_errors",
+            "Operations in a cell that failed.",
+            ["cell", "op"],
+            registry=self.registry,
+        )
+        self.up = Gauge(
+            "cellgate_cell_up",
+            "1 if the cell answered its last fan-out, else 0.",
+            ["cell"],
+            registry=self.registry,
+        )
+        self.registry.register(_CacheCollector(cache))
+
+    @contextmanager
+    def timed(self, cell: CellMapping, op: str) -> Iterator[None]:
+        started = time.perf_counter()
+        label = cell.name or cell.uuid
+        try:
+            yield
+        except Exception:
+            self.errors.labels(label, op).inc()
+            raise
+        finally:
+            self.latency.labels(label, op).observe(time.perf_counter() - started)
+
+    def cell_up(self, cell: CellMapping, up: bool) -> None:
+        self.up.labels(cell.name or cell.uuid).set(1 if up else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

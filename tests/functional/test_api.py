@@ -1,0 +1,217 @@
+"""The REST API through httpx (FastAPI's TestClient) on SQLite cells and memory transports.
+
+Workers run in-process on the same ``App``, exactly as ``all-in-one`` does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cellgate import App, RequestContext, load_settings
+from cellgate.apidb.database import ApiDatabase
+from cellgate.apidb.mappings import create_cell, map_cell0, update_cell
+from cellgate.engines import make_engine
+from cellgate.manage.migrate import sync_api
+from cellgate.migrations.runner import MigrationLine, upgrade
+from cellgate.service.compute import Worker
+from cellgate.service.http import create_api
+from cellgate.service.runner import HttpServer
+from cellgate.urls import DatabaseURL, TemplateDefaults
+
+DEFAULTS = TemplateDefaults(database=None, transport=None)
+ADMIN = {"Authorization": "Bearer admin-tok"}
+DEMO = {"Authorization": "Bearer demo-tok"}
+OTHER = {"Authorization": "Bearer other-tok"}
+CTX = RequestContext(request_id="req-test")
+
+
+@dataclass
+class Service:
+    client: httpx.Client
+    app: App
+    workers: dict[str, Worker]
+    tmp: Path
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    conf = tmp_path / "c.conf"
+    conf.write_text(
+        f"[api_database]\nconnection = sqlite:///{tmp_path}/api.sqlite\n"
+        "[api]\nauth_tokens = admin-tok:admin:admin+member, demo-tok:demo:member, "
+        "other-tok:other:member\ncell_timeout = 2\n"
+        "[worker]\nheartbeat_interval = 0.5\nservice_down_time = 5\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(conf)
+    api = ApiDatabase(settings.api_database)
+    sync_api(api)
+    with api.session() as s:
+        for name in ("cell1", "cell2"):
+            url = DatabaseURL.parse(f"sqlite:///{tmp_path}/{name}.db")
+            engine = make_engine(url, connect_timeout=2, query_timeout=5, create_missing=True)
+            upgrade(engine, MigrationLine.CELL)
+            engine.dispose()
+            create_cell(
+                s,
+                name=name,
+                transport_url=f"memory://{name}",
+                database_connection=url.render(),
+                defaults=DEFAULTS,
+            )
+        map_cell0(s, database_connection=f"sqlite:///{tmp_path}/cell0.db", defaults=DEFAULTS)
+    api.close()
+    app = App(settings)
+    workers = {
+        name: Worker(app, app.cells.get(CTX, name), f"{name}-host", 0.5).start()
+        for name in ("cell1", "cell2")
+    }
+    server = HttpServer(create_api(app, settings.service), "127.0.0.1", 0).start()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield Service(client, app, workers, tmp_path)
+    server.stop()
+    for worker in workers.values():
+        worker.stop()
+    app.close()
+
+
+def _boot(svc: Service, name: str, headers: dict[str, str] = DEMO, **extra: Any) -> dict[str, Any]:
+    response = svc.client.post("/v1/instances", json={"name": name, **extra}, headers=headers)
+    assert response.status_code == 202, response.text
+    instance: dict[str, Any] = response.json()["instance"]
+    return instance
+
+
+def _until_active(svc: Service, uuid: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found: dict[str, Any] = svc.client.get(f"/v1/instances/{uuid}", headers=DEMO).json()
+        if found["instance"]["status"] == "active":
+            return found["instance"]
+        time.sleep(0.05)
+    raise AssertionError(f"instance {uuid} never became active")
+
+
+def test_boot_show_act_delete(service: Service) -> None:
+    booted = _boot(service, "vm1")
+    assert booted["status"] == "building" and booted["cell"] in {"cell1", "cell2"}
+    shown = _until_active(service, booted["uuid"])
+    assert shown["host"] == f"{booted['cell']}-host" and shown["name"] == "vm1"
+    stop = service.client.post(
+        f"/v1/instances/{booted['uuid']}/action", json={"action": "stop"}, headers=DEMO
+    )
+    assert stop.status_code == 200 and stop.json()["instance"]["status"] == "stopped"
+    again = service.client.post(
+        f"/v1/instances/{booted['uuid']}/action", json={"action": "stop"}, headers=DEMO
+    )
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "InvalidState"
+    start = service.client.post(
+        f"/v1/instances/{booted['uuid']}/action", json={"action": "start"}, headers=DEMO
+    )
+    assert start.json()["instance"]["status"] == "active"
+    assert (
+        service.client.delete(f"/v1/instances/{booted['uuid']}", headers=DEMO).status_code == 204
+    )
+    gone = service.client.get(f"/v1/instances/{booted['uuid']}", headers=DEMO)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "InstanceNotFound"
+
+
+def test_instances_spread_over_cells_and_list_pages_across_them(service: Service) -> None:
+    booted = [_boot(service, f"vm{i:02d}") for i in range(7)]
+    assert {b["cell"] for b in booted} == {"cell1", "cell2"}  # fewest-instances policy
+    seen: list[str] = []
+    marker = None
+    while True:
+        params: dict[str, Any] = {"limit": 3, "sort": "name"}
+        if marker:
+            params["marker"] = marker
+        page = service.client.get("/v1/instances", params=params, headers=DEMO).json()
+        assert page["down_cells"] == []
+        seen += [i["name"] for i in page["instances"]]
+        marker = page["next_marker"]
+        if marker is None:
+            break
+    assert seen == [f"vm{i:02d}" for i in range(7)]
+
+
+def test_projects_are_isolated(service: Service) -> None:
+    mine = _boot(service, "mine")
+    assert service.client.get(f"/v1/instances/{mine['uuid']}", headers=OTHER).status_code == 404
+    assert service.client.get("/v1/instances", headers=OTHER).json()["instances"] == []
+    assert len(service.client.get("/v1/instances", headers=ADMIN).json()["instances"]) == 1
+
+
+def test_auth(service: Service) -> None:
+    assert service.client.get("/v1/instances").status_code == 401
+    assert (
+        service.client.get("/v1/instances", headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
+    assert service.client.get("/v1/cells", headers=DEMO).status_code == 403
+    assert service.client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_down_cell_gives_partial_results(service: Service) -> None:
+    booted = [_boot(service, f"vm{i}") for i in range(4)]
+    in_cell2 = [b["uuid"] for b in booted if b["cell"] == "cell2"]
+    assert in_cell2
+    with service.app.api.session() as s:
+        update_cell(
+            s,
+            "cell2",
+            database_connection=f"sqlite:///{service.tmp}/missing.db",
+            defaults=DEFAULTS,
+        )
+    service.app.reload()
+    page = service.client.get("/v1/instances", headers=DEMO).json()
+    assert [d["name"] for d in page["down_cells"]] == ["cell2"]
+    minimal = [i for i in page["instances"] if i.get("cell_down")]
+    assert sorted(i["uuid"] for i in minimal) == sorted(in_cell2)
+    assert all(i["status"] == "UNKNOWN" for i in minimal)
+    assert len(page["instances"]) == 4
+    shown = service.client.get(f"/v1/instances/{in_cell2[0]}", headers=DEMO)
+    assert shown.status_code == 503 and "does not exist" in shown.json()["error"]["message"]
+
+
+def test_cells_and_hosts_for_admins(service: Service) -> None:
+    time.sleep(0.6)
+    cells = service.client.get("/v1/cells", headers=ADMIN).json()["cells"]
+    by_name = {c["name"]: c for c in cells}
+    assert set(by_name) == {"cell0", "cell1", "cell2"}
+    health = by_name["cell1"]["health"]
+    assert health["reachable"] and health["database"]["at_head"]
+    assert health["services"][0]["host"] == "cell1-host" and health["services"][0]["up"]
+    one = service.client.get("/v1/cells/cell2", headers=ADMIN).json()["cell"]
+    assert one["name"] == "cell2"
+    assert service.client.get("/v1/cells/nope", headers=ADMIN).status_code == 404
+    assert service.client.get("/v1/hosts", headers=ADMIN).json() == {"hosts": []}
+
+
+def test_errors_have_one_shape(service: Service) -> None:
+    bad = service.client.post("/v1/instances", json={"name": ""}, headers=DEMO)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "InvalidRequest"
+    cell0 = service.client.post("/v1/instances", json={"name": "x", "cell": "cell0"}, headers=DEMO)
+    assert cell0.status_code == 409
+    unknown = service.client.post("/v1/instances", json={"name": "x", "cell": "zz"}, headers=DEMO)
+    assert unknown.status_code == 404
+    assert service.client.get("/v1/instances/not-a-uuid", headers=DEMO).status_code == 404
+    action = service.client.post(
+        "/v1/instances/x/action", json={"action": "explode"}, headers=DEMO
+    )
+    assert action.status_code == 400
+
+
+def test_metrics_and_openapi(service: Service) -> None:
+    _until_active(service, _boot(service, "m")["uuid"])
+    text = service.client.get("/metrics").text
+    assert "cellgate_cell_request_seconds" in text and "cellgate_mapping_cache_hits_total" in text
+    schema = service.client.get("/openapi.json").json()
+    assert "/v1/instances/{instance}" in schema["paths"]
