@@ -40,6 +40,7 @@ from cellgate.results import CellResult
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.connections import EngineRegistry
 from cellgate.routing.fanout import FanoutPool
+from cellgate.routing.locator import InstanceLocator
 from cellgate.rpc.client import RPCClient
 from cellgate.rpc.rabbit import RabbitTransport
 from cellgate.rpc.server import DEFAULT_SERVER_WORKERS, RPCServer
@@ -149,6 +150,7 @@ class App:
         self.settings = settings
         self.api = ApiDatabase(settings.api_database)
         self.cells = MappingCache(self.api, settings.cells.cache_ttl)
+        self.locator = InstanceLocator(self.api)
         self.engines = EngineRegistry(
             max_engines=settings.cells.max_engines,
             connect_timeout=settings.database.connect_timeout,
@@ -207,6 +209,7 @@ class App:
         changed mapping simply reaches a new one.
         """
         self.cells.invalidate()
+        self.locator.clear()
 
     def install_sighup_handler(self) -> None:
         """Make SIGHUP call :meth:`reload` (main thread only, POSIX only)."""

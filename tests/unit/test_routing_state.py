@@ -12,13 +12,15 @@ import pytest
 from sqlalchemy import event, text
 
 from cellgate import App, RequestContext, load_settings
+from cellgate.apidb import instances as mapping_db
 from cellgate.apidb.database import ApiDatabase
-from cellgate.apidb.mappings import create_cell, delete_cell, update_cell
+from cellgate.apidb.mappings import create_cell, delete_cell, get_cell, update_cell
 from cellgate.config import DatabaseSettings
 from cellgate.errors import BackendUnavailable, CellNotFound
 from cellgate.manage.migrate import sync_api
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.connections import EngineRegistry
+from cellgate.routing.locator import InstanceLocator
 from cellgate.urls import DatabaseURL, TemplateDefaults
 
 #: The context that cache lookups here are made with.
@@ -211,3 +213,27 @@ def test_sighup_drops_the_cached_mappings(api: ApiDatabase, tmp_path: Path) -> N
             assert app.cells.generation == -1  # nothing cached until the next lookup
         finally:
             signal.signal(signal.SIGHUP, previous)
+
+
+def test_instance_locator_caches_forgets_and_is_bounded(api: ApiDatabase) -> None:
+    _create(api, "loc")
+    uuids = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(5)]
+    with api.session() as s:
+        cell = get_cell(s, "loc")
+        for u in uuids:
+            mapping_db.add_mapping(s, instance_uuid=u, cell=cell, project_id="p", user_id=None)
+    locator = InstanceLocator(api, max_entries=3)
+    assert locator.locate(uuids[0]) is not None and locator.misses == 1
+    queries = _count_queries(api)
+    location = locator.locate(uuids[0])
+    assert location is not None and location.cell_uuid == cell.uuid and queries == []
+    assert locator.hits == 1
+    for u in uuids:
+        locator.locate(u)
+    assert len(locator) == 3  # bounded, least recently used out
+    with api.session() as s:
+        mapping_db.queue_for_delete(s, uuids[4])
+    assert locator.locate(uuids[4]) is not None  # still cached...
+    locator.forget(uuids[4])
+    assert locator.locate(uuids[4]) is None  # ...until forgotten: then the database says no
+    assert locator.locate("00000000-0000-4000-8000-0000000000ff") is None

@@ -194,11 +194,11 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     @api.get("/v1/cells")
     def cells(ctx: Admin) -> dict[str, Any]:
         found = app.cells.list(ctx, include_disabled=True)
-        return {"cells": _with_health(app, ctx, found, settings)}
+        return {"cells": _with_health(app, ctx, found, settings, metrics)}
 
     @api.get("/v1/cells/{cell}")
     def cell(cell: str, ctx: Admin) -> dict[str, Any]:
-        return {"cell": _with_health(app, ctx, [app.cells.get(ctx, cell)], settings)[0]}
+        return {"cell": _with_health(app, ctx, [app.cells.get(ctx, cell)], settings, metrics)[0]}
 
     @api.get("/v1/hosts")
     def hosts(ctx: Admin, cell: str | None = None) -> dict[str, Any]:
@@ -216,9 +216,15 @@ def _status(exc: Exception) -> int:
 
 
 def _with_health(
-    app: App, ctx: RequestContext, cells: list[CellMapping], settings: ServiceSettings
+    app: App,
+    ctx: RequestContext,
+    cells: list[CellMapping],
+    settings: ServiceSettings,
+    metrics: Metrics,
 ) -> list[dict[str, Any]]:
     health = cell_health(
         app, ctx, cells, timeout=settings.cell_timeout, down_after=settings.service_down_time
     )
+    for c in cells:
+        metrics.cell_up(c, bool(health[c.uuid]["reachable"]))
     return [{**c.to_dict(), "health": health[c.uuid]} for c in cells]

@@ -56,18 +56,17 @@ class InstanceService:
 
     # -- lookup ---------------------------------------------------------------
     def _locate(self, ctx: RequestContext, instance: str) -> tuple[RequestContext, str]:
-        """The context targeted at the instance's cell, and the canonical uuid."""
+        """The context targeted at the instance's cell, and the canonical uuid.
+
+        Served from ``app.locator`` (a bounded LRU) after the first lookup.
+        """
         canonical = normalize_uuid(instance)
         if canonical is None:
             raise InstanceNotFound(uuid=instance)
-        with self.app.db.api_session() as session:
-            mapping = mapping_db.get_mapping(session, canonical)
-        visible = mapping is not None and (ctx.is_admin or mapping.project_id == ctx.project_id)
-        if mapping is None or not visible or mapping.cell_uuid is None:
+        location = self.app.locator.locate(canonical)
+        if location is None or not (ctx.is_admin or location.project_id == ctx.project_id):
             raise InstanceNotFound(uuid=instance)
-        if mapping.queued_for_delete:
-            raise InstanceNotFound(uuid=instance)
-        cell = self.app.cells.get(ctx, mapping.cell_uuid)
+        cell = self.app.cells.get(ctx, location.cell_uuid)
         return ctx.for_cell(cell), canonical
 
     def _project(self, ctx: RequestContext) -> str | None:
@@ -75,13 +74,15 @@ class InstanceService:
 
     # -- show ------------------------------------------------------------------
     def show(self, ctx: RequestContext, instance: str) -> dict[str, Any]:
-        cctx, canonical = self._locate(ctx, instance)
-        assert cctx.cell is not None
-        with self.metrics.timed(cctx.cell, "show"), self.app.db.session(cctx) as session:
-            found = queries.get_instance(session, canonical, project_id=self._project(ctx))
-        if found is None:
-            raise InstanceNotFound(uuid=instance)
-        return {**found.to_dict(), "cell": cctx.cell.name}
+        for _ in range(2):  # a second try after forgetting a stale location
+            cctx, canonical = self._locate(ctx, instance)
+            assert cctx.cell is not None
+            with self.metrics.timed(cctx.cell, "show"), self.app.db.session(cctx) as session:
+                found = queries.get_instance(session, canonical, project_id=self._project(ctx))
+            if found is not None:
+                return {**found.to_dict(), "cell": cctx.cell.name}
+            self.app.locator.forget(canonical)  # moved or deleted: look it up again once
+        raise InstanceNotFound(uuid=instance)
 
     # -- create ----------------------------------------------------------------
     def create(self, ctx: RequestContext, name: str, cell: str | None) -> dict[str, Any]:
@@ -154,6 +155,7 @@ class InstanceService:
             self._compute(cctx).call("delete", instance=canonical)
         with self.app.db.api_session() as session:
             mapping_db.queue_for_delete(session, canonical)
+        self.app.locator.forget(canonical)
 
     def action(self, ctx: RequestContext, instance: str, action: str) -> dict[str, Any]:
         cctx, canonical = self._locate(ctx, instance)
