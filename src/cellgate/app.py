@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -49,8 +49,30 @@ from cellgate.rpc.transport import TransportRegistry
 from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults, TransportURL
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 _RENDERED_LIMIT = 4096
+
+
+class _Rendered(Generic[U]):
+    """Stored URL -> parsed URL, memoised: parsing is off the per-request path.
+
+    Bounded by clearing when full: the stored values are few (one per cell)
+    and a clear only costs re-parsing.
+    """
+
+    def __init__(self, render: Callable[[StoredURL], U]) -> None:
+        self._render = render
+        self._cache: dict[StoredURL, U] = {}
+
+    def __call__(self, stored: StoredURL) -> U:
+        url = self._cache.get(stored)
+        if url is None:
+            url = self._render(stored)
+            if len(self._cache) >= _RENDERED_LIMIT:
+                self._cache.clear()
+            self._cache[stored] = url
+        return url
 
 
 class CellDatabases:
@@ -59,18 +81,11 @@ class CellDatabases:
     def __init__(self, api: ApiDatabase, engines: EngineRegistry, defaults: TemplateDefaults):
         self._api = api
         self._engines = engines
-        self._defaults = defaults
-        self._rendered: dict[StoredURL, DatabaseURL] = {}
+        self._rendered = _Rendered(defaults.database_url)
 
     def url_for(self, cell: CellMapping) -> DatabaseURL:
         """The cell's database URL, its template rendered (memoised per stored value)."""
-        url = self._rendered.get(cell.database_connection)
-        if url is None:
-            url = self._defaults.database_url(cell.database_connection)
-            if len(self._rendered) >= _RENDERED_LIMIT:
-                self._rendered.clear()
-            self._rendered[cell.database_connection] = url
-        return url
+        return self._rendered(cell.database_connection)
 
     @contextmanager
     def session(self, ctx: RequestContext) -> Iterator[Session]:
@@ -100,19 +115,13 @@ class CellRPC:
 
     def __init__(self, transports: TransportRegistry, defaults: TemplateDefaults, timeout: float):
         self._transports = transports
-        self._defaults = defaults
         self._timeout = timeout
-        self._rendered: dict[StoredURL, TransportURL] = {}
+        self._rendered = _Rendered(defaults.transport_url)
         self._servers: weakref.WeakSet[RPCServer] = weakref.WeakSet()
 
     def url_for(self, cell: CellMapping) -> TransportURL:
-        url = self._rendered.get(cell.transport_url)
-        if url is None:
-            url = self._defaults.transport_url(cell.transport_url)
-            if len(self._rendered) >= _RENDERED_LIMIT:
-                self._rendered.clear()
-            self._rendered[cell.transport_url] = url
-        return url
+        """The cell's transport URL, its template rendered (memoised per stored value)."""
+        return self._rendered(cell.transport_url)
 
     def client(self, ctx: RequestContext, target: Target) -> RPCClient:
         """A client reaching ``target`` in ``ctx.cell``, over that cell's transport."""
