@@ -9,11 +9,13 @@ fails the test instead of skipping it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -148,3 +150,154 @@ def blackhole() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)  # the kernel completes handshakes; nobody ever reads
         yield sock.getsockname()[1]
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of one server, that can play dead.
+
+    ``forward()`` (the initial mode) relays every new connection to
+    ``target_host:target_port``. ``blackhole()`` closes every current
+    connection, both sides, then accepts new ones and never forwards nor
+    answers them: to a client the server looks hung. ``forward()`` again
+    drops those held connections and relays new ones. ``close()`` stops
+    listening and closes everything. Every thread is a daemon and every
+    socket has a timeout, so nothing here can hang a test run.
+    """
+
+    _TICK = 0.25  # seconds between checks of the stop flag
+    _CONNECT_TIMEOUT = 3.0
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._lock = threading.Lock()
+        self._blackholed = False
+        self._closed = False
+        self._pairs: set[tuple[socket.socket, socket.socket]] = set()
+        self._held: set[socket.socket] = set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(self._TICK)
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(
+            target=self._accept_loop, name=f"tcp-proxy-{self.port}", daemon=True
+        )
+        self._thread.start()
+
+    def blackhole(self) -> None:
+        """Close all current connections; hold new ones without a word."""
+        with self._lock:
+            self._blackholed = True
+            doomed = self._take_all_locked()
+        _close_all(doomed)
+
+    def forward(self) -> None:
+        """Relay new connections again (connections held while dead are closed)."""
+        with self._lock:
+            self._blackholed = False
+            doomed = list(self._held)
+            self._held.clear()
+        _close_all(doomed)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            doomed = self._take_all_locked()
+        _close_all([self._listener, *doomed])
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> TcpProxy:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _take_all_locked(self) -> list[socket.socket]:
+        doomed = [s for pair in self._pairs for s in pair] + list(self._held)
+        self._pairs.clear()
+        self._held.clear()
+        return doomed
+
+    def _accept_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # the listener was closed
+                return
+            client.settimeout(self._TICK)
+            with self._lock:
+                if self._closed:
+                    _close_all([client])
+                    return
+                if self._blackholed:
+                    self._held.add(client)
+                    continue
+            threading.Thread(
+                target=self._connect, args=(client,), name=f"tcp-proxy-{self.port}-c", daemon=True
+            ).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self._target, timeout=self._CONNECT_TIMEOUT)
+        except OSError:
+            _close_all([client])
+            return
+        upstream.settimeout(self._TICK)
+        pair = (client, upstream)
+        with self._lock:
+            if self._closed or self._blackholed:  # the mode changed while connecting
+                _close_all([upstream])
+                if self._closed:
+                    _close_all([client])
+                else:
+                    self._held.add(client)
+                return
+            self._pairs.add(pair)
+        for src, dst in (pair, pair[::-1]):
+            threading.Thread(
+                target=self._pump,
+                args=(pair, src, dst),
+                name=f"tcp-proxy-{self.port}-p",
+                daemon=True,
+            ).start()
+
+    def _pump(
+        self, pair: tuple[socket.socket, socket.socket], src: socket.socket, dst: socket.socket
+    ) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if pair not in self._pairs:
+                        return
+                try:
+                    data = src.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                while data:
+                    try:
+                        data = data[dst.send(data) :]
+                    except TimeoutError:  # the reader is slow: wait on, unless stopped
+                        with self._lock:
+                            if pair not in self._pairs:
+                                return
+        except OSError:
+            return
+        finally:  # one side is done (or failed): end the whole connection
+            with self._lock:
+                mine = pair in self._pairs
+                self._pairs.discard(pair)
+            if mine:
+                _close_all(pair)
+
+
+def _close_all(socks: Iterable[socket.socket]) -> None:
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()

@@ -215,3 +215,22 @@ def test_metrics_and_openapi(service: Service) -> None:
     assert "cellgate_cell_request_seconds" in text and "cellgate_mapping_cache_hits_total" in text
     schema = service.client.get("/openapi.json").json()
     assert "/v1/instances/{instance}" in schema["paths"]
+
+
+def test_paging_continues_past_a_down_cells_minimal_records(service: Service) -> None:
+    booted = [_boot(service, f"vm{i}") for i in range(6)]
+    with service.app.api.session() as s:
+        update_cell(s, "cell2", database_connection=f"sqlite:///{service.tmp}/missing.db",
+                    defaults=DEFAULTS)
+    service.app.reload()
+    seen: list[str] = []
+    marker = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 1, **({"marker": marker} if marker else {})}
+        page = service.client.get("/v1/instances", params=params, headers=DEMO)
+        assert page.status_code == 200, page.text
+        seen += [i["uuid"] for i in page.json()["instances"]]
+        marker = page.json()["next_marker"]
+        if marker is None:
+            break
+    assert sorted(seen) == sorted(b["uuid"] for b in booted)

@@ -29,7 +29,7 @@ from cellgate.app import App
 from cellgate.celldb import queries
 from cellgate.config import ServiceSettings
 from cellgate.context import RequestContext
-from cellgate.errors import InstanceNotFound, NoValidCell
+from cellgate.errors import BackendError, InstanceNotFound, NoValidCell
 from cellgate.results import Ok
 from cellgate.rpc.target import Target
 from cellgate.service.compute import TOPIC, VERSION
@@ -219,22 +219,36 @@ class InstanceService:
         names = {c.uuid: c.name for c in down}
         out = []
         for m in mappings:
-            created = m.created_at.isoformat() if m.created_at and sort == "created_at" else ""
-            key = (created, m.instance_uuid)
+            key = _minimal_key(m, sort)
             if after is None or key > after:
                 out.append((key, {**m.minimal(), "cell": names.get(m.cell_uuid or "")}))
         return out
 
     def _marker_key(self, ctx: RequestContext, marker: str, sort: str) -> tuple[str, str]:
+        """The marker's sort key; from its mapping if its cell is down.
+
+        A page may end on a minimal record of a down cell, and that marker must
+        still work: it is keyed exactly as the minimal record was.
+        """
+        cctx, canonical = self._locate(ctx, marker)
         try:
-            cctx, canonical = self._locate(ctx, marker)
-        except InstanceNotFound:
-            raise InstanceNotFound(uuid=marker) from None
-        with self.app.db.session(cctx) as session:
-            found = queries.get_instance(session, canonical, project_id=self._project(ctx))
+            with self.app.db.session(cctx) as session:
+                found = queries.get_instance(session, canonical, project_id=self._project(ctx))
+        except BackendError:
+            with self.app.db.api_session() as api_session:
+                mapping = mapping_db.get_mapping(api_session, canonical)
+            if mapping is None:
+                raise InstanceNotFound(uuid=marker) from None
+            return _minimal_key(mapping, sort)
         if found is None:
             raise InstanceNotFound(uuid=marker)
         return found.sort_key(sort)
+
+
+def _minimal_key(mapping: mapping_db.InstanceMapping, sort: str) -> tuple[str, str]:
+    """Down-cell records sort by the mapping's creation time (or first, by name)."""
+    created = mapping.created_at.isoformat() if mapping.created_at and sort == "created_at" else ""
+    return (created, mapping.instance_uuid)
 
 
 def _reason(result: object) -> str:
