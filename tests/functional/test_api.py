@@ -18,6 +18,7 @@ from cellgate import App, RequestContext, load_settings
 from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell, map_cell0, update_cell
 from cellgate.engines import make_engine
+from cellgate.errors import ConfigError
 from cellgate.manage.migrate import sync_api
 from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.service.compute import Worker
@@ -150,7 +151,8 @@ def test_projects_are_isolated(service: Service) -> None:
 
 
 def test_auth(service: Service) -> None:
-    assert service.client.get("/v1/instances").status_code == 401
+    anonymous = service.client.get("/v1/instances")
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
     assert (
         service.client.get("/v1/instances", headers={"Authorization": "Bearer nope"}).status_code
         == 401
@@ -220,8 +222,12 @@ def test_metrics_and_openapi(service: Service) -> None:
 def test_paging_continues_past_a_down_cells_minimal_records(service: Service) -> None:
     booted = [_boot(service, f"vm{i}") for i in range(6)]
     with service.app.api.session() as s:
-        update_cell(s, "cell2", database_connection=f"sqlite:///{service.tmp}/missing.db",
-                    defaults=DEFAULTS)
+        update_cell(
+            s,
+            "cell2",
+            database_connection=f"sqlite:///{service.tmp}/missing.db",
+            defaults=DEFAULTS,
+        )
     service.app.reload()
     seen: list[str] = []
     marker = None
@@ -234,3 +240,19 @@ def test_paging_continues_past_a_down_cells_minimal_records(service: Service) ->
         if marker is None:
             break
     assert sorted(seen) == sorted(b["uuid"] for b in booted)
+
+
+def test_unknown_routes_keep_the_error_shape(service: Service) -> None:
+    missing = service.client.get("/v2/nothing", headers=DEMO)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "NotFound"
+    wrong = service.client.put("/v1/instances", headers=DEMO)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "MethodNotAllowed"
+
+
+def test_workers_refuse_cell0_and_bad_host_names_before_writing(service: Service) -> None:
+    cell0 = service.app.cells.get(CTX, "cell0")
+    with pytest.raises(ConfigError, match="no message queue"):
+        Worker(service.app, cell0, "h", 1).start()
+    cell1 = service.app.cells.get(CTX, "cell1")
+    with pytest.raises(ConfigError, match="invalid worker host name"):
+        Worker(service.app, cell1, "bad name", 1).start()

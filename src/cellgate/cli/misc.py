@@ -54,6 +54,13 @@ def config_show(state: CliState, as_json: bool) -> None:
         "rpc.connect_timeout": s.rpc.connect_timeout,
         "rpc.heartbeat": s.rpc.heartbeat,
         "rpc.max_transports": s.rpc.max_transports,
+        "api.listen": s.service.listen,
+        "api.port": s.service.port,
+        "api.auth_tokens": f"{len(s.service.tokens)} token(s) (never shown)",
+        "api.cell_timeout": s.service.cell_timeout,
+        "scheduler.policy": s.service.scheduler_policy,
+        "worker.heartbeat_interval": s.service.heartbeat_interval,
+        "worker.service_down_time": s.service.service_down_time,
     }
     emit_json(data) if as_json else emit_fields(data)
 

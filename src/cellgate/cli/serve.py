@@ -85,7 +85,7 @@ def serve_worker(state: CliState, cell_ident: str, host_name: str) -> None:
 @pass_state
 def all_in_one(state: CliState, data_dir: Path | None, port: int) -> None:
     """API, cell0, two cells and their workers in one process, on SQLite and memory://."""
-    settings = embedded_settings(data_dir) if data_dir else state.settings
+    settings = embedded_settings(data_dir.resolve()) if data_dir else state.settings
     token = secrets.token_urlsafe(18)
     grant = TokenGrant(token, "admin", ("admin", "member"))
     settings = replace(settings, service=replace(settings.service, tokens=(grant,), port=port))

@@ -38,7 +38,7 @@ def set_up_embedded(
     """Create (or complete) the embedded deployment; return its cells."""
     if settings.api_database.connection.backend != "sqlite":
         raise ConfigError(
-            "quickstart only sets up the embedded SQLite deployment, "
+            "this sets up the embedded SQLite deployment only, "
             "but [api_database] connection is not SQLite",
             hint="use 'cellgate api-db sync' and 'cellgate cell create' for a real deployment",
         )

@@ -1,8 +1,8 @@
 """The per-cell worker: an RPC endpoint acting on its cell's instances, plus heartbeats.
 
 A worker serves the ``compute`` topic of one cell, on the shared topic queue
-(any worker may build) and on its own host's queue (actions on an instance go
-to the host that runs it). It registers itself as a service row in its cell
+(the API sends builds and actions there: any worker of the cell may take
+them) and on its own host's queue (for callers that address one host). It registers itself as a service row in its cell
 database and refreshes it every ``[worker] heartbeat_interval`` seconds, which
 is what ``GET /v1/cells`` reports as the cell's service health.
 """
@@ -17,7 +17,7 @@ from cellgate.apidb.mappings import CellMapping
 from cellgate.app import App
 from cellgate.celldb import queries
 from cellgate.context import RequestContext
-from cellgate.errors import CellgateError
+from cellgate.errors import CellgateError, ConfigError
 from cellgate.rpc.server import RPCServer
 from cellgate.rpc.target import Target
 
@@ -94,15 +94,26 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> Worker:
+        targets = self._targets()  # validate before writing anything
         self.heartbeat()  # register before taking work; fails loudly if the cell is down
-        for server in (None, self.host):
-            target = Target(TOPIC, server=server, version=VERSION)
+        for target in targets:
             self._servers.append(self.app.rpc.server(self.cell, target, [self._endpoint]).start())
         self._thread = threading.Thread(
             target=self._beat, name=f"cellgate-heartbeat-{self.host}", daemon=True
         )
         self._thread.start()
         return self
+
+    def _targets(self) -> list[Target]:
+        if self.app.rpc.url_for(self.cell).is_none:
+            raise ConfigError(
+                f"cell {self.cell.label!r} has no message queue (none:///)",
+                hint="workers serve cells with a transport; cell0 has none",
+            )
+        try:
+            return [Target(TOPIC, server=s, version=VERSION) for s in (None, self.host)]
+        except ValueError as exc:
+            raise ConfigError(f"invalid worker host name {self.host!r}: {exc}") from None
 
     def heartbeat(self) -> None:
         ctx = RequestContext(request_id=f"req-heartbeat-{self.host}").for_cell(self.cell)

@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cellgate.apidb.hosts import list_hosts
 from cellgate.apidb.mappings import CellMapping
@@ -134,13 +135,26 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         if isinstance(exc, RemoteError):
             status = REMOTE_STATUS.get(exc.exc_type, 502)
             return error_body(status, exc.exc_type, exc.remote_message)
-        return error_body(status, type(exc).__name__, str(exc))
+        response = error_body(status, type(exc).__name__, str(exc))
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_body(400, "InvalidRequest", f"{where}: {first.get('msg', 'invalid input')}")
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "NotFound", 405: "MethodNotAllowed"}
+        response = error_body(
+            exc.status_code, codes.get(exc.status_code, "HTTPError"), str(exc.detail)
+        )
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
