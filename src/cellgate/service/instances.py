@@ -29,8 +29,8 @@ from cellgate.app import App
 from cellgate.celldb import queries
 from cellgate.config import ServiceSettings
 from cellgate.context import RequestContext
-from cellgate.errors import BackendError, InstanceNotFound, NoValidCell
-from cellgate.results import Ok
+from cellgate.errors import BackendError, CellTimeout, InstanceNotFound, NoValidCell
+from cellgate.results import Failed, Ok
 from cellgate.rpc.target import Target
 from cellgate.service.compute import TOPIC, VERSION
 from cellgate.service.metrics import Metrics
@@ -69,6 +69,29 @@ class InstanceService:
         cell = self.app.cells.get(ctx, location.cell_uuid)
         return ctx.for_cell(cell), canonical
 
+    def _fetch(
+        self, cctx: RequestContext, instance: str, project: str | None
+    ) -> queries.Instance | None:
+        """Read one instance from ``cctx.cell``, bounded by ``[api] cell_timeout``.
+
+        A hung cell database answers within the API's deadline (CellTimeout,
+        HTTP 503), not after the driver's much longer query timeout.
+        """
+        assert cctx.cell is not None
+        cell = cctx.cell
+
+        def read(c: RequestContext) -> queries.Instance | None:
+            with self.app.db.session(c) as session:
+                return queries.get_instance(session, instance, project_id=project)
+
+        timeout = self.settings.cell_timeout
+        result = self.app.scatter_gather(cctx, [cell], read, timeout=timeout)[cell.uuid]
+        if isinstance(result, Ok):
+            return result.value
+        if isinstance(result, Failed):
+            raise result.error
+        raise CellTimeout(component=f"cell {cell.label}", reason=f"no answer within {timeout:g}s")
+
     def _project(self, ctx: RequestContext) -> str | None:
         return None if ctx.is_admin else ctx.project_id
 
@@ -77,8 +100,8 @@ class InstanceService:
         for _ in range(2):  # a second try after forgetting a stale location
             cctx, canonical = self._locate(ctx, instance)
             assert cctx.cell is not None
-            with self.metrics.timed(cctx.cell, "show"), self.app.db.session(cctx) as session:
-                found = queries.get_instance(session, canonical, project_id=self._project(ctx))
+            with self.metrics.timed(cctx.cell, "show"):
+                found = self._fetch(cctx, canonical, self._project(ctx))
             if found is not None:
                 return {**found.to_dict(), "cell": cctx.cell.name}
             self.app.locator.forget(canonical)  # moved or deleted: look it up again once
@@ -232,8 +255,7 @@ class InstanceService:
         """
         cctx, canonical = self._locate(ctx, marker)
         try:
-            with self.app.db.session(cctx) as session:
-                found = queries.get_instance(session, canonical, project_id=self._project(ctx))
+            found = self._fetch(cctx, canonical, self._project(ctx))
         except BackendError:
             with self.app.db.api_session() as api_session:
                 mapping = mapping_db.get_mapping(api_session, canonical)
