@@ -176,6 +176,14 @@ def translate_errors(
     """
     try:
         yield
+    except UnicodeEncodeError:
+        # PyMySQL encodes passwords as latin-1; its message would quote the
+        # offending character of the password, so it is not repeated.
+        raise unavailable(
+            component=component,
+            reason="the driver cannot send this password (PyMySQL sends latin-1)",
+            hint="use a password of ASCII characters",
+        ) from None
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         if not is_backend_failure(exc):
             raise

@@ -55,6 +55,7 @@ TEMPLATE_FIELDS: Final = frozenset(
 _OPTIONAL_FIELDS: Final = frozenset({"path", "query", "fragment"})
 
 _SCHEME_RE: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*|\{scheme\})$")
+_HOSTPORT_RE: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(:\d+)?$")
 _URL_IN_TEXT_RE: Final = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*|\{scheme\})://[^\s'\"<>]*")
 
 
@@ -100,7 +101,8 @@ class _Parts:
 
     def render(self, hide_password: bool) -> str:
         netloc = ",".join(h.render(hide_password) for h in self.hosts)
-        return f"{self.scheme}://{netloc}{self.tail}"
+        tail = _mask_query(self.tail) if hide_password else self.tail
+        return f"{self.scheme}://{netloc}{tail}"
 
     @property
     def path(self) -> str:
@@ -114,6 +116,18 @@ class _Parts:
     @property
     def fragment(self) -> str:
         return self.tail.split("#", 1)[1] if "#" in self.tail else ""
+
+
+#: Query parameters that drivers accept as a password (PyMySQL, libpq).
+SECRET_QUERY_KEYS: Final = frozenset({"password", "passwd", "sslpassword"})
+_SECRET_QUERY_RE: Final = re.compile(
+    r"(?i)([?&;](?:" + "|".join(sorted(SECRET_QUERY_KEYS)) + r")=)[^&;#]*"
+)
+
+
+def _mask_query(tail: str) -> str:
+    """Mask ``password=...`` (and its kin) in a URL's ``?query``."""
+    return _SECRET_QUERY_RE.sub(lambda m: m.group(1) + MASK, tail)
 
 
 def _is_placeholder(value: str) -> bool:
@@ -145,11 +159,12 @@ def _split(raw: str) -> _Parts | None:
     userinfo: str | None = segments[0] if len(segments) > 1 else None
     middle = segments[1:-1]
     for seg in middle:
-        if "," in seg:
-            hostport, _, next_userinfo = seg.partition(",")
+        hostport, comma, next_userinfo = seg.partition(",")
+        if comma and _HOSTPORT_RE.match(hostport) and ":" in next_userinfo:
+            # "host[:port],user:password": the end of one broker, the start of the next
             hosts.append(_host(userinfo, hostport))
             userinfo = next_userinfo
-        else:  # an unencoded "@" inside the password
+        else:  # an unencoded "@" (and maybe ",") inside the password: keep it whole
             userinfo = f"{userinfo}@{seg}"
     last = segments[-1]
     first, *others = last.split(",")
@@ -196,7 +211,13 @@ def url_passwords(raw: str) -> list[str]:
     parts = _split(raw)
     if parts is None:
         return []
-    return [h.password for h in parts.hosts if h.password and not _is_placeholder(h.password)]
+    found = [h.password for h in parts.hosts if h.password and not _is_placeholder(h.password)]
+    query = parts.query
+    for item in query.split("&") if query else []:
+        key, _, value = item.partition("=")
+        if key.lower() in SECRET_QUERY_KEYS and value:
+            found.append(unquote(value))
+    return found
 
 
 class StoredURL:
@@ -304,7 +325,12 @@ class DatabaseURL:
         return DatabaseURL(self._url.set(database=database))
 
     def render(self, *, hide_password: bool = True) -> str:
-        return self._url.render_as_string(hide_password=hide_password)
+        url = self._url
+        if hide_password and SECRET_QUERY_KEYS & set(url.query):
+            url = url.update_query_dict(
+                {k: MASK for k in SECRET_QUERY_KEYS if k in url.query}, append=False
+            )
+        return url.render_as_string(hide_password=hide_password)
 
     def __str__(self) -> str:
         return self.render()

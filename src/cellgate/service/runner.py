@@ -32,12 +32,16 @@ class HttpServer:
     def __init__(self, asgi: Any, host: str, port: int) -> None:
         self._sock = _bind(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
+        # log_config=None: uvicorn logs through the root logger, whose handler
+        # redacts (cellgate.logs); its own default handlers would print an
+        # unexpected error's traceback, URLs and all, unfiltered.
         config = uvicorn.Config(
             asgi,
             log_level="warning",
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            log_config=None,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="cellgate-http", daemon=True)
