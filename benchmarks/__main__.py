@@ -1,0 +1,45 @@
+"""``python -m benchmarks run ...``: see docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure what cellgate's routing costs; see docs/benchmarks.md.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the suite and print the table")
+    run.add_argument(
+        "--backend",
+        choices=("sqlite", "mariadb", "postgresql"),
+        default="sqlite",
+        help="where the API and cell databases live (servers on 127.0.0.1; default sqlite)",
+    )
+    run.add_argument(
+        "--transport",
+        choices=("memory", "rabbit"),
+        default="memory",
+        help="the cells' message queue: in-process, or RabbitMQ on 127.0.0.1 (default memory)",
+    )
+    run.add_argument(
+        "--quick", action="store_true", help="fewer samples: under 45 s on SQLite + memory"
+    )
+    run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    run.add_argument("--plot", metavar="DIR", help="also write PNG plots (needs matplotlib)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    from benchmarks import run
+
+    return run.main(args, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,567 @@
+"""One run of the suite: set up, measure in stages as cells are mapped, report, clean up."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from benchmarks import api, capacity, routing, rpc, scatter
+from benchmarks.deploy import MAIN_CELLS, MAX_CELLS, SCATTER_CELLS, Deployment
+from benchmarks.report import Report
+from benchmarks.routing import FULL, QUICK, Plan
+from benchmarks.stats import Series
+from cellgate import App
+from cellgate.urls import redact
+
+T = TypeVar("T")
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def step(self, what: str) -> None:
+        print(f"[{time.perf_counter() - self.start:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+    def timed(self, what: str, fn: Callable[[], T]) -> T:
+        self.step(what)
+        return fn()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def meta(args: Any, argv: list[str], plan: Plan) -> dict[str, Any]:
+    return {
+        "backend": args.backend,
+        "transport": args.transport,
+        "cells": MAIN_CELLS,
+        "cells_scatter": 100,
+        "cells_max": MAX_CELLS,
+        "quick": args.quick,
+        "versions": {
+            "python": platform.python_version(),
+            "sqlalchemy": _version("SQLAlchemy"),
+            "kombu": _version("kombu"),
+            "cellgate": _version("cellgate"),
+            "fastapi": _version("fastapi"),
+            "uvicorn": _version("uvicorn"),
+            "httpx": _version("httpx"),
+            "oslo.messaging": _version("oslo.messaging"),
+        },
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "benchmarks", *argv]),
+        "git": _git_commit(),
+        "plan": dict(plan.__dict__),
+    }
+
+
+class Phases:
+    """The measurements, in stages as cells are mapped; a failing step is reported, not fatal.
+
+    Each stage has an ``App`` of its own, closed before the next opens, so that
+    connections one stage left open (up to ``max_engines`` idle engines) do not
+    count against the database server's connection limit in the next.
+    """
+
+    def __init__(self, args: Any, report: Report, plan: Plan, progress: Progress) -> None:
+        self.args = args
+        self.backend: str = args.backend
+        self.report = report
+        self.plan = plan
+        self.progress = progress
+        self.series_too = bool(args.plot) or not args.quick
+        self.failures: list[str] = []
+
+    def step(self, what: str, names: tuple[str, ...], fn: Callable[[], None]) -> None:
+        self.progress.step(what)
+        try:
+            fn()
+        except Exception as exc:  # one broken measurement must not lose the others
+            text = redact(str(exc)).strip().splitlines()
+            message = f"failed: {type(exc).__name__}: {text[0] if text else ''}"
+            for name in names:
+                self.report.put(name, None, note=message)
+            self.failures.append(f"{what}: {message}")
+            self.progress.step(f"  {message}")
+
+    def show_point(self, app: App, d: Deployment, cells: int) -> Any:
+        pair = routing.show(app, d, self.plan)
+        points = self.report.series.setdefault(
+            "show_vs_cells",
+            {
+                "cells": [],
+                "routed_us": [],
+                "routed_p95_us": [],
+                "direct_us": [],
+                "direct_p95_us": [],
+                "ratio": [],
+            },
+        )
+        points["cells"].append(cells)
+        points["routed_us"].append(round(pair.a.median * 1e6, 3))
+        points["routed_p95_us"].append(round(pair.a.p95 * 1e6, 3))
+        points["direct_us"].append(round(pair.b.median * 1e6, 3))
+        points["direct_p95_us"].append(round(pair.b.p95 * 1e6, 3))
+        points["ratio"].append(round(pair.ratio.median, 4))
+        return pair
+
+    def run(self) -> None:
+        self.progress.step(f"setting up {self.backend} + {self.args.transport}")
+        with Deployment.create(self.backend, self.args.transport) as d:
+            with App(d.settings) as app:
+                self.ten_cells(app, d)
+            with App(d.settings) as app:
+                self.hundred_cells(app, d)
+            self.tuned(d)
+            if self.series_too:
+                self.curve(d)
+            with App(d.settings) as app:
+                self.thousand_cells(app, d)
+            self.progress.step("cleaning up")
+
+    # -- 1 and 10 cells ---------------------------------------------------------
+    def ten_cells(self, app: App, d: Deployment) -> None:
+        r, plan = self.report, self.plan
+        if self.series_too:
+            d.map_cells(app, 1)
+            self.step("show, 1 cell mapped", (), lambda: self.show_point(app, d, 1))
+        d.map_cells(app, MAIN_CELLS)
+
+        def lookup() -> None:
+            pair = routing.lookup(app, d, plan)
+            r.put("lookup_cached_us", pair.a, scale=1e6)
+            r.put("lookup_db_us", pair.b, scale=1e6)
+            # the speedup is db/cached, per interleaved pair
+            r.put("lookup_speedup", Series(tuple(1 / x for x in pair.ratio.samples)))
+
+        self.step(
+            "lookup: cache vs API database",
+            ("lookup_cached_us", "lookup_db_us", "lookup_speedup"),
+            lookup,
+        )
+
+        def show() -> None:
+            pair = self.show_point(app, d, MAIN_CELLS)
+            r.put("show_routed_us", pair.a, scale=1e6)
+            r.put("show_direct_us", pair.b, scale=1e6)
+            r.put("show_routed_over_direct", pair.ratio)
+
+        self.step(
+            f"show, {MAIN_CELLS} cells mapped",
+            ("show_routed_us", "show_direct_us", "show_routed_over_direct"),
+            show,
+        )
+
+        self.step(
+            "show via InstanceService",
+            ("show_service_over_direct",),
+            lambda: r.put(
+                "show_service_over_direct",
+                routing.show_service(app, d, plan).ratio,
+                note="InstanceService.show (the API's path: adds its Prometheus timing "
+                "and to_dict) vs direct + to_dict",
+            ),
+        )
+        self.step(
+            "target_cell",
+            ("target_cell_us",),
+            lambda: r.put("target_cell_us", routing.target_cell(app, d, plan), scale=1e6),
+        )
+        self.rpc(app, d)
+        for nodelay in (False, True):
+            self.api(app, d, nodelay)
+
+    def rpc(self, app: App, d: Deployment) -> None:
+        names = ("rpc_call_us", "rpc_cast_per_s", "rpc_call_over_raw_kombu")
+        self.step(f"RPC server on {self.args.transport}", names, lambda: self.rpc_steps(app, d))
+
+    def rpc_steps(self, app: App, d: Deployment) -> None:
+        r, plan, transport = self.report, self.plan, self.args.transport
+        with rpc.cellgate_server(app, d.cells[0]) as (client, endpoint):
+            self.step(
+                f"RPC call over {transport}",
+                ("rpc_call_us",),
+                lambda: r.put(
+                    "rpc_call_us",
+                    rpc.call_series(client, plan),
+                    scale=1e6,
+                    note=f"over {transport}://; server and client in this process",
+                ),
+            )
+            self.step(
+                f"RPC cast over {transport}",
+                ("rpc_cast_per_s",),
+                lambda: r.put(
+                    "rpc_cast_per_s",
+                    rpc.cast_rate(client, endpoint, plan),
+                    note=f"{rpc.CASTS} casts from the first send to the last handled",
+                ),
+            )
+            url = d.rabbit_url
+            if url is None:
+                for name in ("rpc_call_over_raw_kombu", "rpc_call_over_raw_kombu_like_cellgate"):
+                    r.put(
+                        name,
+                        None,
+                        note="needs --transport rabbit: the baseline is a bare kombu "
+                        "request/reply on the same RabbitMQ vhost",
+                    )
+            else:
+
+                def raw() -> None:
+                    pair = rpc.against_raw_kombu(client, url, plan)
+                    r.put(
+                        "rpc_call_over_raw_kombu",
+                        pair.ratio,
+                        note=f"median call: cellgate {pair.a.median * 1e6:.0f} us, raw "
+                        f"kombu {pair.b.median * 1e6:.0f} us (interleaved)",
+                    )
+
+                def raw_like() -> None:
+                    pair = rpc.against_raw_kombu(client, url, plan, like_cellgate=True)
+                    r.put(
+                        "rpc_call_over_raw_kombu_like_cellgate",
+                        pair.ratio,
+                        note="the raw server built like cellgate's (acks first, prefetch 16, "
+                        "replies from a thread pool on a second connection): median "
+                        f"{pair.b.median * 1e6:.0f} us",
+                    )
+
+                self.step("RPC call vs raw kombu", ("rpc_call_over_raw_kombu",), raw)
+                self.step(
+                    "RPC call vs raw kombu built like cellgate",
+                    ("rpc_call_over_raw_kombu_like_cellgate",),
+                    raw_like,
+                )
+            if not rpc.oslo_available():
+                r.put(
+                    "rpc_call_over_oslo_messaging",
+                    None,
+                    note="oslo.messaging is not importable here (pip install "
+                    "oslo.messaging, then run with --transport rabbit)",
+                )
+            elif url is None:
+                r.put(
+                    "rpc_call_over_oslo_messaging",
+                    None,
+                    note="needs --transport rabbit (oslo.messaging's rabbit driver)",
+                )
+            else:
+
+                def oslo() -> None:
+                    pair = rpc.against_oslo(client, url, plan)
+                    r.put(
+                        "rpc_call_over_oslo_messaging",
+                        pair.ratio,
+                        note=f"median call: cellgate {pair.a.median * 1e6:.0f} us, "
+                        f"oslo.messaging {pair.b.median * 1e6:.0f} us (interleaved)",
+                    )
+
+                self.step("RPC call vs oslo.messaging", ("rpc_call_over_oslo_messaging",), oslo)
+
+    def api(self, app: App, d: Deployment, nodelay: bool) -> None:
+        r = self.report
+        suffix = "_nodelay" if nodelay else ""
+        names = (f"api_show_rps{suffix}", f"api_healthz_rps{suffix}")
+        ratio = f"api_show_over_healthz{suffix}"
+
+        def measure() -> None:
+            pair, errors = api.throughput(app, d, self.plan, nodelay=nodelay)
+            r.put(names[0], pair.a)
+            r.put(names[1], pair.b)
+            if nodelay:
+                note = (
+                    "what-if: the same server with its listening socket made with "
+                    "IPPROTO_TCP, so that asyncio sets TCP_NODELAY on its connections"
+                )
+            else:
+                note = (
+                    f"{api.CONCURRENCY} client threads in this process (they share the GIL "
+                    "with uvicorn)"
+                )
+            r.put(ratio, pair.ratio, note=f"{note}; {errors} non-200 answers")
+
+        what = "HTTP, what-if TCP_NODELAY" if nodelay else f"HTTP, {api.CONCURRENCY} clients"
+        self.step(what, (*names, ratio), measure)
+
+    # -- 100 and 200 cells ------------------------------------------------------
+    def hundred_cells(self, app: App, d: Deployment) -> None:
+        r, plan = self.report, self.plan
+        d.map_cells(app, 100)
+        if self.series_too:
+            self.step("show, 100 cells mapped", (), lambda: self.show_point(app, d, 100))
+        hundred = d.cells[:100]
+
+        setup = scatter.default_setup(app, self.backend)
+
+        def single_vs_many() -> None:
+            pair, engines = scatter.single_vs_many(setup, hundred, plan)
+            r.put("scatter_100_ms", pair.a, scale=1e3)
+            r.put("scatter_single_ms", pair.b, scale=1e3)
+            r.put(
+                "scatter_100_over_single",
+                pair.ratio,
+                note="App's FanoutPool runs at most 32 cells at once "
+                "(DEFAULT_MAX_WORKERS), so 100 cells take at least 4 waves of 20 ms",
+            )
+            r.put(
+                "scatter_100_engines_created",
+                engines,
+                note="engines created per 100-cell scatter: 100 cells cycle through an "
+                f"LRU of [cells] max_engines = {app.settings.cells.max_engines}",
+            )
+
+        self.step(
+            "scatter-gather: 1 vs 100 cells",
+            (
+                "scatter_100_ms",
+                "scatter_single_ms",
+                "scatter_100_over_single",
+                "scatter_100_engines_created",
+            ),
+            single_vs_many,
+        )
+
+        def hung() -> None:
+            overrun, fewest_ok = scatter.hung(setup, hundred, plan)
+            r.put("scatter_hung_overrun_ms", overrun)
+            r.put("scatter_hung_ok", fewest_ok, note="fewest Ok results of 100 in any sample")
+
+        self.step(
+            "scatter-gather, one cell hung", ("scatter_hung_overrun_ms", "scatter_hung_ok"), hung
+        )
+
+    def tuned(self, d: Deployment) -> None:
+        """What-ifs: room for every engine (a setting), and more threads (a code change)."""
+        r, plan = self.report, self.plan
+        hundred = d.cells[:100]
+        engines = scatter.MAX_ENGINES
+        config = f"what-if: [cells] max_engines = {engines} (a setting), App's 32 threads"
+        code = (
+            f"what-if: max_engines {engines} and a FanoutPool of {scatter.WORKERS} threads "
+            "(App has no setting for that: a code change)"
+        )
+        names = (
+            "scatter_100_over_single_engines256",
+            "scatter_hung_overrun_ms_engines256",
+            "scatter_hung_ok_engines256",
+            "scatter_100_over_single_workers128",
+        )
+        room = d.servers.room()
+        if room is not None and room < 100 + 5:
+            for name in names:
+                r.put(
+                    name,
+                    None,
+                    note=f"skipped: needs about 105 connections at once and {self.backend} "
+                    f"has room for {room} (max_connections)",
+                )
+            return
+
+        def config_only() -> None:
+            with (
+                App(d.settings) as app,
+                scatter.variant(app, self.backend, max_engines=engines) as s,
+            ):
+                r.put(
+                    "scatter_100_over_single_engines256",
+                    scatter.single_vs_many(s, hundred, plan)[0].ratio,
+                    note=config,
+                )
+                overrun, fewest_ok = scatter.hung(s, hundred, plan)
+                r.put("scatter_hung_overrun_ms_engines256", overrun, note=config)
+                r.put("scatter_hung_ok_engines256", fewest_ok, note=config)
+
+        def more_threads() -> None:
+            with (
+                App(d.settings) as app,
+                scatter.variant(
+                    app, self.backend, max_engines=engines, workers=scatter.WORKERS
+                ) as s,
+            ):
+                r.put(
+                    "scatter_100_over_single_workers128",
+                    scatter.single_vs_many(s, hundred, plan)[0].ratio,
+                    note=code,
+                )
+
+        self.step(f"scatter-gather, max_engines {engines}", names[:3], config_only)
+        self.step(f"scatter-gather, {scatter.WORKERS} threads", names[3:], more_threads)
+
+    def curve(self, d: Deployment) -> None:
+        points: dict[str, Any] = {}
+        self.report.series["scatter_vs_cells"] = points
+
+        def default() -> None:
+            with App(d.settings) as app:
+                d.map_cells(app, SCATTER_CELLS)
+                points.update(
+                    scatter.curve(scatter.default_setup(app, self.backend), d.cells, self.plan)
+                )
+
+        def tuned() -> None:
+            room = d.servers.room()
+            with (
+                App(d.settings) as app,
+                scatter.variant(
+                    app, self.backend, max_engines=scatter.MAX_ENGINES, workers=scatter.WORKERS
+                ) as setup,
+            ):
+                points.update(scatter.curve_tuned(setup, d.cells, self.plan, room=room))
+
+        self.step("scatter-gather curve", (), default)
+        self.step("scatter-gather curve, what-if", (), tuned)
+
+    # -- 1,000 cells ------------------------------------------------------------
+    def thousand_cells(self, app: App, d: Deployment) -> None:
+        r = self.report
+        d.map_cells(app, MAX_CELLS)
+
+        def show() -> None:
+            pair = self.show_point(app, d, MAX_CELLS)
+            r.put("show_routed_1000_cells_us", pair.a, scale=1e6)
+            r.put("show_routed_over_direct_1000_cells", pair.ratio)
+            ten = r.figures.get("show_routed_over_direct")
+            if ten:
+                r.goal(
+                    "show_routed_over_direct_1000_cells",
+                    f"within 5% of {ten:.3f}",
+                    lambda v: abs(v / ten - 1) <= 0.05,
+                )
+
+        self.step(
+            f"show, {MAX_CELLS} cells mapped",
+            ("show_routed_1000_cells_us", "show_routed_over_direct_1000_cells"),
+            show,
+        )
+
+        def touch() -> None:
+            cap = capacity.touch_all(app, d.cells)
+            settings = app.settings
+            bound = settings.cells.max_engines * 2 * settings.database.pool_size
+            r.put(
+                "open_connections_1000_cells",
+                cap.pooled,
+                note=f"{cap.engines} engines kept of {cap.cells} cells touched; bound "
+                f"max_engines*2*pool_size = {settings.cells.max_engines}*2*"
+                f"{settings.database.pool_size} = {bound}; last engine's pool: "
+                f"{cap.pool_kind}",
+            )
+            r.goal("open_connections_1000_cells", f"<= {bound}", lambda v: v <= bound)
+            r.put(
+                "db_fds_1000_cells",
+                cap.db_fds,
+                note="file descriptors that are .sqlite files or TCP connections to "
+                "3306/5432 (API database included)",
+            )
+            r.put("rss_mb_1000_cells", cap.rss_after_mb)
+            r.put("rss_mb_growth_1000_cells", cap.rss_after_mb - cap.rss_before_mb)
+
+        self.step(
+            f"touching {MAX_CELLS} cells once each",
+            (
+                "open_connections_1000_cells",
+                "db_fds_1000_cells",
+                "rss_mb_1000_cells",
+                "rss_mb_growth_1000_cells",
+            ),
+            touch,
+        )
+
+
+def set_goals(report: Report) -> None:
+    report.goal("lookup_speedup", ">= 50", lambda v: v >= 50)
+    report.goal("show_routed_over_direct", "<= 1.15", lambda v: v <= 1.15)
+    report.goal("scatter_100_over_single", "<= 3", lambda v: v <= 3)
+    report.goal("scatter_100_over_single_engines256", "<= 3 (what-if)", lambda v: v <= 3)
+    report.goal("scatter_100_over_single_workers128", "<= 3 (what-if)", lambda v: v <= 3)
+    report.goal("scatter_hung_overrun_ms_engines256", "<= 50 (what-if)", lambda v: v <= 50)
+    report.goal("scatter_hung_ok_engines256", "= 99 (what-if)", lambda v: v == 99)
+    report.goal("scatter_hung_overrun_ms", "<= 50", lambda v: v <= 50)
+    report.goal("scatter_hung_ok", "= 99", lambda v: v == 99)
+    report.goal("rss_mb_1000_cells", "<= 300", lambda v: v <= 300)
+    report.goal("rpc_call_over_raw_kombu", "<= 1.3", lambda v: v <= 1.3)
+    report.goal("rpc_call_over_oslo_messaging", "<= 0.5", lambda v: v <= 0.5)
+    report.goal("api_show_over_healthz", ">= 0.5", lambda v: v >= 0.5)
+    report.goal("api_show_over_healthz_nodelay", ">= 0.5 (what-if)", lambda v: v >= 0.5)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every clean-up
+
+
+def main(args: Any, argv: list[str]) -> int:
+    plan = QUICK if args.quick else FULL
+    signal.signal(signal.SIGTERM, _terminate)
+    progress = Progress()
+    report = Report(meta=meta(args, argv, plan))
+    set_goals(report)
+    phases = Phases(args, report, plan, progress)
+    phases.run()
+    report.meta["duration_s"] = round(time.perf_counter() - progress.start, 1)
+    report.meta["failures"] = phases.failures
+    print(report.table())
+    if report.notes:
+        print("\nnotes:\n" + report.notes_text())
+    if args.json:
+        report.write_json(Path(args.json))
+        print(f"\nJSON: {args.json}")
+    if args.plot:
+        from benchmarks import plots
+
+        for path in plots.write(report.series, report.meta, Path(args.plot)):
+            print(f"plot: {path}")
+    if phases.failures:
+        print("\nfailed measurements:\n" + "\n".join(f"- {f}" for f in phases.failures))
+        return 3
+    return 0
