@@ -260,11 +260,12 @@ class DatabaseURL:
     rejected, because its default driver (mysqlclient) is not installed.
     """
 
-    __slots__ = ("_key", "_url")
+    __slots__ = ("_key", "_masked", "_url")
 
     def __init__(self, url: sqlalchemy.engine.URL) -> None:
         self._url = url
         self._key: str | None = None
+        self._masked: str | None = None  # str() is on the per-session path (error labels)
 
     @property
     def key(self) -> str:
@@ -325,12 +326,17 @@ class DatabaseURL:
         return DatabaseURL(self._url.set(database=database))
 
     def render(self, *, hide_password: bool = True) -> str:
+        if hide_password and self._masked is not None:
+            return self._masked
         url = self._url
         if hide_password and SECRET_QUERY_KEYS & set(url.query):
             url = url.update_query_dict(
                 {k: MASK for k in SECRET_QUERY_KEYS if k in url.query}, append=False
             )
-        return url.render_as_string(hide_password=hide_password)
+        rendered = url.render_as_string(hide_password=hide_password)
+        if hide_password:
+            self._masked = rendered
+        return rendered
 
     def __str__(self) -> str:
         return self.render()

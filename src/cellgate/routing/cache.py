@@ -132,6 +132,9 @@ class MappingCache:
 
     @staticmethod
     def _lookup(snap: _Snapshot, ident: str) -> CellMapping | None:
+        found = snap.by_uuid.get(ident)  # the usual case: a canonical uuid, no parsing
+        if found is not None:
+            return found
         as_uuid = normalize_uuid(ident)
         return snap.by_uuid.get(as_uuid) if as_uuid else snap.by_name.get(ident)
 
