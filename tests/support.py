@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator
@@ -153,15 +154,25 @@ def blackhole() -> Iterator[int]:
 
 
 class TcpProxy:
-    """A TCP proxy on 127.0.0.1 in front of one server, that can play dead.
+    """A TCP proxy on 127.0.0.1 in front of one server, that can misbehave on demand.
 
-    ``forward()`` (the initial mode) relays every new connection to
-    ``target_host:target_port``. ``blackhole()`` closes every current
-    connection, both sides, then accepts new ones and never forwards nor
-    answers them: to a client the server looks hung. ``forward()`` again
-    drops those held connections and relays new ones. ``close()`` stops
-    listening and closes everything. Every thread is a daemon and every
-    socket has a timeout, so nothing here can hang a test run.
+    Faults, each one call from the test (every mode applies to new connections;
+    ``drop`` and ``reset`` act on the live ones and leave the mode as it is):
+
+    - ``forward()`` (the initial mode) relays every new connection to
+      ``target_host:target_port``; connections held while blackholed are closed;
+    - ``latency`` (seconds, settable at any time) holds every chunk the server
+      sends that long before relaying it: each answer is late by it, while
+      what the client sends reaches the server at once;
+    - ``blackhole()`` closes every current connection, both sides, then accepts
+      new ones and never forwards nor answers them: to a client the server
+      looks hung;
+    - ``drop()`` closes every live connection cleanly (FIN), both sides;
+    - ``reset()`` aborts every live connection, both sides, with a TCP RST
+      (``SO_LINGER`` 0), whatever is in flight: a server dying mid-stream.
+
+    ``close()`` stops listening and closes everything. Every thread is a daemon
+    and every socket has a timeout, so nothing here can hang a test run.
     """
 
     _TICK = 0.25  # seconds between checks of the stop flag
@@ -172,8 +183,11 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._blackholed = False
         self._closed = False
+        self._stopping = threading.Event()  # cuts latency sleeps short at close()
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         self._held: set[socket.socket] = set()
+        self.latency: float = 0.0
+        self.accepted = 0  # connections accepted so far, in any mode: attempts to reach it
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(self._TICK)
         self.port: int = self._listener.getsockname()[1]
@@ -197,10 +211,23 @@ class TcpProxy:
             self._held.clear()
         _close_all(doomed)
 
+    def drop(self) -> None:
+        """Close every live connection cleanly (FIN to both sides); the mode stays."""
+        with self._lock:
+            doomed = self._take_all_locked()
+        _close_all(doomed)
+
+    def reset(self) -> None:
+        """Abort every live connection with an RST to both sides; the mode stays."""
+        with self._lock:
+            doomed = self._take_all_locked()
+        _reset_all(doomed)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             doomed = self._take_all_locked()
+        self._stopping.set()
         _close_all([self._listener, *doomed])
         self._thread.join(timeout=5)
 
@@ -229,6 +256,7 @@ class TcpProxy:
                 return
             client.settimeout(self._TICK)
             with self._lock:
+                self.accepted += 1
                 if self._closed:
                     _close_all([client])
                     return
@@ -256,16 +284,20 @@ class TcpProxy:
                     self._held.add(client)
                 return
             self._pairs.add(pair)
-        for src, dst in (pair, pair[::-1]):
+        for src, dst, late in ((client, upstream, False), (upstream, client, True)):
             threading.Thread(
                 target=self._pump,
-                args=(pair, src, dst),
+                args=(pair, src, dst, late),
                 name=f"tcp-proxy-{self.port}-p",
                 daemon=True,
             ).start()
 
     def _pump(
-        self, pair: tuple[socket.socket, socket.socket], src: socket.socket, dst: socket.socket
+        self,
+        pair: tuple[socket.socket, socket.socket],
+        src: socket.socket,
+        dst: socket.socket,
+        late: bool,
     ) -> None:
         try:
             while True:
@@ -278,13 +310,16 @@ class TcpProxy:
                     continue
                 if not data:
                     return
+                if late and (delay := self.latency) > 0 and self._stopping.wait(delay):
+                    return
                 while data:
+                    with self._lock:  # a drop or reset while this chunk waited
+                        if pair not in self._pairs:
+                            return
                     try:
                         data = data[dst.send(data) :]
                     except TimeoutError:  # the reader is slow: wait on, unless stopped
-                        with self._lock:
-                            if pair not in self._pairs:
-                                return
+                        continue
         except OSError:
             return
         finally:  # one side is done (or failed): end the whole connection
@@ -293,6 +328,17 @@ class TcpProxy:
                 self._pairs.discard(pair)
             if mine:
                 _close_all(pair)
+
+
+def _reset_all(socks: Iterable[socket.socket]) -> None:
+    """Close with an RST: linger on with a zero timeout discards unsent data and aborts."""
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)  # wakes our own pump's recv; sends nothing
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 def _close_all(socks: Iterable[socket.socket]) -> None:

@@ -21,6 +21,7 @@ there is no default cell to fall back to.
 from __future__ import annotations
 
 import signal
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,9 +35,10 @@ from cellgate.apidb.mappings import CellMapping
 from cellgate.config import Settings
 from cellgate.context import RequestContext
 from cellgate.engines import translate_errors
-from cellgate.errors import CellTimeout, CellUnavailable, UntargetedContext
+from cellgate.errors import CellgateError, CellTimeout, CellUnavailable, UntargetedContext
 from cellgate.manage.migrate import template_defaults
 from cellgate.results import CellResult
+from cellgate.routing.breaker import BreakerRegistry
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.connections import EngineRegistry
 from cellgate.routing.fanout import FanoutPool
@@ -78,10 +80,17 @@ class _Rendered(Generic[U]):
 class CellDatabases:
     """Sessions on cell databases, chosen per call from the context's cell."""
 
-    def __init__(self, api: ApiDatabase, engines: EngineRegistry, defaults: TemplateDefaults):
+    def __init__(
+        self,
+        api: ApiDatabase,
+        engines: EngineRegistry,
+        defaults: TemplateDefaults,
+        breakers: BreakerRegistry,
+    ):
         self._api = api
         self._engines = engines
         self._rendered = _Rendered(defaults.database_url)
+        self._breakers = breakers
 
     def url_for(self, cell: CellMapping) -> DatabaseURL:
         """The cell's database URL, its template rendered (memoised per stored value)."""
@@ -89,19 +98,35 @@ class CellDatabases:
 
     @contextmanager
     def session(self, ctx: RequestContext) -> Iterator[Session]:
-        """A session in one transaction on ``ctx.cell``'s database."""
+        """A session in one transaction on ``ctx.cell``'s database.
+
+        :raises CellUnavailable: at once, without connecting, while the cell's
+            circuit breaker is open (``cellgate.routing.breaker``).
+        """
         cell = ctx.cell
         if cell is None:
             raise UntargetedContext(what="a cell database session")
         url = self.url_for(cell)
         engine = self._engines.get(url)
         component = f"cell {cell.label} database {url}"
-        with (
-            translate_errors(component, unavailable=CellUnavailable, timeout=CellTimeout),
-            Session(engine, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            yield session
+        attempt = self._breakers.admit(cell)
+        try:
+            with (
+                translate_errors(component, unavailable=CellUnavailable, timeout=CellTimeout),
+                Session(engine, expire_on_commit=False) as session,
+                session.begin(),
+            ):
+                try:
+                    yield session
+                except CellgateError:
+                    # Raised by the caller's own code (a domain error, or another
+                    # cell call that settles its own attempt): not this database's.
+                    attempt.abandoned()
+                    raise
+        except BaseException as exc:
+            attempt.settle(exc)
+            raise
+        attempt.succeeded()
 
     @contextmanager
     def api_session(self) -> Iterator[Session]:
@@ -113,9 +138,16 @@ class CellDatabases:
 class CellRPC:
     """RPC clients and servers on cell transports, chosen per call from the cell."""
 
-    def __init__(self, transports: TransportRegistry, defaults: TemplateDefaults, timeout: float):
+    def __init__(
+        self,
+        transports: TransportRegistry,
+        defaults: TemplateDefaults,
+        timeout: float,
+        breakers: BreakerRegistry,
+    ):
         self._transports = transports
         self._timeout = timeout
+        self._breakers = breakers
         self._rendered = _Rendered(defaults.transport_url)
         self._servers: weakref.WeakSet[RPCServer] = weakref.WeakSet()
 
@@ -128,7 +160,7 @@ class CellRPC:
         if ctx.cell is None:
             raise UntargetedContext(what="an RPC client")
         transport = self._transports.get(self.url_for(ctx.cell), ctx.cell.label)
-        return RPCClient(transport, target, ctx, timeout=self._timeout)
+        return RPCClient(transport, target, ctx, timeout=self._timeout, breakers=self._breakers)
 
     def server(
         self,
@@ -153,10 +185,19 @@ class CellRPC:
 
 
 class App:
-    """Owns every engine, cache and pool of one process; see the module docstring."""
+    """Owns every engine, cache and pool of one process; see the module docstring.
 
-    def __init__(self, settings: Settings) -> None:
+    ``clock`` is what the cells' circuit breakers (``app.breakers``) read to
+    time their cool-downs: a monotonic clock in seconds; tests pass a fake one.
+    """
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.breakers = BreakerRegistry(
+            threshold=settings.cells.breaker_threshold,
+            cooldown=settings.cells.breaker_cooldown,
+            clock=clock,
+        )
         self.api = ApiDatabase(settings.api_database)
         self.cells = MappingCache(self.api, settings.cells.cache_ttl)
         self.locator = InstanceLocator(self.api)
@@ -167,7 +208,7 @@ class App:
             pool_size=settings.database.pool_size,
         )
         defaults = template_defaults(settings)
-        self.db = CellDatabases(self.api, self.engines, defaults)
+        self.db = CellDatabases(self.api, self.engines, defaults, self.breakers)
         rpc = settings.rpc
         self.transports = TransportRegistry(
             max_transports=rpc.max_transports,
@@ -175,7 +216,7 @@ class App:
                 url, connect_timeout=rpc.connect_timeout, heartbeat=rpc.heartbeat
             ),
         )
-        self.rpc = CellRPC(self.transports, defaults, rpc.response_timeout)
+        self.rpc = CellRPC(self.transports, defaults, rpc.response_timeout, self.breakers)
         self._fanout = FanoutPool()
 
     @contextmanager

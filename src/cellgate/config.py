@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Final, TypeVar
 
+from cellgate.apidb.credentials import KeyRing
 from cellgate.errors import CellgateError, ConfigError
 from cellgate.urls import DatabaseURL, TransportURL
 
@@ -39,6 +40,8 @@ DEFAULT_CACHE_TTL: Final = 30.0
 DEFAULT_POOL_SIZE: Final = 2
 DEFAULT_MAX_ENGINES: Final = 64
 DEFAULT_SCATTER_TIMEOUT: Final = 30.0
+DEFAULT_BREAKER_THRESHOLD: Final = 3
+DEFAULT_BREAKER_COOLDOWN: Final = 30.0
 DEFAULT_RPC_TIMEOUT: Final = 60.0
 DEFAULT_HEARTBEAT: Final = 30
 DEFAULT_MAX_TRANSPORTS: Final = 64
@@ -171,6 +174,16 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option(
         "api_database",
+        "encryption_keys",
+        None,
+        "Fernet keys, comma separated, that encrypt the cell mappings' URLs in the "
+        "API database. The first key encrypts; every key decrypts, so a new key goes "
+        "first and the old one stays until 'cellgate cell rotate-key' has run. Keys "
+        "are secrets: they are never printed. 'cellgate cell generate-key' makes one. "
+        "Default: none (URLs are stored as given).",
+    ),
+    Option(
+        "api_database",
         "connect_timeout",
         str(DEFAULT_CONNECT_TIMEOUT),
         "Seconds to wait for a connection to the API database.",
@@ -242,6 +255,22 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Seconds a process may serve cell mappings from memory before re-reading them.",
         "float",
     ),
+    Option(
+        "cells",
+        "breaker_threshold",
+        str(DEFAULT_BREAKER_THRESHOLD),
+        "Consecutive database or broker failures after which a cell is skipped (its "
+        "calls fail at once, reported as down) for breaker_cooldown seconds, then "
+        "probed by one call. 0 disables the circuit breaker.",
+        "int",
+    ),
+    Option(
+        "cells",
+        "breaker_cooldown",
+        str(DEFAULT_BREAKER_COOLDOWN),
+        "Seconds a cell's open circuit breaker skips the cell before one call probes it.",
+        "float",
+    ),
 )
 
 
@@ -256,6 +285,13 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class ApiDatabaseSettings(DatabaseSettings):
+    """The API database, plus the keys that encrypt the credentials it stores."""
+
+    encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
 class CellSettings:
     """Options that apply to every cell."""
 
@@ -263,6 +299,8 @@ class CellSettings:
     cache_ttl: float = DEFAULT_CACHE_TTL
     max_engines: int = DEFAULT_MAX_ENGINES
     scatter_timeout: float = DEFAULT_SCATTER_TIMEOUT
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD  # 0: no circuit breaker
+    breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
 
 
 @dataclass(frozen=True)
@@ -312,11 +350,18 @@ def parse_tokens(raw: str | None, where: str) -> tuple[TokenGrant, ...]:
     return tuple(grants)
 
 
+def parse_keys(raw: str | None) -> tuple[str, ...]:
+    """``KEY, KEY, ...`` -> keys, each checked now so a bad one stops start-up."""
+    keys = tuple(k for k in (p.strip() for p in (raw or "").split(",")) if k)
+    KeyRing(keys)  # raises EncryptionKeyError (a ConfigError) naming the key's position
+    return keys
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything cellgate was configured with. Build it with :func:`load_settings`."""
 
-    api_database: DatabaseSettings
+    api_database: ApiDatabaseSettings
     database: DatabaseSettings
     transport_url: TransportURL
     state_path: Path
@@ -377,10 +422,11 @@ def _build(
     api_default = f"sqlite:///{state_path / 'api.sqlite'}"
     cell_default = f"sqlite:///{state_path / 'cellgate.sqlite'}"
     return Settings(
-        api_database=DatabaseSettings(
+        api_database=ApiDatabaseSettings(
             connection=get.url("api_database", "connection", api_default, DatabaseURL.parse),
             connect_timeout=get.number("api_database", "connect_timeout"),
             query_timeout=get.number("api_database", "query_timeout"),
+            encryption_keys=parse_keys(get.text("api_database", "encryption_keys")),
         ),
         database=DatabaseSettings(
             connection=get.url("database", "connection", cell_default, DatabaseURL.parse),
@@ -395,6 +441,8 @@ def _build(
             cache_ttl=get.number("cells", "cache_ttl"),
             max_engines=get.count("cells", "max_engines"),
             scatter_timeout=get.number("cells", "scatter_timeout"),
+            breaker_threshold=get.count("cells", "breaker_threshold", minimum=0),
+            breaker_cooldown=get.number("cells", "breaker_cooldown"),
         ),
         source=source,
         rpc=RPCSettings(
@@ -469,12 +517,11 @@ class _Getter:
             )
         return value
 
-    def count(self, section: str, name: str) -> int:
+    def count(self, section: str, name: str, *, minimum: int = 1) -> int:
         raw = self.text(section, name) or ""
-        if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
-            raise ConfigError(
-                f"{self._where(section, name)} must be a positive integer, got {raw!r}"
-            )
+        if not (raw.isascii() and raw.isdigit() and int(raw) >= minimum):
+            what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+            raise ConfigError(f"{self._where(section, name)} must be {what}, got {raw!r}")
         return int(raw)
 
     def url(self, section: str, name: str, default: str, parse: Callable[[str], _T]) -> _T:

@@ -10,12 +10,14 @@ passed in already masked.
 
     CellgateError
      ├── ConfigError                 a setting, URL or template is invalid
-     │    └── InvalidURL
+     │    ├── InvalidURL
+     │    └── EncryptionKeyError     credentials cannot be (de)crypted with the keys
      ├── MappingError                the API database says no
      │    ├── CellNotFound
      │    ├── HostNotMapped
      │    ├── DuplicateCell
      │    ├── CellInUse
+     │    ├── StaleCell              changed since the caller read it
      │    └── InstanceNotFound
      ├── BackendError                a server could not be used
      │    ├── BackendUnavailable     refused, reset, bad credentials
@@ -26,7 +28,8 @@ passed in already masked.
      │    ├── UntargetedContext      cell code ran without a target cell
      │    └── NoValidCell            no enabled cell can take a new instance
      ├── MigrationError
-     │    └── SchemaMismatch         a database is not at the expected revision
+     │    ├── SchemaMismatch         a database is not at the expected revision
+     │    └── MigrationLocked        another run holds the migration lock past the wait
      └── RPCError
           ├── RPCTimeout             no reply within the call's timeout
           ├── RemoteError            the remote method raised (type name + message)
@@ -73,6 +76,14 @@ class InvalidURL(ConfigError):
         super().__init__(f"invalid URL {url!r}: {reason}", hint=hint)
 
 
+class EncryptionKeyError(ConfigError):
+    """Cell credentials cannot be encrypted or decrypted with the configured keys.
+
+    A missing key, a wrong key and an altered row all land here: the fix is
+    always in ``[api_database] encryption_keys``, never a retry.
+    """
+
+
 class MappingError(CellgateError):
     """The API database has no answer, or a conflicting one."""
 
@@ -112,6 +123,17 @@ class CellInUse(MappingError):
         self.ident = ident
         self.reason = reason
         super().__init__(f"cell {ident!r} {reason}", hint=hint)
+
+
+class StaleCell(MappingError):
+    """A cell changed after the caller read it (optimistic locking)."""
+
+    def __init__(self, *, ident: str, expected: int, found: int | None) -> None:
+        now = f" (it is now at version {found})" if found is not None else ""
+        super().__init__(
+            f"cell {ident} changed since version {expected}{now}",
+            hint="run 'cellgate cell show' to see the change, then retry",
+        )
 
 
 class InstanceNotFound(MappingError):
@@ -261,3 +283,22 @@ class WrongCell(RPCError):
 
 class MalformedMessage(RPCError, ValueError):
     """Bytes that are not a valid cellgate RPC envelope, or arguments that cannot be one."""
+
+
+class MigrationLocked(MigrationError):
+    """Another run held this line's migration lock on this database for the whole wait.
+
+    ``component`` is a masked label of the database; ``line`` is ``api`` or ``cell``.
+    """
+
+    def __init__(self, *, component: str, line: str, waited: float) -> None:
+        self.component = component
+        self.line = line
+        self.waited = waited
+        command = "cellgate api-db sync" if line == "api" else "cellgate db sync"
+        super().__init__(
+            f"{component}: another '{command}' holds the migration lock "
+            f"of the {line} line (waited {waited:g}s)",
+            hint="let it finish, then run this command again, or wait longer with "
+            "--lock-timeout; if no sync is running, see 'Migration lock' in docs/reliability.md",
+        )

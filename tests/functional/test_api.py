@@ -16,7 +16,8 @@ import pytest
 
 from cellgate import App, RequestContext, load_settings
 from cellgate.apidb.database import ApiDatabase
-from cellgate.apidb.mappings import create_cell, map_cell0, update_cell
+from cellgate.apidb.mappings import create_cell, map_cell0
+from cellgate.apidb.updates import update_cell
 from cellgate.engines import make_engine
 from cellgate.errors import ConfigError
 from cellgate.manage.migrate import sync_api

@@ -13,6 +13,19 @@ from tests.functional.conftest import Deployment
 RACERS = 4
 
 
+def cellgate(d: Deployment) -> list[str]:
+    return [sys.executable, "-m", "cellgate", "--config-file", str(d.config_file)]
+
+
+def race(commands: list[list[str]]) -> list[tuple[int, str, str]]:
+    """Start every command at once; their exit codes, stdout and stderr."""
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    return [(p.wait(timeout=120), *p.communicate()) for p in procs]
+
+
 @pytest.mark.timeout(180)
 def test_concurrent_create_with_the_same_name_has_exactly_one_winner(
     deployment: Deployment,
@@ -20,11 +33,7 @@ def test_concurrent_create_with_the_same_name_has_exactly_one_winner(
     deployment.run("api-db", "sync")
     db = deployment.new_cell_url().render(hide_password=False)
     args = [
-        sys.executable,
-        "-m",
-        "cellgate",
-        "--config-file",
-        str(deployment.config_file),
+        *cellgate(deployment),
         "cell",
         "create",
         "--name",
@@ -34,11 +43,7 @@ def test_concurrent_create_with_the_same_name_has_exactly_one_winner(
         "--database-connection",
         db,
     ]
-    procs = [
-        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(RACERS)
-    ]
-    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    outcomes = race([args] * RACERS)
     codes = sorted(code for code, _, _ in outcomes)
     assert codes == [ExitCode.OK] + [ExitCode.CONFLICT] * (RACERS - 1), outcomes
     for code, _, err in outcomes:
@@ -46,3 +51,47 @@ def test_concurrent_create_with_the_same_name_has_exactly_one_winner(
         if code == ExitCode.CONFLICT:
             assert "name 'racy' already exists" in err and "Traceback" not in err
     assert [c["name"] for c in deployment.json("cell", "list")] == ["racy"]
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_updates_from_the_same_version_have_exactly_one_winner(
+    deployment: Deployment,
+) -> None:
+    deployment.run("api-db", "sync")
+    db = deployment.new_cell_url().render(hide_password=False)
+    deployment.run(
+        "cell", "create", "--name", "c1", "--transport-url", "memory://c1",
+        "--database-connection", db,
+    )  # fmt: skip
+    update = [*cellgate(deployment), "cell", "update", "c1", "--expected-version", "1"]
+    outcomes = race([[*update, "--transport-url", f"memory://racer{i}"] for i in range(RACERS)])
+    codes = sorted(code for code, _, _ in outcomes)
+    assert codes == [ExitCode.OK] + [ExitCode.CONFLICT] * (RACERS - 1), outcomes
+    winner = next(out for code, out, _ in outcomes if code == ExitCode.OK)
+    for code, _, err in outcomes:
+        deployment.assert_no_secret(err)
+        if code == ExitCode.CONFLICT:
+            assert "changed since version 1 (it is now at version 2)" in err, err
+    shown = deployment.json("cell", "show", "c1")
+    assert shown["version"] == 2 and shown["transport_url"] in winner
+    history = deployment.json("cell", "history", "c1")
+    assert [e["action"] for e in history] == ["create", "update"]
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_updates_of_different_fields_both_land(deployment: Deployment) -> None:
+    deployment.run("api-db", "sync")
+    db = deployment.new_cell_url().render(hide_password=False)
+    deployment.run(
+        "cell", "create", "--name", "c1", "--transport-url", "memory://c1",
+        "--database-connection", db,
+    )  # fmt: skip
+    update = [*cellgate(deployment), "cell", "update", "c1"]
+    outcomes = race([[*update, "--transport-url", "memory://moved"], [*update, "--disable"]])
+    assert [code for code, _, _ in outcomes] == [ExitCode.OK, ExitCode.OK], outcomes
+    shown = deployment.json("cell", "show", "c1")
+    assert (shown["transport_url"], shown["disabled"], shown["version"]) == (
+        "memory://moved",
+        True,
+        3,
+    )

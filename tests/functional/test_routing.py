@@ -25,7 +25,8 @@ from cellgate import (
     load_settings,
 )
 from cellgate.apidb.database import ApiDatabase
-from cellgate.apidb.mappings import create_cell, delete_cell, map_cell0, update_cell
+from cellgate.apidb.mappings import create_cell, delete_cell, map_cell0
+from cellgate.apidb.updates import update_cell
 from cellgate.celldb.schema import InstanceRow
 from cellgate.engines import make_engine
 from cellgate.migrations.runner import MigrationLine, upgrade

@@ -40,7 +40,7 @@ from click.testing import CliRunner, Result
 from kombu.connection import Connection
 from sqlalchemy.orm import Session
 
-from cellgate.apidb.mappings import update_cell
+from cellgate.apidb.updates import update_cell
 from cellgate.app import App
 from cellgate.celldb import queries
 from cellgate.cli import cli
@@ -140,6 +140,8 @@ UPDATED = Secret("updated", "up:d@t/ed%-Kq7m", "g2")
 SPARE = Secret("spare", "sp@re:/,#-Kq7n", "sp")
 TYPO = Secret("invalid URL", "ty:p@o/%#?-Kq7o", "ty")
 API_DEAD = Secret("[api_database] connection", "api%@:/#-Kq7p", "apiu")
+KEY_OLD = Secret("encryption key (old)", "u2qvYQbsE3lWq0uN8nC9Jm2tX1oR5kZ4aH7dF6gS0pE=")
+KEY_NEW = Secret("encryption key (new)", "Zx1cV2bN3mA4sD5fG6hJ7kL8qW9eR0tY1uI2oP3aS4d=")
 ADMIN_TOKEN = Secret("admin token", "adm-tok-Kq7qZ9x")
 DEMO_TOKEN = Secret("demo token", "demo-tok-Kq7rW3y")
 
@@ -161,6 +163,8 @@ SECRETS = (
     SPARE,
     TYPO,
     API_DEAD,
+    KEY_OLD,
+    KEY_NEW,
     ADMIN_TOKEN,
     DEMO_TOKEN,
 )
@@ -312,6 +316,7 @@ def build_world(tmp: Path, scanner: Scanner) -> World:
         "rpc_response_timeout = 1\n"
         "[api_database]\n"
         f"connection = sqlite:///{tmp / 'api.sqlite'}\n"
+        f"encryption_keys = {KEY_OLD.password}\n"
         "[database]\n"
         f"connection = mysql+pymysql://{TPL_DB.user}:{TPL_DB.q}@{CLOSED.format(7)}/local\n"
         "connect_timeout = 2\n"
@@ -550,6 +555,39 @@ def test_every_cli_command_hides_every_password(tmp_path: Path, scanner: Scanner
     w.every_way("cell", "update", "cell0", "--transport-url", memory_url(TYPO, "c0"), expect=2)
     w.every_way("cell", "update", "good2", "--name", "good1", expect=4)
     w.every_way("cell", "update", "nope", "--transport-url", memory_url(TYPO, "x"), expect=3)
+
+    # dry runs, row versions and the audit trail
+    w.every_way("cell", "update", "good2", "--transport-url", memory_url(SPARE, "g2"), "--dry-run")
+    w.every_way("cell", "update", "long", "--name", "long2", "--dry-run")
+    w.every_way("cell", "update", "good2", "--disable", "--expected-version", "1", expect=4)
+    for name in ("good2", "deadpg", "long", "tpl", "nope"):
+        w.every_way("cell", "history", name, expect=3 if name == "nope" else 0)
+
+    # keys: rotate to a new one, decrypt and encrypt again, then a wrong key
+    rotated = w.tmp / "rotated.conf"
+    old_keys = f"encryption_keys = {KEY_OLD.password}"
+    text = w.config.read_text(encoding="utf-8")
+    rotated.write_text(
+        text.replace(old_keys, f"encryption_keys = {KEY_NEW.password}, {KEY_OLD.password}")
+    )
+    new_only = w.tmp / "new-only.conf"
+    new_only.write_text(text.replace(old_keys, f"encryption_keys = {KEY_NEW.password}"))
+    bad_key = w.tmp / "bad-key.conf"
+    bad_key.write_text(text.replace(old_keys, f"encryption_keys = {KEY_NEW.password[:-2]}"))
+    w.cli("cell", "generate-key")
+    for args in (("cell", "rotate-key", "--dry-run"), ("cell", "rotate-key")):
+        w.cli(*args, "--json", config=rotated)
+        w.cli("--debug", *args, config=rotated)
+    w.cli("cell", "list", expect=2)  # the old key alone no longer reads the rows
+    w.cli("--debug", "cell", "show", "good2", "--json", expect=2)
+    w.cli("cell", "list", config=bad_key, expect=2)
+    w.cli("--debug", "cell", "list", config=bad_key, expect=2)
+    w.cli("cell", "decrypt", "--all", "--dry-run", "--json", config=new_only)
+    w.cli("cell", "decrypt", "--all", config=new_only)
+    w.cli("--debug", "cell", "encrypt", "--all", "--json", config=rotated)
+    w.cli("cell", "rotate-key", config=rotated)
+    w.cli("cell", "history", "good2", "--json", config=new_only)
+    w.config.write_text(text.replace(old_keys, f"encryption_keys = {KEY_NEW.password}"))
 
     # cell delete: refused, then ok
     w.every_way("cell", "delete", "cell0", expect=4)

@@ -22,7 +22,7 @@ from cellgate.config import (
     DEFAULT_VERIFY_TIMEOUT,
     EMBEDDED_TRANSPORT,
     OPTIONS,
-    DatabaseSettings,
+    ApiDatabaseSettings,
     Settings,
     default_state_path,
     find_config,
@@ -79,7 +79,7 @@ def test_explicit_path_is_read(tmp_path: Path, home: Path) -> None:
     assert settings.source == conf
     assert not settings.embedded
     assert settings.state_path == tmp_path / "state"
-    assert settings.api_database == DatabaseSettings(
+    assert settings.api_database == ApiDatabaseSettings(
         connection=DatabaseURL.parse(f"mysql+pymysql://nova:{SECRET}@db.example.org/nova_api"),
         connect_timeout=2.5,
         query_timeout=11.0,

@@ -24,12 +24,14 @@ from cellgate.errors import (
     CellUnavailable,
     ConfigError,
     DuplicateCell,
+    EncryptionKeyError,
     HostNotMapped,
     InstanceNotFound,
     InvalidURL,
     MalformedMessage,
     MappingError,
     MigrationError,
+    MigrationLocked,
     NoSuchMethod,
     NoTransport,
     NoValidCell,
@@ -38,6 +40,7 @@ from cellgate.errors import (
     RPCError,
     RPCTimeout,
     SchemaMismatch,
+    StaleCell,
     UnsupportedVersion,
     UntargetedContext,
     WrongCell,
@@ -52,11 +55,13 @@ TREE: dict[type[Exception], type[Exception]] = {
     CellgateError: Exception,
     ConfigError: CellgateError,
     InvalidURL: ConfigError,
+    EncryptionKeyError: ConfigError,
     MappingError: CellgateError,
     CellNotFound: MappingError,
     HostNotMapped: MappingError,
     DuplicateCell: MappingError,
     CellInUse: MappingError,
+    StaleCell: MappingError,
     BackendError: CellgateError,
     BackendUnavailable: BackendError,
     CellUnavailable: BackendUnavailable,
@@ -66,6 +71,7 @@ TREE: dict[type[Exception], type[Exception]] = {
     UntargetedContext: RoutingError,
     MigrationError: CellgateError,
     SchemaMismatch: MigrationError,
+    MigrationLocked: MigrationError,
     RPCError: CellgateError,
     RPCTimeout: RPCError,
     RemoteError: RPCError,
@@ -222,6 +228,16 @@ def test_schema_mismatch() -> None:
     assert str(err) == "API database is at revision abc123, expected def456; run"
 
 
+def test_migration_locked_names_the_database_the_holder_and_what_to_do() -> None:
+    err = MigrationLocked(component="API database sqlite:///x", line="api", waited=1.5)
+    assert (err.component, err.line, err.waited) == ("API database sqlite:///x", "api", 1.5)
+    assert err.message.startswith("API database sqlite:///x: another 'cellgate api-db sync'")
+    assert "holds the migration lock of the api line (waited 1.5s)" in err.message
+    assert "--lock-timeout" in (err.hint or "")
+    assert "'cellgate db sync'" in str(MigrationLocked(component="c", line="cell", waited=1))
+    assert "\n" not in str(err)
+
+
 def test_schema_mismatch_on_an_empty_database() -> None:
     err = SchemaMismatch(
         component="cell 'cell1'", current=None, expected="def456", hint="run 'cellgate db sync'"
@@ -294,6 +310,7 @@ def test_exit_code_values_are_the_documented_ones() -> None:
         (CellTimeout(component="c", reason="r"), ExitCode.UNAVAILABLE),
         (MigrationError("m"), ExitCode.SCHEMA),
         (SchemaMismatch(component="c", current=None, expected="e", hint="h"), ExitCode.SCHEMA),
+        (MigrationLocked(component="c", line="cell", waited=1.0), ExitCode.SCHEMA),
         # Not in the table: unexpected, i.e. a bug.
         (UntargetedContext(what="w"), ExitCode.ERROR),
         (RoutingError("r"), ExitCode.ERROR),

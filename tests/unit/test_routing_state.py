@@ -14,8 +14,9 @@ from sqlalchemy import event, text
 from cellgate import App, RequestContext, load_settings
 from cellgate.apidb import instances as mapping_db
 from cellgate.apidb.database import ApiDatabase
-from cellgate.apidb.mappings import create_cell, delete_cell, get_cell, update_cell
-from cellgate.config import DatabaseSettings
+from cellgate.apidb.mappings import create_cell, delete_cell, get_cell
+from cellgate.apidb.updates import update_cell
+from cellgate.config import ApiDatabaseSettings
 from cellgate.errors import BackendUnavailable, CellNotFound
 from cellgate.manage.migrate import sync_api
 from cellgate.routing.cache import MappingCache
@@ -39,7 +40,7 @@ class Clock:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiDatabase]:
-    db = ApiDatabase(DatabaseSettings(DatabaseURL.parse(f"sqlite:///{tmp_path}/api.sqlite")))
+    db = ApiDatabase(ApiDatabaseSettings(DatabaseURL.parse(f"sqlite:///{tmp_path}/api.sqlite")))
     sync_api(db)
     yield db
     db.close()

@@ -14,17 +14,24 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellgate import forksafe
-from cellgate.config import DatabaseSettings
+from cellgate.apidb.credentials import SESSION_INFO_KEY, KeyRing
+from cellgate.config import ApiDatabaseSettings
 from cellgate.engines import make_engine, translate_errors
 from cellgate.errors import SchemaMismatch
 from cellgate.migrations.runner import MigrationLine, current, head
 
 
 class ApiDatabase:
-    """Owns the API database engine; create lazily, close explicitly."""
+    """Owns the API database engine; create lazily, close explicitly.
 
-    def __init__(self, settings: DatabaseSettings) -> None:
+    Every session it opens carries the configured :class:`KeyRing` in
+    ``session.info``, so the mapping functions encrypt and decrypt URLs with
+    the keys of the process that opened the session, and with no others.
+    """
+
+    def __init__(self, settings: ApiDatabaseSettings) -> None:
         self.settings = settings
+        self.keyring = KeyRing(settings.encryption_keys)
         self.component = f"API database {settings.connection}"
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
@@ -51,6 +58,7 @@ class ApiDatabase:
         if self._sessions is None:
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         with translate_errors(self.component), self._sessions.begin() as session:
+            session.info[SESSION_INFO_KEY] = self.keyring
             yield session
 
     def create_file(self) -> None:

@@ -24,6 +24,7 @@ import sqlalchemy.exc
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from cellgate.apidb import audit
 from cellgate.apidb.mappings import CELL0_UUID, get_cell
 from cellgate.apidb.schema import CellMappingRow, HostMappingRow
 from cellgate.errors import CellNotFound, ConfigError, HostNotMapped
@@ -102,7 +103,9 @@ def get_host(session: Session, host: str) -> HostMapping:
     return _from_columns(row)
 
 
-def map_host(session: Session, host: str, cell_uuid: str) -> tuple[HostMapping, bool]:
+def map_host(
+    session: Session, host: str, cell_uuid: str, *, actor: str | None = None
+) -> tuple[HostMapping, bool]:
     """Map ``host`` to the live cell ``cell_uuid`` unless it is mapped already.
 
     Returns the host's mapping and whether this call created it, like
@@ -117,7 +120,8 @@ def map_host(session: Session, host: str, cell_uuid: str) -> tuple[HostMapping, 
     Raises :class:`CellNotFound` if the cell is not live (also when it is
     deleted concurrently: the cell row is share-locked, so a concurrent
     ``cell delete`` either waits for this transaction or wins before it) and
-    :class:`ConfigError` for cell0, which never has hosts.
+    :class:`ConfigError` for cell0, which never has hosts. A mapping this
+    call creates is recorded in the cell's audit trail as ``map-host``.
     """
     host = _check_host(host)
     if cell_uuid == CELL0_UUID:
@@ -145,7 +149,23 @@ def map_host(session: Session, host: str, cell_uuid: str) -> tuple[HostMapping, 
         if winner is None:  # not a duplicate host after all: a real integrity error
             raise
         return winner, False
-    return get_host(session, host), True
+    created = get_host(session, host)
+    _audit(session, created, "map-host", actor, (None, host))
+    return created, True
+
+
+def _audit(
+    session: Session, mapping: HostMapping, action: str, actor: str | None, change: audit.Change
+) -> None:
+    audit.record(
+        session,
+        cell_uuid=mapping.cell_uuid,
+        cell_name=mapping.cell_name,
+        version=None,
+        action=action,
+        actor=actor,
+        changes={"host": change},
+    )
 
 
 def _check_host(host: str) -> str:
@@ -162,7 +182,7 @@ def _locked_read(session: Session, host: str) -> HostMapping | None:
     return None if row is None else _from_columns(row)
 
 
-def delete_host(session: Session, host: str) -> HostMapping:
+def delete_host(session: Session, host: str, *, actor: str | None = None) -> HostMapping:
     """Remove the mapping of ``host`` and return it; :class:`HostNotMapped` if it has none.
 
     Only the API database is touched. The host's services and instances stay
@@ -172,4 +192,5 @@ def delete_host(session: Session, host: str) -> HostMapping:
     row = session.scalars(select(HostMappingRow).where(HostMappingRow.host == mapping.host)).one()
     session.delete(row)
     session.flush()
+    _audit(session, mapping, "unmap-host", actor, (mapping.host, None))
     return mapping

@@ -9,6 +9,14 @@ Soft delete follows Nova: ``deleted`` is 0 for a live row and the row's id once
 deleted, so the unique constraints on ``(uuid, deleted)`` and
 ``(name, deleted)`` let a deleted cell be re-created. A deleted row keeps no
 credentials: both URL columns are overwritten with :data:`SCRUBBED_URL`.
+
+Two more guarantees ride on every write. The session's :class:`KeyRing`
+(``ApiDatabase`` puts it in ``session.info``) encrypts new URLs and decrypts
+stored ones, so no caller handles ciphertext. And each write adds its
+:mod:`~cellgate.apidb.audit` entry and bumps the row ``version`` in the same
+transaction; ``expected_version`` turns a write based on a stale read into
+:class:`StaleCell` instead of a lost update. Updates and re-sealing live in
+:mod:`cellgate.apidb.updates`, built from the pieces here.
 """
 
 from __future__ import annotations
@@ -19,10 +27,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import sqlalchemy.exc
+import sqlalchemy.orm.exc
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from cellgate.apidb import audit
+from cellgate.apidb.credentials import SESSION_INFO_KEY, KeyRing, stored_key_id
 from cellgate.apidb.schema import (
     ApiBase,
     CellMappingRow,
@@ -31,13 +42,14 @@ from cellgate.apidb.schema import (
     MappingGenerationRow,
 )
 from cellgate.dbtypes import utcnow
-from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell
+from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell, StaleCell
 from cellgate.urls import NO_TRANSPORT, StoredURL, TemplateDefaults
 
 CELL0_UUID: Final = "00000000-0000-0000-0000-000000000000"
 CELL0_NAME: Final = "cell0"
 #: What a deleted cell's URL columns hold instead of credentials.
 SCRUBBED_URL: Final = "scrubbed:///"
+_NO_KEYS: Final = KeyRing()
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,10 @@ class CellMapping:
     disabled: bool
     created_at: dt.datetime | None
     updated_at: dt.datetime | None
+    #: Bumped by every write; pass it back as ``expected_version``.
+    version: int = 1
+    #: How the URLs are stored: ``plaintext``, ``fernet:<key id>`` or ``mixed``.
+    encryption: str = "plaintext"
 
     @property
     def is_cell0(self) -> bool:
@@ -72,6 +88,8 @@ class CellMapping:
             "database_connection": url(self.database_connection),
             "disabled": self.disabled,
             "is_cell0": self.is_cell0,
+            "version": self.version,
+            "encryption": self.encryption,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
@@ -81,16 +99,43 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() + "Z" if value else None
 
 
-def _from_row(row: CellMappingRow) -> CellMapping:
+def keyring(session: Session) -> KeyRing:
+    """The keys this session encrypts and decrypts cell URLs with (none: plaintext)."""
+    ring = session.info.get(SESSION_INFO_KEY)
+    return ring if isinstance(ring, KeyRing) else _NO_KEYS
+
+
+def from_row(row: CellMappingRow, ring: KeyRing) -> CellMapping:
+    label = row.name or row.uuid
     return CellMapping(
         uuid=row.uuid,
         name=row.name,
-        transport_url=StoredURL(row.transport_url),
-        database_connection=StoredURL(row.database_connection),
+        transport_url=StoredURL(
+            ring.decrypt(row.transport_url, what=f"cell {label} transport_url")
+        ),
+        database_connection=StoredURL(
+            ring.decrypt(row.database_connection, what=f"cell {label} database_connection")
+        ),
         disabled=row.disabled,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        version=row.version,
+        encryption=encryption_of(row),
     )
+
+
+def encryption_of(row: CellMappingRow) -> str:
+    """``plaintext``, ``fernet:<key id>`` or ``mixed``: how the row's URLs are stored."""
+    ids = {stored_key_id(row.transport_url), stored_key_id(row.database_connection)}
+    if len(ids) > 1:
+        return "mixed"
+    (kid,) = ids
+    return "plaintext" if kid is None else f"fernet:{kid}"
+
+
+def seal(ring: KeyRing, url: str) -> str:
+    """How a new URL is stored: encrypted if the session has keys."""
+    return ring.encrypt(url) if ring else url
 
 
 def normalize_uuid(value: str) -> str | None:
@@ -101,7 +146,7 @@ def normalize_uuid(value: str) -> str | None:
         return None
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     name = name.strip()
     if not name:
         raise ConfigError("a cell name must not be empty")
@@ -115,7 +160,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _check_urls(
+def check_urls(
     transport_url: str, database_connection: str, defaults: TemplateDefaults, *, cell0: bool
 ) -> None:
     """Reject a URL pair that could not be used, before anything is written."""
@@ -130,13 +175,13 @@ def _check_urls(
         raise ConfigError(f"cell0 has no message queue; its transport URL must be {NO_TRANSPORT}")
 
 
-def _live() -> Select[CellMappingRow]:
+def live_select() -> Select[CellMappingRow]:
     return select(CellMappingRow).where(CellMappingRow.deleted == 0)
 
 
-def _find_row(session: Session, ident: str, *, for_update: bool = False) -> CellMappingRow:
+def find_row(session: Session, ident: str, *, for_update: bool = False) -> CellMappingRow:
     as_uuid = normalize_uuid(ident)
-    stmt = _live().where(
+    stmt = live_select().where(
         CellMappingRow.uuid == as_uuid if as_uuid else CellMappingRow.name == ident
     )
     if for_update:
@@ -147,19 +192,27 @@ def _find_row(session: Session, ident: str, *, for_update: bool = False) -> Cell
     return row
 
 
+def live_rows(session: Session, ident: str | None = None) -> list[CellMappingRow]:
+    """Raw live rows (still encrypted), all or the one ``ident`` names: for re-sealing."""
+    if ident is not None:
+        return [find_row(session, ident)]
+    return list(session.scalars(live_select().order_by(CellMappingRow.id)).all())
+
+
 def get_cell(session: Session, ident: str) -> CellMapping:
     """The live cell whose uuid or name is ``ident``."""
-    return _from_row(_find_row(session, ident))
+    return from_row(find_row(session, ident), keyring(session))
 
 
 def list_cells(session: Session, *, include_disabled: bool = True) -> list[CellMapping]:
     """Live cells, cell0 first, then by name."""
-    stmt = _live()
+    stmt = live_select()
     if not include_disabled:
         stmt = stmt.where(CellMappingRow.disabled.is_(False))
     rows = session.scalars(stmt).all()
+    ring = keyring(session)
     return sorted(
-        (_from_row(r) for r in rows), key=lambda c: (not c.is_cell0, c.name or "", c.uuid)
+        (from_row(r, ring) for r in rows), key=lambda c: (not c.is_cell0, c.name or "", c.uuid)
     )
 
 
@@ -172,25 +225,28 @@ def create_cell(
     defaults: TemplateDefaults,
     uuid: str | None = None,
     disabled: bool = False,
+    actor: str | None = None,
 ) -> CellMapping:
     """Validate and insert a new cell mapping.
 
     Raises :class:`DuplicateCell` if a live cell has the name or uuid, also
     when another process inserts it concurrently (the unique constraints
-    decide the race).
+    decide the race). ``actor`` is who the audit trail names (default: this
+    process's ``user@host``).
     """
-    name = _check_name(name)
+    name = check_name(name)
     cell_uuid = _check_uuid(uuid) if uuid else str(uuidlib.uuid4())
     is_cell0 = cell_uuid == CELL0_UUID
     if is_cell0 and disabled:
         raise ConfigError("cell0 cannot be disabled")
-    _check_urls(transport_url, database_connection, defaults, cell0=is_cell0)
-    _refuse_duplicates(session, name=name, uuid=cell_uuid)
+    check_urls(transport_url, database_connection, defaults, cell0=is_cell0)
+    refuse_duplicates(session, name=name, uuid=cell_uuid)
+    ring = keyring(session)
     row = CellMappingRow(
         uuid=cell_uuid,
         name=name,
-        transport_url=transport_url,
-        database_connection=database_connection,
+        transport_url=seal(ring, transport_url),
+        database_connection=seal(ring, database_connection),
         disabled=disabled,
         deleted=0,
     )
@@ -200,10 +256,16 @@ def create_cell(
         with session.begin_nested():
             session.add(row)
     except sqlalchemy.exc.IntegrityError:
-        _refuse_duplicates(session, name=name, uuid=cell_uuid)
+        refuse_duplicates(session, name=name, uuid=cell_uuid)
         raise DuplicateCell(field="name", value=name) from None
-    bump_generation(session)
-    return _from_row(row)
+    changes = {
+        "name": (None, name),
+        "transport_url": audit.url_change(None, transport_url),
+        "database_connection": audit.url_change(None, database_connection),
+        "disabled": (None, disabled),
+    }
+    record_write(session, row, "create", actor, {k: v for k, v in changes.items() if v})
+    return from_row(row, ring)
 
 
 def _check_uuid(value: str) -> str:
@@ -213,71 +275,65 @@ def _check_uuid(value: str) -> str:
     return canonical
 
 
-def _refuse_duplicates(
+def refuse_duplicates(
     session: Session, *, name: str, uuid: str, exclude_id: int | None = None
 ) -> None:
     for field, column, value in (
         ("uuid", CellMappingRow.uuid, uuid),
         ("name", CellMappingRow.name, name),
     ):
-        stmt = _live().where(column == value)
+        stmt = live_select().where(column == value)
         if exclude_id is not None:
             stmt = stmt.where(CellMappingRow.id != exclude_id)
         if session.scalars(stmt).first() is not None:
             raise DuplicateCell(field=field, value=value)
 
 
-def update_cell(
+def record_write(
     session: Session,
-    ident: str,
-    *,
-    defaults: TemplateDefaults,
-    name: str | None = None,
-    transport_url: str | None = None,
-    database_connection: str | None = None,
-    disabled: bool | None = None,
-) -> CellMapping:
-    """Change the given fields of a live cell; fields left as ``None`` keep their value."""
-    row = _find_row(session, ident, for_update=True)
-    is_cell0 = row.uuid == CELL0_UUID
-    if name is not None:
-        name = _check_name(name)
-        if is_cell0 and name != CELL0_NAME:
-            raise ConfigError(f"cell0 must keep the name {CELL0_NAME!r}")
-        _refuse_duplicates(session, name=name, uuid=row.uuid, exclude_id=row.id)
-    if disabled and is_cell0:
-        raise ConfigError(
-            "cell0 cannot be disabled", hint="it holds instances that failed to build"
-        )
-    new_transport = transport_url if transport_url is not None else row.transport_url
-    new_database = (
-        database_connection if database_connection is not None else row.database_connection
+    row: CellMappingRow,
+    action: str,
+    actor: str | None,
+    changes: dict[str, audit.Change],
+) -> None:
+    """After a change to ``row``: its audit entry, and a new generation for caches."""
+    audit.record(
+        session,
+        cell_uuid=row.uuid,
+        cell_name=row.name,
+        version=row.version,
+        action=action,
+        actor=actor,
+        changes=changes,
     )
-    if transport_url is not None or database_connection is not None:
-        _check_urls(new_transport, new_database, defaults, cell0=is_cell0)
-    if name is not None:
-        row.name = name
-    row.transport_url = new_transport
-    row.database_connection = new_database
-    if disabled is not None:
-        row.disabled = disabled
+    bump_generation(session)
+
+
+def flush_versioned(session: Session, row: CellMappingRow, ident: str, read_version: int) -> None:
+    """Flush a change to ``row``; the version check and unique constraints decide races.
+
+    Callers lock the row first, so these are the backstops: a writer that
+    bypassed the lock, or a rename racing a create of the same name.
+    """
     try:
         with session.begin_nested():
             session.flush()
+    except sqlalchemy.orm.exc.StaleDataError:
+        raise StaleCell(ident=ident, expected=read_version, found=None) from None
     except sqlalchemy.exc.IntegrityError:
-        raise DuplicateCell(field="name", value=name or "") from None
-    bump_generation(session)
-    return _from_row(row)
+        raise DuplicateCell(field="name", value=row.name or ident) from None
 
 
-def delete_cell(session: Session, ident: str, *, force: bool = False) -> CellMapping:
+def delete_cell(
+    session: Session, ident: str, *, force: bool = False, actor: str | None = None
+) -> CellMapping:
     """Soft-delete a cell and scrub its URLs.
 
     Refused while hosts or instances are mapped to it. With ``force``, host
     mappings and mappings of instances already queued for deletion are
     removed with it; live instances always block the delete.
     """
-    row = _find_row(session, ident, for_update=True)
+    row = find_row(session, ident, for_update=True)
     if row.uuid == CELL0_UUID and not force:
         raise CellInUse(
             ident=ident,
@@ -301,26 +357,33 @@ def delete_cell(session: Session, ident: str, *, force: bool = False) -> CellMap
             reason=f"still has {hosts} host(s) and {queued} deleted instance(s) mapped to it",
             hint="pass --force to remove those mappings with the cell",
         )
+    changes: dict[str, audit.Change] = {"deleted": (False, True)}
     if force:
         session.execute(delete(HostMappingRow).where(HostMappingRow.cell_id == row.id))
         session.execute(delete(InstanceMappingRow).where(InstanceMappingRow.cell_id == row.id))
-    deleted = _from_row(row)
+        changes.update(host_mappings=(hosts, 0), instance_mappings=(queued, 0))
+    deleted = from_row(row, keyring(session))
+    read_version = row.version
     row.deleted = row.id
     row.deleted_at = utcnow()
     row.transport_url = SCRUBBED_URL
     row.database_connection = SCRUBBED_URL
-    session.flush()
-    bump_generation(session)
+    flush_versioned(session, row, ident, read_version)
+    record_write(session, row, "delete", actor, changes)
     return deleted
 
 
 def map_cell0(
-    session: Session, *, database_connection: str, defaults: TemplateDefaults
+    session: Session,
+    *,
+    database_connection: str,
+    defaults: TemplateDefaults,
+    actor: str | None = None,
 ) -> tuple[CellMapping, bool]:
     """Create the cell0 mapping if it is missing; return it and whether it was created."""
-    existing = session.scalars(_live().where(CellMappingRow.uuid == CELL0_UUID)).first()
+    existing = session.scalars(live_select().where(CellMappingRow.uuid == CELL0_UUID)).first()
     if existing is not None:
-        return _from_row(existing), False
+        return from_row(existing, keyring(session)), False
     cell = create_cell(
         session,
         name=CELL0_NAME,
@@ -328,8 +391,26 @@ def map_cell0(
         transport_url=NO_TRANSPORT,
         database_connection=database_connection,
         defaults=defaults,
+        actor=actor,
     )
     return cell, True
+
+
+def cell_history(session: Session, ident: str) -> list[audit.AuditEntry]:
+    """The audit trail of a cell by uuid or by any name it had (also once deleted)."""
+    as_uuid = normalize_uuid(ident)
+    live = session.scalars(
+        live_select().where(
+            CellMappingRow.uuid == as_uuid if as_uuid else CellMappingRow.name == ident
+        )
+    ).first()
+    uuids = {as_uuid} if as_uuid else set()
+    if live is not None:
+        uuids.add(live.uuid)
+    entries = audit.history(session, uuids=uuids, name=None if as_uuid else ident)
+    if not entries and live is None:
+        raise CellNotFound(ident=ident)
+    return entries
 
 
 def _count(session: Session, model: type[ApiBase], *where: ColumnElement[bool]) -> int:

@@ -38,6 +38,11 @@ class CellMappingRow(ApiBase):
     transport_url: Mapped[str] = mapped_column(LongText, nullable=False)
     database_connection: Mapped[str] = mapped_column(LongText, nullable=False)
     disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    # Bumped by every write; SQLAlchemy adds "AND version = <read>" to each
+    # UPDATE, so a write based on a stale read fails instead of landing.
+    version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+
+    __mapper_args__ = {"version_id_col": version}
 
 
 class HostMappingRow(ApiBase):
@@ -63,6 +68,25 @@ class InstanceMappingRow(ApiBase):
     )
     created_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
+
+
+class CellMappingAuditRow(ApiBase):
+    """One change to a cell mapping: who, what, when. URLs in ``changes`` are masked.
+
+    No foreign key to ``cell_mapping``: the trail must outlive the rows it
+    describes, and it is keyed by uuid so a renamed cell keeps its history.
+    """
+
+    __tablename__ = "cell_mapping_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, nullable=False, default=utcnow)
+    cell_uuid: Mapped[str] = mapped_column(String(36), nullable=False, index=True)
+    cell_name: Mapped[str | None] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    version: Mapped[int | None] = mapped_column(Integer)
+    changes: Mapped[str] = mapped_column(LongText, nullable=False)
 
 
 class MappingGenerationRow(ApiBase):

@@ -20,6 +20,7 @@ from cellgate.cli.cells import cell
 from cellgate.cli.db import api_db, db
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
 from cellgate.cli.hosts import host
+from cellgate.cli.keys import KEY_COMMANDS
 from cellgate.cli.misc import config, quickstart
 from cellgate.cli.serve import all_in_one, demo, serve
 from cellgate.cli.state import CliState
@@ -75,6 +76,8 @@ cli.add_command(config)
 cli.add_command(api_db)
 cli.add_command(db)
 cli.add_command(cell)
+for _command in KEY_COMMANDS:
+    cell.add_command(_command)
 cli.add_command(host)
 cli.add_command(quickstart)
 cli.add_command(serve)

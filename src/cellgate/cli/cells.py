@@ -1,13 +1,20 @@
-"""``cellgate cell ...``: create, list, show, update, delete, verify, map-cell0."""
+"""``cellgate cell ...``: create, list, show, update, delete, history, verify, map-cell0.
+
+The credential commands (rotate-key, encrypt, decrypt, generate-key) live in
+:mod:`cellgate.cli.keys` and join this group in :mod:`cellgate.cli`.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from cellgate.apidb import mappings
+from cellgate.apidb import mappings, updates
+from cellgate.apidb.audit import local_actor
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
 from cellgate.cli.misc import CELL_COLUMNS
-from cellgate.cli.render import emit_fields, emit_json, emit_table
+from cellgate.cli.render import change_text, emit_fields, emit_json, emit_table
 from cellgate.cli.state import CliState, pass_state
 from cellgate.manage.migrate import template_defaults
 from cellgate.manage.verify import CellReport, verify_cell
@@ -47,6 +54,7 @@ def cell_create(
             uuid=cell_uuid,
             disabled=disabled,
             defaults=template_defaults(state.settings),
+            actor=local_actor(),
         )
     emit_json(created.to_dict()) if as_json else click.echo(created.uuid)
 
@@ -84,6 +92,12 @@ def cell_show(state: CliState, ident: str, reveal_secrets: bool, as_json: bool) 
 @click.option("--transport-url", help="New transport URL.")
 @click.option("--database-connection", help="New database URL.")
 @click.option("--enable/--disable", "enabled", default=None, help="Enable or disable the cell.")
+@click.option(
+    "--expected-version",
+    type=click.IntRange(min=1),
+    help="Refuse (exit 4) unless the cell is still at this version (from 'cell show').",
+)
+@click.option("--dry-run", is_flag=True, help="Print the masked diff; change nothing.")
 @json_option
 @pass_state
 def cell_update(
@@ -93,21 +107,42 @@ def cell_update(
     transport_url: str | None,
     database_connection: str | None,
     enabled: bool | None,
+    expected_version: int | None,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Change the given fields of a cell; the others stay as they are."""
+    fields: dict[str, Any] = {
+        "name": name,
+        "transport_url": transport_url,
+        "database_connection": database_connection,
+        "disabled": None if enabled is None else not enabled,
+        "expected_version": expected_version,
+        "defaults": template_defaults(state.settings),
+    }
     with state.current_api().session() as session:
-        updated = mappings.update_cell(
-            session,
-            ident,
-            name=name,
-            transport_url=transport_url,
-            database_connection=database_connection,
-            disabled=None if enabled is None else not enabled,
-            defaults=template_defaults(state.settings),
-        )
+        if dry_run:
+            plan = updates.preview_update(session, ident, **fields)
+        else:
+            updated = updates.update_cell(session, ident, actor=local_actor(), **fields)
+    if dry_run:
+        _emit_plan(plan, as_json)
+        return
     data = updated.to_dict()
     emit_json(data) if as_json else emit_fields(data)
+
+
+def _emit_plan(plan: updates.CellUpdate, as_json: bool) -> None:
+    if as_json:
+        emit_json({**plan.to_dict(), "dry_run": True})
+        return
+    if not plan.changes:
+        click.echo(f"cell {plan.cell.label}: nothing to change (version {plan.cell.version})")
+        return
+    click.echo(f"cell {plan.cell.label} (version {plan.cell.version}) would change:")
+    for key, (before, after) in plan.changes.items():
+        click.echo(f"  {change_text(key, before, after)}")
+    click.echo("dry run: nothing was written")
 
 
 @cell.command("delete")
@@ -120,11 +155,42 @@ def cell_update(
 def cell_delete(state: CliState, ident: str, force: bool, as_json: bool) -> None:
     """Delete a cell mapping (refused while hosts or instances are mapped)."""
     with state.current_api().session() as session:
-        deleted = mappings.delete_cell(session, ident, force=force)
+        deleted = mappings.delete_cell(session, ident, force=force, actor=local_actor())
     if as_json:
         emit_json({"deleted": deleted.uuid, "name": deleted.name})
     else:
         click.echo(f"deleted cell {deleted.label} ({deleted.uuid})")
+
+
+@cell.command("history")
+@click.argument("ident", metavar="NAME|UUID")
+@json_option
+@pass_state
+def cell_history(state: CliState, ident: str, as_json: bool) -> None:
+    """Who changed a cell, what and when, oldest first (URLs masked).
+
+    Follows the cell across renames, and works after it was deleted.
+    """
+    with state.current_api().session() as session:
+        entries = [e.to_dict() for e in mappings.cell_history(session, ident)]
+    if as_json:
+        emit_json(entries)
+        return
+    for entry in entries:
+        entry["changes"] = "; ".join(
+            change_text(key, before, after) for key, (before, after) in entry["changes"].items()
+        )
+    emit_table(
+        entries,
+        [
+            ("at", "WHEN (UTC)"),
+            ("action", "ACTION"),
+            ("cell_name", "NAME"),
+            ("version", "VERSION"),
+            ("actor", "ACTOR"),
+            ("changes", "CHANGES"),
+        ],
+    )
 
 
 @cell.command("map-cell0")
@@ -140,7 +206,10 @@ def cell_map_cell0(state: CliState, database_connection: str | None, as_json: bo
     url = database_connection or settings.cell0_database().render(hide_password=False)
     with state.current_api().session() as session:
         cell0, created = mappings.map_cell0(
-            session, database_connection=url, defaults=template_defaults(settings)
+            session,
+            database_connection=url,
+            defaults=template_defaults(settings),
+            actor=local_actor(),
         )
     if as_json:
         emit_json({**cell0.to_dict(), "created": created})

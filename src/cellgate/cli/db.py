@@ -16,9 +16,18 @@ from cellgate.manage.migrate import (
     select_targets,
     sync_api,
 )
+from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
 from cellgate.results import CellResult, Failed, Ok
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_LOCK_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for another sync of the same database to finish (then exit 6).",
+)
 
 
 @click.group("api-db")
@@ -28,11 +37,15 @@ def api_db() -> None:
 
 @api_db.command("sync")
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
+@lock_timeout_option
 @json_option
 @pass_state
-def api_db_sync(state: CliState, revision: str, as_json: bool) -> None:
+def api_db_sync(state: CliState, revision: str, lock_timeout: float, as_json: bool) -> None:
     """Upgrade the API database schema."""
-    _show_version(sync_api(state.api, revision), as_json)
+    info = sync_api(state.api, revision, lock_timeout=lock_timeout)
+    if info.unchanged:
+        progress(f"API database already at {info.current or 'none (empty)'}; nothing to do")
+    _show_version(info, as_json)
 
 
 @api_db.command("version")
@@ -67,6 +80,7 @@ def _target_options(f: click.decorators.FC) -> click.decorators.FC:
 @db.command("sync")
 @_target_options
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
+@lock_timeout_option
 @json_option
 @pass_state
 def db_sync(
@@ -75,10 +89,11 @@ def db_sync(
     all_cells: bool,
     local: bool,
     revision: str,
+    lock_timeout: float,
     as_json: bool,
 ) -> None:
     """Upgrade cell databases, one at a time, continuing past failures."""
-    _run_cells(state, cells, all_cells, local, "sync", revision, as_json)
+    _run_cells(state, cells, all_cells, local, "sync", revision, as_json, lock_timeout)
 
 
 @db.command("version")
@@ -100,6 +115,7 @@ def _run_cells(
     verb: str,
     revision: str,
     as_json: bool,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> None:
     settings = state.settings
     api = state.api if (cells or all_cells) else None
@@ -107,11 +123,13 @@ def _run_cells(
 
     def report(target: Target, result: CellResult[VersionInfo]) -> None:
         if isinstance(result, Ok):
-            progress(f"{target.label}: ok, at {result.value.current or 'none'}")
+            already = "already " if result.value.unchanged else ""
+            progress(f"{target.label}: ok, {already}at {result.value.current or 'none'}")
         else:
             progress(f"{target.label}: FAILED")
 
-    results = for_each_cell(settings, targets, cell_action(settings, verb, revision), report)
+    action = cell_action(settings, verb, revision, lock_timeout=lock_timeout)
+    results = for_each_cell(settings, targets, action, report)
     rows = [_row(t, results[t.key]) for t in targets]
     if as_json:
         emit_json(rows)

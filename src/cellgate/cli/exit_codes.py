@@ -18,15 +18,16 @@ from cellgate.errors import (
     HostNotMapped,
     MigrationError,
     RPCTimeout,
+    StaleCell,
 )
 
 
 class ExitCode(enum.IntEnum):
     OK = 0
     ERROR = 1  # unexpected error (a bug): re-run with --debug
-    USAGE = 2  # invalid usage or input (bad option, URL, template, config)
+    USAGE = 2  # invalid usage or input (bad option, URL, template, config, encryption key)
     NOT_FOUND = 3  # no such cell or host
-    CONFLICT = 4  # duplicate name/uuid, or the cell is still in use
+    CONFLICT = 4  # duplicate name/uuid, the cell is still in use, or it changed meanwhile
     UNAVAILABLE = 5  # a database or broker is unreachable or timed out (RPC timeouts too)
     SCHEMA = 6  # a schema is not at the expected revision, or a migration failed
 
@@ -37,6 +38,7 @@ _TABLE: tuple[tuple[type[CellgateError], ExitCode], ...] = (
     (HostNotMapped, ExitCode.NOT_FOUND),
     (DuplicateCell, ExitCode.CONFLICT),
     (CellInUse, ExitCode.CONFLICT),
+    (StaleCell, ExitCode.CONFLICT),
     (BackendError, ExitCode.UNAVAILABLE),
     (RPCTimeout, ExitCode.UNAVAILABLE),
     (MigrationError, ExitCode.SCHEMA),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cellgate.apidb.credentials import KeyRing
 from cellgate.cli.render import emit_fields, emit_json, emit_table, progress
 from cellgate.cli.state import CliState, pass_state
 from cellgate.config import sample_config
@@ -15,6 +16,7 @@ CELL_COLUMNS = (
     ("transport_url", "TRANSPORT URL"),
     ("database_connection", "DATABASE CONNECTION"),
     ("disabled", "DISABLED"),
+    ("encryption", "STORED AS"),
 )
 
 
@@ -50,6 +52,8 @@ def config_show(state: CliState, as_json: bool) -> None:
         "cells.cache_ttl": s.cells.cache_ttl,
         "cells.max_engines": s.cells.max_engines,
         "cells.scatter_timeout": s.cells.scatter_timeout,
+        "cells.breaker_threshold": s.cells.breaker_threshold,
+        "cells.breaker_cooldown": s.cells.breaker_cooldown,
         "rpc_response_timeout": s.rpc.response_timeout,
         "rpc.connect_timeout": s.rpc.connect_timeout,
         "rpc.heartbeat": s.rpc.heartbeat,
@@ -57,12 +61,19 @@ def config_show(state: CliState, as_json: bool) -> None:
         "api.listen": s.service.listen,
         "api.port": s.service.port,
         "api.auth_tokens": f"{len(s.service.tokens)} token(s) (never shown)",
+        "api_database.encryption_keys": _key_summary(s.api_database.encryption_keys),
         "api.cell_timeout": s.service.cell_timeout,
         "scheduler.policy": s.service.scheduler_policy,
         "worker.heartbeat_interval": s.service.heartbeat_interval,
         "worker.service_down_time": s.service.service_down_time,
     }
     emit_json(data) if as_json else emit_fields(data)
+
+
+def _key_summary(keys: tuple[str, ...]) -> str:
+    if not keys:
+        return "none (cell URLs stored as given)"
+    return f"{len(keys)} key(s), ids {', '.join(KeyRing(keys).key_ids)} (keys never shown)"
 
 
 @click.command()

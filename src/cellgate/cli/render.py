@@ -19,7 +19,7 @@ def emit_json(data: Any) -> None:
 
 def emit_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
     """Print ``rows`` under ``columns`` (key, header) as an aligned table."""
-    cells = [[_text(row.get(key)) for key, _ in columns] for row in rows]
+    cells = [[as_text(row.get(key)) for key, _ in columns] for row in rows]
     headers = [header for _, header in columns]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
@@ -30,7 +30,7 @@ def emit_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]
 def emit_fields(data: dict[str, Any]) -> None:
     width = max(len(k) for k in data)
     for key, value in data.items():
-        click.echo(f"{key.ljust(width)}  {_text(value)}")
+        click.echo(f"{key.ljust(width)}  {as_text(value)}")
 
 
 def progress(message: str) -> None:
@@ -38,7 +38,12 @@ def progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _text(value: Any) -> str:
+def change_text(key: str, before: Any, after: Any) -> str:
+    """One field change of a diff or an audit entry: ``key: before -> after``."""
+    return f"{key}: {as_text(before)} -> {as_text(after)}"
+
+
+def as_text(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):

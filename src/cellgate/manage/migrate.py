@@ -16,7 +16,8 @@ from cellgate.apidb.mappings import CellMapping, get_cell, list_cells
 from cellgate.config import Settings
 from cellgate.engines import make_engine, translate_errors
 from cellgate.errors import CellgateError, ConfigError
-from cellgate.migrations.runner import MigrationLine, current, head, upgrade
+from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
+from cellgate.migrations.runner import MigrationLine, apply, current, head
 from cellgate.results import CellResult, Failed, Ok
 from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults
 
@@ -36,6 +37,8 @@ class Target:
 class VersionInfo:
     current: str | None
     head: str
+    #: A sync that found the database already at its target (read under the lock).
+    unchanged: bool = False
 
     @property
     def at_head(self) -> bool:
@@ -82,11 +85,20 @@ def _unique(cells: list[CellMapping]) -> list[CellMapping]:
     return list(seen.values())
 
 
-def sync_api(api: ApiDatabase, revision: str = "head") -> VersionInfo:
+def sync_api(
+    api: ApiDatabase, revision: str = "head", *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+) -> VersionInfo:
     api.create_file()
     with translate_errors(api.component):
-        reached = upgrade(api.engine, MigrationLine.API, revision)
-    return VersionInfo(reached, head(MigrationLine.API))
+        applied = apply(
+            api.engine,
+            MigrationLine.API,
+            "upgrade",
+            revision,
+            lock_timeout=lock_timeout,
+            component=api.component,
+        )
+    return VersionInfo(applied.reached, head(MigrationLine.API), unchanged=not applied.changed)
 
 
 def api_version(api: ApiDatabase) -> VersionInfo:
@@ -120,9 +132,17 @@ def for_each_cell(
 
 
 def cell_action(
-    settings: Settings, verb: str, revision: str = "head"
+    settings: Settings,
+    verb: str,
+    revision: str = "head",
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> Callable[[DatabaseURL, str], VersionInfo]:
-    """``sync`` (upgrade to ``revision``) or ``version`` (read only) of the cell line."""
+    """``sync`` (upgrade to ``revision``) or ``version`` (read only) of the cell line.
+
+    ``sync`` waits up to ``lock_timeout`` seconds for another run's migration
+    lock on each database.
+    """
     db = settings.database
 
     def run(url: DatabaseURL, component: str) -> VersionInfo:
@@ -134,12 +154,22 @@ def cell_action(
         )
         try:
             with translate_errors(component):
-                if verb == "sync":
-                    reached = upgrade(engine, MigrationLine.CELL, revision)
-                else:
-                    reached = current(engine, MigrationLine.CELL)
+                if verb != "sync":
+                    return VersionInfo(
+                        current(engine, MigrationLine.CELL), head(MigrationLine.CELL)
+                    )
+                applied = apply(
+                    engine,
+                    MigrationLine.CELL,
+                    "upgrade",
+                    revision,
+                    lock_timeout=lock_timeout,
+                    component=component,
+                )
         finally:
             engine.dispose()
-        return VersionInfo(reached, head(MigrationLine.CELL))
+        return VersionInfo(
+            applied.reached, head(MigrationLine.CELL), unchanged=not applied.changed
+        )
 
     return run

@@ -4,12 +4,20 @@ The connection travels to ``env.py`` through ``Config.attributes``, so no URL
 (and no password) is ever written into an Alembic config string. Each line has
 its own script directory and its own version table, so both can share one
 SQLite file in an all-in-one setup without confusing each other.
+
+Every upgrade and downgrade runs under the line's migration lock on that
+database (:mod:`cellgate.migrations.lock`) and reads the current revision
+only once it holds the lock, so concurrent runs take turns and the later ones
+find the work done.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import sqlalchemy.exc
 from alembic import command
@@ -24,6 +32,9 @@ from cellgate.apidb.schema import ApiBase
 from cellgate.celldb.schema import CellBase
 from cellgate.engines import describe_db_error, is_backend_failure
 from cellgate.errors import MigrationError
+from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT, migration_lock
+
+log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 
@@ -81,20 +92,81 @@ def current_on(conn: Connection, line: MigrationLine) -> str | None:
     return ctx.get_current_revision()
 
 
-def upgrade(engine: Engine, line: MigrationLine, revision: str = "head") -> str | None:
+@dataclass(frozen=True)
+class Applied:
+    """What one locked run did: the revision found under the lock, and the one reached."""
+
+    before: str | None
+    reached: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.reached
+
+
+def upgrade(
+    engine: Engine,
+    line: MigrationLine,
+    revision: str = "head",
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    component: str | None = None,
+) -> str | None:
     """Upgrade to ``revision``; return the revision reached.
 
     Each revision commits on its own, so a failure leaves the database at the
     last revision that completed (reported in the :class:`MigrationError`).
+    Waits up to ``lock_timeout`` seconds for another run's lock
+    (:class:`~cellgate.errors.MigrationLocked`).
     """
-    _run(engine, line, "upgrade", revision)
-    return current(engine, line)
+    return apply(
+        engine, line, "upgrade", revision, lock_timeout=lock_timeout, component=component
+    ).reached
 
 
-def downgrade(engine: Engine, line: MigrationLine, revision: str) -> str | None:
+def downgrade(
+    engine: Engine,
+    line: MigrationLine,
+    revision: str,
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    component: str | None = None,
+) -> str | None:
     """Downgrade to ``revision`` (``"base"`` for an empty schema)."""
-    _run(engine, line, "downgrade", revision)
-    return current(engine, line)
+    return apply(
+        engine, line, "downgrade", revision, lock_timeout=lock_timeout, component=component
+    ).reached
+
+
+def apply(
+    engine: Engine,
+    line: MigrationLine,
+    verb: Literal["upgrade", "downgrade"],
+    revision: str,
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    component: str | None = None,
+) -> Applied:
+    """Run ``verb`` to ``revision`` under the migration lock; say what changed.
+
+    ``component`` labels the database in errors (a masked URL by default).
+    """
+    _validate_revision(line, revision)
+    label = component or f"database {engine.url.render_as_string(hide_password=True)}"
+    with (
+        engine.connect() as conn,
+        migration_lock(conn, line.value, timeout=lock_timeout, component=label),
+    ):
+        # Read only now: a run we waited for may have done the work already.
+        before = current_on(conn, line)
+        conn.rollback()
+        if before == _resolve(line, revision):
+            log.info("%s: already at %s, nothing to do", label, before or "base")
+            return Applied(before, before)
+        _run(conn, line, verb, revision, label)
+        reached = current_on(conn, line)
+        conn.rollback()
+    return Applied(before, reached)
 
 
 def check(engine: Engine, line: MigrationLine) -> None:
@@ -103,25 +175,53 @@ def check(engine: Engine, line: MigrationLine) -> None:
         command.check(alembic_config(line, conn))
 
 
-def _run(engine: Engine, line: MigrationLine, verb: str, revision: str) -> None:
-    _validate_revision(line, revision)
-    with engine.connect() as conn:
-        config = alembic_config(line, conn)
-        try:
-            getattr(command, verb)(config, revision)
-        except CommandError as exc:
-            raise MigrationError(f"{line.value} line: {exc}") from None
-        except sqlalchemy.exc.DBAPIError as exc:
-            if is_backend_failure(exc):
-                raise  # the server went away: the caller translates this
-            conn.rollback()
-            reached = current_on(conn, line)
-            raise MigrationError(
-                f"{line.value} line: {verb} to {revision} failed: {describe_db_error(exc)}; "
-                f"the database is left at revision {reached or 'none (empty)'}",
-                hint="fix the cause and run the same command again",
-            ) from exc
-        conn.commit()
+def _run(conn: Connection, line: MigrationLine, verb: str, revision: str, label: str) -> None:
+    config = alembic_config(line, conn)
+    try:
+        getattr(command, verb)(config, revision)
+    except CommandError as exc:
+        raise MigrationError(f"{label}: {line.value} line: {exc}") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:  # a driver error, or one in a revision's ops
+        if is_backend_failure(exc):
+            raise  # the server went away: the caller translates this
+        conn.rollback()
+        reached = current_on(conn, line)
+        conn.rollback()
+        failed = _failed_revision(line, verb, reached)
+        raise MigrationError(
+            f"{label}: revision {failed} of the {line.value} line failed ({verb}): "
+            f"{describe_db_error(exc)}; "
+            f"the database is left at revision {reached or 'none (empty)'}",
+            hint=_repair_hint(conn, failed),
+        ) from exc
+    conn.commit()
+
+
+def _resolve(line: MigrationLine, revision: str) -> str | None:
+    """The revision ``revision`` names: ``head`` is this code's head, ``base`` is none."""
+    if revision in {"head", "heads"}:
+        return head(line)
+    return None if revision == "base" else revision
+
+
+def _failed_revision(line: MigrationLine, verb: str, reached: str | None) -> str:
+    """The revision that was being applied when a run stopped at ``reached``."""
+    if verb == "downgrade":
+        return reached or "base"
+    known = revisions(line)
+    step = known.index(reached) + 1 if reached in known else 0
+    return known[step] if step < len(known) else "head"
+
+
+def _repair_hint(conn: Connection, failed: str) -> str:
+    if conn.dialect.name in ("mysql", "mariadb"):
+        # DDL commits as it runs here: nothing of the failed revision was rolled back.
+        return (
+            f"MariaDB/MySQL cannot roll back DDL, so part of {failed} may be applied: "
+            f"undo what {failed} changed by hand (see 'A revision failed half-way' "
+            "in docs/reliability.md), fix the cause, then run the same command again"
+        )
+    return f"{failed} was rolled back; fix the cause and run the same command again"
 
 
 def _validate_revision(line: MigrationLine, revision: str) -> None:

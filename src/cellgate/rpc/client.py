@@ -4,11 +4,17 @@ A client is cheap: it binds a transport (shared, from the App's registry),
 a :class:`~cellgate.rpc.target.Target` and the caller's context. ``prepare``
 returns a new client with overrides and leaves this one unchanged, as
 oslo.messaging's does.
+
+Given the ``App``'s breaker registry (``app.rpc.client`` passes it), each
+``call`` and ``cast`` is admitted by the cell's circuit breaker and settles
+it: a broker that cannot be used counts as a failure, an ``RPCTimeout`` or a
+remote error does not (see ``cellgate.routing.breaker``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cellgate.config import DEFAULT_RPC_TIMEOUT
@@ -22,6 +28,7 @@ from cellgate.errors import (
     RPCTimeout,
     UnsupportedVersion,
 )
+from cellgate.routing.breaker import Attempt, BreakerRegistry
 from cellgate.rpc.target import Target
 from cellgate.rpc.transport import Transport
 from cellgate.rpc.wire import Request, decode_reply
@@ -33,6 +40,8 @@ class RPCClient:
     target: Target
     ctx: RequestContext
     timeout: float = DEFAULT_RPC_TIMEOUT
+    #: The cells' circuit breakers; ``None``: calls are not guarded.
+    breakers: BreakerRegistry | None = field(default=None, repr=False, compare=False)
 
     @property
     def _cell(self) -> str:
@@ -65,18 +74,20 @@ class RPCClient:
         :raises RPCTimeout: no reply within ``timeout``.
         :raises RemoteError: the method raised; ``exc_type`` names its class.
         :raises UnsupportedVersion: the server is older than ``target.version``.
-        :raises CellUnavailable: the cell's broker could not be used.
+        :raises CellUnavailable: the cell's broker could not be used, or the
+            cell's circuit breaker is open.
         """
         request = Request.new(method, kwargs, self.ctx.to_dict(), self.target.version)
         body = request.encode()
-        try:
-            answer = self.transport.call(self.target, body, self.timeout)
-        except TimeoutError:
-            raise RPCTimeout(
-                method=method, target=f"cell {self._cell} {self.target}", timeout=self.timeout
-            ) from None
-        except BackendUnavailable as exc:
-            raise self._unavailable(exc) from exc
+        with self._guarded():
+            try:
+                answer = self.transport.call(self.target, body, self.timeout)
+            except TimeoutError:
+                raise RPCTimeout(
+                    method=method, target=f"cell {self._cell} {self.target}", timeout=self.timeout
+                ) from None
+            except BackendUnavailable as exc:
+                raise self._unavailable(exc) from exc
         try:
             reply = decode_reply(answer)
         except MalformedMessage as exc:
@@ -100,10 +111,18 @@ class RPCClient:
     def cast(self, method: str, **kwargs: Any) -> None:
         """Send ``method(ctx, **kwargs)`` without waiting (to every server if fanout)."""
         request = Request.new(method, kwargs, self.ctx.to_dict(), self.target.version)
-        try:
-            self.transport.cast(self.target, request.encode())
-        except BackendUnavailable as exc:
-            raise self._unavailable(exc) from exc
+        with self._guarded():
+            try:
+                self.transport.cast(self.target, request.encode())
+            except BackendUnavailable as exc:
+                raise self._unavailable(exc) from exc
+
+    def _guarded(self) -> AbstractContextManager[Attempt | None]:
+        """The cell's breaker around one send (admitted outside the seam's ``try``,
+        so its own ``CellUnavailable`` is not wrapped a second time)."""
+        if self.breakers is None or self.ctx.cell is None:
+            return nullcontext()
+        return self.breakers.guard(self.ctx.cell)
 
     def _unavailable(self, exc: BackendUnavailable) -> CellUnavailable:
         return CellUnavailable(component=f"cell {self._cell} {exc.component}", reason=exc.reason)

@@ -69,9 +69,12 @@ def kombu_urls(url: TransportURL) -> str:
 
 
 def connect(conn: Connection, hosts: int) -> None:
-    """Open ``conn``, trying each of its ``hosts`` once (kombu's connect() tries two)."""
+    """Open ``conn``, trying each of its ``hosts`` once, each for at most the connect timeout.
+
+    kombu makes ``max_retries + 1`` attempts, switching host after each failure.
+    """
     conn.ensure_connection(
-        max_retries=max(1, hosts), interval_start=0, interval_step=0.2, interval_max=0.5
+        max_retries=max(0, hosts - 1), interval_start=0, interval_step=0.2, interval_max=0.5
     )
 
 

@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cellgate.apidb.hosts import list_hosts
@@ -36,6 +36,7 @@ from cellgate.errors import (
     CellgateError,
     CellNotFound,
     ConfigError,
+    EncryptionKeyError,
     HostNotMapped,
     InstanceNotFound,
     NoTransport,
@@ -57,6 +58,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (InstanceNotFound, 404),
     (CellNotFound, 404),
     (HostNotMapped, 404),
+    (EncryptionKeyError, 503),  # the server's keys, not the request, are at fault
     (ConfigError, 400),
     (NoValidCell, 409),
     (UnsupportedVersion, 409),
@@ -86,6 +88,55 @@ class InstanceAction(BaseModel):
     action: Literal["reboot", "stop", "start"]
 
 
+class CellBreaker(BaseModel):
+    """The cell's circuit breaker (``cellgate.routing.breaker``)."""
+
+    state: Literal["closed", "half_open", "open"]
+    consecutive_failures: int = Field(ge=0)
+    retry_after: float | None = Field(
+        ge=0, description="Seconds until one call probes the open cell; null unless open."
+    )
+
+
+class CellOut(BaseModel):
+    """A cell mapping (URLs masked) with its health and its circuit breaker."""
+
+    model_config = ConfigDict(extra="allow")  # the mapping's own fields, as in `cell show`
+
+    uuid: str
+    name: str | None
+    health: dict[str, Any]
+    breaker: CellBreaker
+
+
+class CellList(BaseModel):
+    cells: list[CellOut]
+
+
+class CellOne(BaseModel):
+    cell: CellOut
+
+
+class ErrorDetail(BaseModel):
+    status: int = Field(ge=400, le=599, description="The HTTP status, repeated.")
+    code: str = Field(description="The error's name, e.g. InstanceNotFound or CellTimeout.")
+    message: str = Field(description="What went wrong; never a password.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer, whatever its status: one shape."""
+
+    error: ErrorDetail
+
+
+#: Documented for every operation. A "4XX" entry also keeps FastAPI from
+#: documenting its 422, which this API never sends (invalid input is a 400).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "The request cannot be served as sent."},
+    "5XX": {"model": ErrorBody, "description": "A cell or the API database cannot be used."},
+}
+
+
 def error_body(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"status": status, "code": code, "message": redact(message)}}, status_code=status
@@ -94,11 +145,16 @@ def error_body(status: int, code: str, message: str) -> JSONResponse:
 
 def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     """The ASGI application for ``app``; the caller owns and closes ``app``."""
-    metrics = Metrics(app.cells)
+    metrics = Metrics(app.cells, app.breakers)
     instances = InstanceService(app, settings, metrics)
     tokens = {grant.token: grant for grant in settings.tokens}
     api = FastAPI(
-        title="cellgate", version="1", openapi_url="/openapi.json", docs_url=None, redoc_url=None
+        title="cellgate",
+        version="1",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        responses=ERROR_RESPONSES,
     )
     api.state.metrics = metrics
 
@@ -170,7 +226,7 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
@@ -205,12 +261,14 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     def act(instance: str, body: InstanceAction, ctx: Ctx) -> dict[str, Any]:
         return {"instance": instances.action(ctx, instance, body.action)}
 
-    @api.get("/v1/cells")
+    # The models document the shape; the dict is returned as built, so the
+    # mapping's fields keep their order and new ones need no model change.
+    @api.get("/v1/cells", response_model=None, responses={200: {"model": CellList}})
     def cells(ctx: Admin) -> dict[str, Any]:
         found = app.cells.list(ctx, include_disabled=True)
         return {"cells": _with_health(app, ctx, found, settings, metrics)}
 
-    @api.get("/v1/cells/{cell}")
+    @api.get("/v1/cells/{cell}", response_model=None, responses={200: {"model": CellOne}})
     def cell(cell: str, ctx: Admin) -> dict[str, Any]:
         return {"cell": _with_health(app, ctx, [app.cells.get(ctx, cell)], settings, metrics)[0]}
 
@@ -241,4 +299,8 @@ def _with_health(
     )
     for c in cells:
         metrics.cell_up(c, bool(health[c.uuid]["reachable"]))
-    return [{**c.to_dict(), "health": health[c.uuid]} for c in cells]
+    # Read after the health check, which may itself have tripped or probed it.
+    return [
+        {**c.to_dict(), "health": health[c.uuid], "breaker": app.breakers.status(c.uuid).to_dict()}
+        for c in cells
+    ]

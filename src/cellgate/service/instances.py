@@ -29,7 +29,13 @@ from cellgate.app import App
 from cellgate.celldb import queries
 from cellgate.config import ServiceSettings
 from cellgate.context import RequestContext
-from cellgate.errors import BackendError, CellTimeout, InstanceNotFound, NoValidCell
+from cellgate.errors import (
+    BackendError,
+    CellgateError,
+    CellTimeout,
+    InstanceNotFound,
+    NoValidCell,
+)
 from cellgate.results import Failed, Ok
 from cellgate.rpc.target import Target
 from cellgate.service.compute import TOPIC, VERSION
@@ -114,38 +120,71 @@ class InstanceService:
         chosen = self._choose_cell(ctx, cell)
         cctx = ctx.for_cell(chosen)
         instance_uuid = str(uuidlib.uuid4())
-        with self.metrics.timed(chosen, "create"), self.app.db.session(cctx) as cell_session:
-            created = queries.add_instance(
-                cell_session,
-                uuid=instance_uuid,
-                name=name,
-                project_id=ctx.project_id,
-                user_id=ctx.user_id,
-            )
-            # The mapping commits first, inside the still-open cell transaction:
-            # if it fails, the cell row rolls back with the exception; if the
-            # cell commit then fails, the mapping is removed below.
-            with self.app.db.api_session() as api_session:
-                mapping_db.add_mapping(
-                    api_session,
-                    instance_uuid=instance_uuid,
-                    cell=chosen,
+        mapped = False
+        try:
+            with self.metrics.timed(chosen, "create"), self.app.db.session(cctx) as cell_session:
+                created = queries.add_instance(
+                    cell_session,
+                    uuid=instance_uuid,
+                    name=name,
                     project_id=ctx.project_id,
                     user_id=ctx.user_id,
                 )
-            self._commit_or_unmap(cell_session, instance_uuid)
+                # The mapping commits first, inside the still-open cell transaction:
+                # if it fails, the cell row rolls back with the exception; if the
+                # cell commit then fails, _committed_anyway settles the mapping.
+                with self.app.db.api_session() as api_session:
+                    mapping_db.add_mapping(
+                        api_session,
+                        instance_uuid=instance_uuid,
+                        cell=chosen,
+                        project_id=ctx.project_id,
+                        user_id=ctx.user_id,
+                    )
+                mapped = True
+                cell_session.commit()
+        except Exception:
+            if not mapped or not self._committed_anyway(cctx, instance_uuid):
+                raise
         self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).cast(
             "build", instance=instance_uuid
         )
         return {**created.to_dict(), "cell": chosen.name}
 
-    def _commit_or_unmap(self, cell_session: Any, instance_uuid: str) -> None:
+    def _committed_anyway(self, cctx: RequestContext, instance_uuid: str) -> bool:
+        """After the cell's COMMIT failed, its mapping committed: did the COMMIT land?
+
+        A connection that dies after the server got the COMMIT but before its
+        answer came back leaves the outcome unknown, and undoing the mapping
+        then would leave a committed row that no mapping points at: listed,
+        but impossible to show or delete. So the cell is asked again, on a new
+        connection, within ``[api] cell_timeout``. If the row is there, the
+        create has succeeded (True). Otherwise the mapping is removed (False).
+        If the cell cannot answer, the mapping is removed too, as most failed
+        COMMITs never landed; that case is logged with the instance's uuid.
+        """
+        assert cctx.cell is not None
         try:
-            cell_session.commit()
-        except Exception:
-            with self.app.db.api_session() as api_session:
-                mapping_db.remove_mapping(api_session, instance_uuid)
-            raise
+            found = self._fetch(cctx, instance_uuid, None)
+        except CellgateError as exc:
+            log.warning(
+                "instance %s: cell %s failed at COMMIT and cannot say whether the row "
+                "was written (%s); removing its mapping",
+                instance_uuid,
+                cctx.cell.label,
+                exc,
+            )
+            found = None
+        if found is not None:
+            log.warning(
+                "instance %s: cell %s failed at COMMIT, but the row was written; created",
+                instance_uuid,
+                cctx.cell.label,
+            )
+            return True
+        with self.app.db.api_session() as api_session:
+            mapping_db.remove_mapping(api_session, instance_uuid)
+        return False
 
     def _choose_cell(self, ctx: RequestContext, ident: str | None) -> CellMapping:
         if ident is not None:

@@ -3,7 +3,11 @@
 - ``cellgate_cell_request_seconds{cell,op}``: latency of work done in a cell;
 - ``cellgate_cell_errors_total{cell,op}``: such work that raised;
 - ``cellgate_cell_up{cell}``: 1 if the cell answered its last fan-out, else 0;
-- ``cellgate_mapping_cache_{hits,misses}_total``: read from the App's cache.
+- ``cellgate_mapping_cache_{hits,misses}_total``: read from the App's cache;
+- ``cellgate_cell_breaker_state{cell}`` (0 closed, 1 half_open, 2 open) and
+  ``cellgate_cell_breaker_trips_total{cell}``: read from the App's circuit
+  breakers at scrape time, one series per cell that was called, like the
+  other ``cell`` labels (the cell's name, else its uuid).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cellgate.apidb.mappings import CellMapping
+from cellgate.routing.breaker import BreakerRegistry
 from cellgate.routing.cache import MappingCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,8 +42,30 @@ class _CacheCollector(Collector):
         )
 
 
+class _BreakerCollector(Collector):
+    def __init__(self, breakers: BreakerRegistry) -> None:
+        self._breakers = breakers
+
+    def collect(self) -> Iterable[Metric]:
+        state = GaugeMetricFamily(
+            "cellgate_cell_breaker_state",
+            "The cell's circuit breaker: 0 closed, 1 half_open (probing), 2 open (skipped).",
+            labels=["cell"],
+        )
+        trips = CounterMetricFamily(
+            "cellgate_cell_breaker_trips",
+            "Times the cell's circuit breaker opened.",
+            labels=["cell"],
+        )
+        for status in self._breakers.statuses().values():
+            state.add_metric([status.label], status.state.gauge)
+            trips.add_metric([status.label], status.trips)
+        yield state
+        yield trips
+
+
 class Metrics:
-    def __init__(self, cache: MappingCache) -> None:
+    def __init__(self, cache: MappingCache, breakers: BreakerRegistry | None = None) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "cellgate_cell_request_seconds",
@@ -59,6 +86,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_CacheCollector(cache))
+        if breakers is not None:
+            self.registry.register(_BreakerCollector(breakers))
 
     @contextmanager
     def timed(self, cell: CellMapping, op: str) -> Iterator[None]:

@@ -1,0 +1,91 @@
+"""Re-store every cell's URLs: ``cell rotate-key``, ``cell encrypt``, ``cell decrypt``.
+
+A run first reads every live row and checks that each row it must rewrite
+decrypts with the configured keys; if one does not, it stops before writing
+anything. Then it rewrites one row per transaction, so a large table is never
+locked as a whole, and a run that is interrupted (or races another run) can
+simply be started again: each row is re-checked under its lock and rows that
+are already done are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cellgate.apidb.database import ApiDatabase
+from cellgate.apidb.mappings import (
+    CellMapping,
+    encryption_of,
+    get_cell,
+    keyring,
+    live_rows,
+)
+from cellgate.apidb.updates import reseal_cell, reseal_needed
+from cellgate.errors import EncryptionKeyError
+
+
+@dataclass
+class ResealReport:
+    """What a run did (or, with ``dry_run``, would do), by cell."""
+
+    mode: str
+    key_id: str | None
+    dry_run: bool
+    changed: list[dict[str, str]] = field(default_factory=list)
+    unchanged: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.mode,
+            "key_id": self.key_id,
+            "dry_run": self.dry_run,
+            "changed": len(self.changed),
+            "unchanged": self.unchanged,
+            "cells": self.changed,
+        }
+
+
+def reseal_cells(
+    api: ApiDatabase,
+    mode: str,
+    *,
+    ident: str | None = None,
+    dry_run: bool = False,
+    actor: str | None = None,
+    on_cell: Callable[[str], None] | None = None,
+) -> ResealReport:
+    """Apply ``mode`` (see :data:`~cellgate.apidb.mappings.RESEAL_MODES`) to one or all cells."""
+    ring = api.keyring
+    if mode != "decrypt" and not ring:
+        raise EncryptionKeyError(
+            f"'cell {mode}' needs an encryption key, and none is configured",
+            hint="set [api_database] encryption_keys; 'cellgate cell generate-key' makes a key",
+        )
+    report = ResealReport(
+        mode=mode, key_id=ring.primary_id if mode != "decrypt" else None, dry_run=dry_run
+    )
+    todo: list[tuple[str, str, str]] = []
+    with api.session() as session:
+        rows = live_rows(session, ident)
+        for row in rows:
+            if not reseal_needed(row, keyring(session), mode):
+                report.unchanged += 1
+                continue
+            cell: CellMapping = get_cell(session, row.uuid)  # raises if it does not decrypt
+            todo.append((cell.uuid, cell.label, encryption_of(row)))
+    for uuid, label, before in todo:
+        if dry_run:
+            report.changed.append({"cell": label, "uuid": uuid, "before": before})
+            continue
+        with api.session() as session:
+            done = reseal_cell(session, uuid, mode=mode, actor=actor)
+            after = get_cell(session, uuid).encryption if done else before
+        if done:
+            report.changed.append({"cell": label, "uuid": uuid, "before": before, "after": after})
+            if on_cell is not None:
+                on_cell(f"{mode}: {label} {before} -> {after}")
+        else:
+            report.unchanged += 1
+    return report

@@ -1,0 +1,195 @@
+"""Encryption at rest through the CLI, on every backend: encrypt, rotate, decrypt.
+
+Keys are added to the deployment's secrets, so :meth:`Deployment.run` fails
+the test if a key (or a password) shows up in any output.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select, update
+
+from cellgate.apidb.credentials import PREFIX, generate_key, key_id
+from cellgate.apidb.schema import CellMappingRow
+from cellgate.apidb.updates import reseal_cell
+from cellgate.cli.exit_codes import ExitCode
+from tests.functional.conftest import Deployment
+
+
+def set_keys(d: Deployment, *keys: str) -> None:
+    """Rewrite the deployment's config with these keys (none: no encryption)."""
+    text = d.config_file.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^encryption_keys = .*\n", "", text)
+    if keys:
+        text = text.replace(
+            "[api_database]\n", f"[api_database]\nencryption_keys = {', '.join(keys)}\n"
+        )
+    d.config_file.write_text(text, encoding="utf-8")
+    d.secrets.extend(keys)
+
+
+def stored(d: Deployment) -> dict[str, tuple[str, str]]:
+    """The raw URL columns of every live cell, as the API database holds them."""
+    with d.api() as api, api.session() as session:
+        rows = session.scalars(select(CellMappingRow).where(CellMappingRow.deleted == 0))
+        return {r.name or r.uuid: (r.transport_url, r.database_connection) for r in rows}
+
+
+def create(d: Deployment, name: str) -> str:
+    url = d.new_cell_url().render(hide_password=False)
+    args = ["--transport-url", f"memory://{name}", "--database-connection", url]
+    d.run("cell", "create", "--name", name, *args)
+    return url
+
+
+@pytest.fixture
+def synced(deployment: Deployment) -> Deployment:
+    deployment.run("api-db", "sync")
+    return deployment
+
+
+def test_new_cells_are_stored_encrypted_and_read_back_plain(synced: Deployment) -> None:
+    key = generate_key()
+    set_keys(synced, key)
+    url = create(synced, "c1")
+    transport, database = stored(synced)["c1"]
+    for value in (transport, database):
+        assert value.startswith(f"{PREFIX}{key_id(key)}:")
+        assert "memory" not in value and url not in value
+    assert synced.revealed("c1")["database_connection"] == url
+    shown = synced.json("cell", "show", "c1")
+    assert shown["encryption"] == f"fernet:{key_id(key)}"
+    assert f"fernet:{key_id(key)}" in synced.run("cell", "list").stdout
+    synced.run("db", "sync", "--cell", "c1")  # migrates through the decrypted URL
+    verify = synced.run("cell", "verify", "c1")
+    assert "FAILED" not in verify.stdout
+
+
+def test_plaintext_and_encrypted_rows_coexist_until_encrypt_all(synced: Deployment) -> None:
+    create(synced, "old")
+    key = generate_key()
+    set_keys(synced, key)
+    create(synced, "new")
+    kinds = {c["name"]: c["encryption"] for c in synced.json("cell", "list")}
+    assert kinds == {"old": "plaintext", "new": f"fernet:{key_id(key)}"}
+
+    preview = synced.json("cell", "encrypt", "--all", "--dry-run")
+    assert (preview["changed"], preview["unchanged"], preview["dry_run"]) == (1, 1, True)
+    assert not stored(synced)["old"][0].startswith(PREFIX)  # a dry run writes nothing
+
+    done = synced.json("cell", "encrypt", "--all")
+    assert [c["cell"] for c in done["cells"]] == ["old"]
+    assert all(v.startswith(PREFIX) for pair in stored(synced).values() for v in pair)
+    again = synced.json("cell", "encrypt", "--all")
+    assert (again["changed"], again["unchanged"]) == (0, 2)
+
+
+def test_rotate_key_moves_every_row_to_the_first_key(synced: Deployment) -> None:
+    old, new = generate_key(), generate_key()
+    set_keys(synced, old)
+    urls = {name: create(synced, name) for name in ("c1", "c2", "c3")}
+    set_keys(synced, new, old)
+    preview = synced.run("cell", "rotate-key", "--dry-run").stdout
+    assert "would change 3 cell(s)" in preview and key_id(new) in preview
+    assert all(key_id(old) in v for pair in stored(synced).values() for v in pair)
+
+    report = synced.json("cell", "rotate-key")
+    assert (report["changed"], report["unchanged"], report["key_id"]) == (3, 0, key_id(new))
+    assert all(f":{key_id(new)}:" in v for pair in stored(synced).values() for v in pair)
+    # The old key can go now: everything reads with the new one alone.
+    set_keys(synced, new)
+    assert {n: synced.revealed(n)["database_connection"] for n in urls} == urls
+    history = synced.json("cell", "history", "c2")
+    assert [e["action"] for e in history] == ["create", "rotate-key"]
+    assert history[-1]["changes"] == {
+        "encryption": [f"fernet:{key_id(old)}", f"fernet:{key_id(new)}"]
+    }
+
+
+def test_rotate_key_resumes_after_an_interruption(synced: Deployment) -> None:
+    old, new = generate_key(), generate_key()
+    set_keys(synced, old)
+    for name in ("c1", "c2", "c3"):
+        create(synced, name)
+    set_keys(synced, new, old)
+    # An interrupted run: it re-sealed c2, then stopped.
+    with synced.api() as api, api.session() as session:
+        uuid = session.scalars(
+            select(CellMappingRow.uuid).where(CellMappingRow.name == "c2")
+        ).one()
+        assert reseal_cell(session, uuid, mode="rotate-key")
+        assert not reseal_cell(session, uuid, mode="rotate-key")  # re-checked under the lock
+    report = synced.json("cell", "rotate-key")
+    assert (report["changed"], report["unchanged"]) == (2, 1)
+    assert sorted(c["cell"] for c in report["cells"]) == ["c1", "c3"]
+
+
+def test_a_missing_or_wrong_key_is_exit_2_and_names_the_key_id(synced: Deployment) -> None:
+    old = generate_key()
+    set_keys(synced, old)
+    create(synced, "c1")
+    stranger = generate_key()
+    set_keys(synced, stranger)
+    for args in (("cell", "list"), ("cell", "show", "c1"), ("cell", "rotate-key")):
+        result = synced.run(*args, ok=False)
+        assert result.exit_code == ExitCode.USAGE, result.output
+        assert f"encrypted with key {key_id(old)}" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    set_keys(synced)
+    result = synced.run("cell", "encrypt", "--all", ok=False)
+    assert result.exit_code == ExitCode.USAGE and "none is configured" in result.stderr
+    bad = synced.config_file.read_text().replace(
+        "[api_database]\n", "[api_database]\nencryption_keys = hunter2hunter2\n"
+    )
+    synced.config_file.write_text(bad)
+    synced.secrets.append("hunter2hunter2")
+    result = synced.run("cell", "list", ok=False)
+    assert result.exit_code == ExitCode.USAGE and "encryption_keys: key 1" in result.stderr
+
+
+def test_an_altered_row_stops_the_run_before_any_write(synced: Deployment) -> None:
+    old, new = generate_key(), generate_key()
+    set_keys(synced, old)
+    create(synced, "a1")
+    create(synced, "b2")
+    with synced.api() as api, api.session() as session:
+        row = session.scalars(select(CellMappingRow).where(CellMappingRow.name == "b2")).one()
+        session.execute(
+            update(CellMappingRow)
+            .where(CellMappingRow.id == row.id)
+            .values(database_connection=row.database_connection[:-8] + "AAAAAAA=")
+        )
+    set_keys(synced, new, old)
+    before = stored(synced)
+    result = synced.run("cell", "rotate-key", ok=False)
+    assert result.exit_code == ExitCode.USAGE
+    assert "cell b2 database_connection does not decrypt" in result.stderr
+    assert stored(synced) == before  # a1 was not rotated either
+
+
+def test_decrypt_all_returns_to_plaintext(synced: Deployment) -> None:
+    key = generate_key()
+    set_keys(synced, key)
+    url = create(synced, "c1")
+    report = synced.json("cell", "decrypt", "--all")
+    assert report["changed"] == 1
+    assert stored(synced)["c1"] == ("memory://c1", url)
+    set_keys(synced)
+    assert synced.json("cell", "show", "c1")["encryption"] == "plaintext"
+
+
+def test_usage_errors(synced: Deployment) -> None:
+    set_keys(synced, generate_key())
+    for args in (("cell", "encrypt"), ("cell", "encrypt", "c1", "--all")):
+        assert synced.run(*args, ok=False).exit_code == ExitCode.USAGE
+    result = synced.run("cell", "encrypt", "nope", ok=False)
+    assert result.exit_code == ExitCode.NOT_FOUND
+
+
+def test_generate_key_prints_a_usable_key(synced: Deployment) -> None:
+    key = synced.run("cell", "generate-key").stdout.strip()
+    set_keys(synced, key)
+    create(synced, "c1")
+    assert synced.json("cell", "show", "c1")["encryption"] == f"fernet:{key_id(key)}"
