@@ -95,3 +95,26 @@ def test_concurrent_updates_of_different_fields_both_land(deployment: Deployment
         True,
         3,
     )
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_deletes_and_an_update_are_serialised(deployment: Deployment) -> None:
+    deployment.run("api-db", "sync")
+    db = deployment.new_cell_url().render(hide_password=False)
+    deployment.run(
+        "cell", "create", "--name", "c1", "--transport-url", "memory://c1",
+        "--database-connection", db,
+    )  # fmt: skip
+    delete = [*cellgate(deployment), "cell", "delete", "c1"]
+    update = [*cellgate(deployment), "cell", "update", "c1", "--disable"]
+    outcomes = race([delete, delete, delete, update])
+    deletes = sorted(code for code, _, _ in outcomes[:3])
+    assert deletes == [ExitCode.OK, ExitCode.NOT_FOUND, ExitCode.NOT_FOUND], outcomes
+    assert outcomes[3][0] in (ExitCode.OK, ExitCode.NOT_FOUND), outcomes
+    for _, _, err in outcomes:
+        deployment.assert_no_secret(err)
+        assert "Traceback" not in err
+    actions = [e["action"] for e in deployment.json("cell", "history", "c1")]
+    # The update either landed before the delete or found no cell: never after it.
+    assert actions in (["create", "delete"], ["create", "update", "delete"]), actions
+    assert deployment.json("cell", "list") == []

@@ -12,7 +12,7 @@ changes, and ``reseal_cell`` re-checks under the lock, so an interrupted
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
@@ -172,10 +172,10 @@ def update_cell(
 
 
 #: What ``cellgate cell rotate-key`` / ``encrypt`` / ``decrypt`` do to one column value.
-RESEAL_MODES: Final = ("rotate-key", "encrypt", "decrypt")
+ResealMode = Literal["rotate-key", "encrypt", "decrypt"]
 
 
-def reseal_needed(row: CellMappingRow, ring: KeyRing, mode: str) -> bool:
+def reseal_needed(row: CellMappingRow, ring: KeyRing, mode: ResealMode) -> bool:
     """Whether ``mode`` would rewrite either URL column of ``row``."""
     stored = (row.transport_url, row.database_connection)
     if mode == "rotate-key":
@@ -184,7 +184,9 @@ def reseal_needed(row: CellMappingRow, ring: KeyRing, mode: str) -> bool:
     return any((stored_key_id(v) is not None) != want_encrypted for v in stored)
 
 
-def reseal_cell(session: Session, uuid: str, *, mode: str, actor: str | None = None) -> bool:
+def reseal_cell(
+    session: Session, uuid: str, *, mode: ResealMode, actor: str | None = None
+) -> bool:
     """Re-store one live cell's URLs per ``mode``; ``False`` if there was nothing to do.
 
     The row is locked and re-checked here, so runs that overlap, or resume

@@ -11,6 +11,7 @@ import click
 
 from cellgate.apidb.audit import local_actor
 from cellgate.apidb.credentials import generate_key as new_key
+from cellgate.apidb.updates import ResealMode
 from cellgate.cli.render import emit_json, progress
 from cellgate.cli.state import CliState, pass_state
 from cellgate.manage.credentials import ResealReport, reseal_cells
@@ -74,7 +75,9 @@ def _one_or_all(ident: str | None, all_cells: bool) -> str | None:
     return ident
 
 
-def _run(state: CliState, mode: str, ident: str | None, *, dry_run: bool, as_json: bool) -> None:
+def _run(
+    state: CliState, mode: ResealMode, ident: str | None, *, dry_run: bool, as_json: bool
+) -> None:
     report = reseal_cells(
         state.current_api(),
         mode,

@@ -22,7 +22,7 @@ from cellgate.apidb.mappings import (
     keyring,
     live_rows,
 )
-from cellgate.apidb.updates import reseal_cell, reseal_needed
+from cellgate.apidb.updates import ResealMode, reseal_cell, reseal_needed
 from cellgate.errors import EncryptionKeyError
 
 
@@ -30,7 +30,7 @@ from cellgate.errors import EncryptionKeyError
 class ResealReport:
     """What a run did (or, with ``dry_run``, would do), by cell."""
 
-    mode: str
+    mode: ResealMode
     key_id: str | None
     dry_run: bool
     changed: list[dict[str, str]] = field(default_factory=list)
@@ -49,14 +49,14 @@ class ResealReport:
 
 def reseal_cells(
     api: ApiDatabase,
-    mode: str,
+    mode: ResealMode,
     *,
     ident: str | None = None,
     dry_run: bool = False,
     actor: str | None = None,
     on_cell: Callable[[str], None] | None = None,
 ) -> ResealReport:
-    """Apply ``mode`` (see :data:`~cellgate.apidb.mappings.RESEAL_MODES`) to one or all cells."""
+    """Apply ``mode`` (see :data:`~cellgate.apidb.updates.ResealMode`) to one or all cells."""
     ring = api.keyring
     if mode != "decrypt" and not ring:
         raise EncryptionKeyError(
