@@ -38,7 +38,7 @@ from cellgate.engines import translate_errors
 from cellgate.errors import CellgateError, CellTimeout, CellUnavailable, UntargetedContext
 from cellgate.manage.migrate import template_defaults
 from cellgate.results import CellResult
-from cellgate.routing.breaker import BreakerRegistry
+from cellgate.routing.breaker import UNGUARDED, BreakerRegistry
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.connections import EngineRegistry
 from cellgate.routing.fanout import FanoutPool
@@ -97,22 +97,31 @@ class CellDatabases:
         return self._rendered(cell.database_connection)
 
     @contextmanager
-    def session(self, ctx: RequestContext) -> Iterator[Session]:
+    def session(self, ctx: RequestContext, *, guarded: bool = True) -> Iterator[Session]:
         """A session in one transaction on ``ctx.cell``'s database.
 
         :raises CellUnavailable: at once, without connecting, while the cell's
             circuit breaker is open (``cellgate.routing.breaker``).
+
+        ``guarded=False`` skips the breaker, neither asking it nor telling it
+        the outcome: for undoing a half-done operation, which must be tried
+        even if the failure that made it necessary has just opened the breaker
+        (a cell's broker and database share one breaker).
         """
         cell = ctx.cell
         if cell is None:
             raise UntargetedContext(what="a cell database session")
         url = self.url_for(cell)
         engine = self._engines.get(url)
-        component = f"cell {cell.label} database {url}"
-        attempt = self._breakers.admit(cell)
+        attempt = self._breakers.admit(cell) if guarded else UNGUARDED
         try:
             with (
-                translate_errors(component, unavailable=CellUnavailable, timeout=CellTimeout),
+                translate_errors(
+                    f"cell {cell.label} database",
+                    address=str(url),
+                    unavailable=CellUnavailable,
+                    timeout=CellTimeout,
+                ),
                 Session(engine, expire_on_commit=False) as session,
                 session.begin(),
             ):

@@ -166,6 +166,7 @@ def translate_errors(
     component: str,
     hint: str | None = None,
     *,
+    address: str | None = None,
     unavailable: type[BackendUnavailable] = BackendUnavailable,
     timeout: type[BackendTimeout] = BackendTimeout,
 ) -> Iterator[None]:
@@ -173,19 +174,28 @@ def translate_errors(
 
     Only errors that say "the server could not be used" are translated;
     programming errors (bad SQL, missing table) pass through untouched.
+    ``address`` (a masked URL) is kept apart from ``component`` so that API
+    clients are told the subject but not where it lives
+    (:attr:`~cellgate.errors.BackendError.public_message`); the driver's own
+    text, which may name the host, is never made public.
     """
     try:
         yield
     except UnicodeEncodeError:
         # PyMySQL encodes passwords as latin-1; its message would quote the
         # offending character of the password, so it is not repeated.
+        reason = "the driver cannot send this password (PyMySQL sends latin-1)"
         raise unavailable(
             component=component,
-            reason="the driver cannot send this password (PyMySQL sends latin-1)",
+            address=address,
+            reason=reason,
+            public_reason=reason,  # ours, and it names nothing
             hint="use a password of ASCII characters",
         ) from None
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         if not is_backend_failure(exc):
             raise
         error = timeout if is_timeout(exc) else unavailable
-        raise error(component=component, reason=describe_db_error(exc), hint=hint) from exc
+        raise error(
+            component=component, address=address, reason=describe_db_error(exc), hint=hint
+        ) from exc

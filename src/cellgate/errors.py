@@ -145,20 +145,61 @@ class InstanceNotFound(MappingError):
 
 
 class BackendError(CellgateError):
-    """A database or message broker could not be used."""
+    """A database or message broker could not be used.
 
-    def __init__(self, *, component: str, reason: str, hint: str | None = None) -> None:
+    The message has two audiences. ``str(exc)`` is for operators (CLI, logs):
+    ``"{component} {address}: {reason}"``, exactly as detailed as the driver
+    allows, passwords masked. :attr:`public_message` is for API clients:
+    ``"{component}: {reason}"`` with no address, and with the reason replaced
+    by a generic one for the class unless the raiser vouched for it.
+
+    - ``component`` names the subject and never an address (``cell cell2
+      database``, ``API database``);
+    - ``address`` is where it lives (a masked URL, ``host:port``); it only
+      ever appears in ``str(exc)``;
+    - ``reason`` says what went wrong, often in the driver's own words, which
+      may name a host; it only ever appears in ``str(exc)``;
+    - ``public_reason``, given only by code that wrote the reason itself from
+      no address (a circuit breaker's "skipped: ...", a deadline's "no answer
+      within 2s"), is what clients read instead of the generic reason.
+      Driver text is never public: nothing proves it names no host.
+    """
+
+    #: What a client reads when the raiser gave no ``public_reason``.
+    generic_reason = "cannot be used"
+
+    def __init__(
+        self,
+        *,
+        component: str,
+        reason: str,
+        hint: str | None = None,
+        address: str | None = None,
+        public_reason: str | None = None,
+    ) -> None:
         self.component = component
+        self.address = address
         self.reason = reason
-        super().__init__(f"{component}: {reason}", hint=hint)
+        self.public_reason = public_reason
+        where = f"{component} {address}" if address else component
+        super().__init__(f"{where}: {reason}", hint=hint)
+
+    @property
+    def public_message(self) -> str:
+        """One line for API clients: the subject and a reason, never an address."""
+        return f"{self.component}: {self.public_reason or self.generic_reason}"
 
 
 class BackendUnavailable(BackendError):
     """The server refused, reset or rejected the connection."""
 
+    generic_reason = "cannot be reached"
+
 
 class BackendTimeout(BackendError):
     """The server did not answer within its deadline."""
+
+    generic_reason = "did not answer in time"
 
 
 class CellUnavailable(BackendUnavailable):
@@ -203,14 +244,30 @@ class MigrationError(CellgateError):
 class SchemaMismatch(MigrationError):
     """A database's schema is not at the revision this code expects."""
 
-    def __init__(self, *, component: str, current: str | None, expected: str, hint: str) -> None:
+    def __init__(
+        self,
+        *,
+        component: str,
+        current: str | None,
+        expected: str,
+        hint: str,
+        address: str | None = None,
+    ) -> None:
         self.component = component
+        self.address = address
         self.current = current
         self.expected = expected
-        super().__init__(
-            f"{component} is at revision {current or 'none (empty)'}, expected {expected}",
-            hint=hint,
-        )
+        where = f"{component} {address}" if address else component
+        super().__init__(f"{where} {self._state}", hint=hint)
+
+    @property
+    def _state(self) -> str:
+        return f"is at revision {self.current or 'none (empty)'}, expected {self.expected}"
+
+    @property
+    def public_message(self) -> str:
+        """As ``str(exc)`` without the address (see :class:`BackendError`) and the hint."""
+        return f"{self.component} {self._state}"
 
 
 class RPCError(CellgateError):

@@ -5,6 +5,9 @@ Workers run in-process on the same ``App``, exactly as ``all-in-one`` does.
 
 from __future__ import annotations
 
+import logging
+import re
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,8 +183,11 @@ def test_a_down_cell_gives_partial_results(service: Service) -> None:
     assert sorted(i["uuid"] for i in minimal) == sorted(in_cell2)
     assert all(i["status"] == "UNKNOWN" for i in minimal)
     assert len(page["instances"]) == 4
+    assert page["down_cells"][0]["reason"] == "cell cell2 database: cannot be reached"
     shown = service.client.get(f"/v1/instances/{in_cell2[0]}", headers=DEMO)
-    assert shown.status_code == 503 and "does not exist" in shown.json()["error"]["message"]
+    assert shown.status_code == 503
+    assert shown.json()["error"]["message"] == "cell cell2 database: cannot be reached"
+    assert "missing.db" not in shown.text  # the file's path is the operators' business
 
 
 def test_cells_and_hosts_for_admins(service: Service) -> None:
@@ -216,6 +222,9 @@ def test_metrics_and_openapi(service: Service) -> None:
     _until_active(service, _boot(service, "m")["uuid"])
     text = service.client.get("/metrics").text
     assert "cellgate_cell_request_seconds" in text and "cellgate_mapping_cache_hits_total" in text
+    age = re.search(r"^cellgate_mapping_cache_age_seconds (\S+)$", text, re.MULTILINE)
+    assert age is not None and 0 <= float(age.group(1)) < 60, text  # loaded by the boot
+    assert "\ncellgate_mapping_cache_refresh_failed 0.0\n" in text
     schema = service.client.get("/openapi.json").json()
     assert "/v1/instances/{instance}" in schema["paths"]
 
@@ -257,3 +266,96 @@ def test_workers_refuse_cell0_and_bad_host_names_before_writing(service: Service
     cell1 = service.app.cells.get(CTX, "cell1")
     with pytest.raises(ConfigError, match="invalid worker host name"):
         Worker(service.app, cell1, "bad name", 1).start()
+
+
+# -- error bodies name what is down, never where it lives ----------------------------------
+
+
+def _closed_port(host: str) -> int:
+    """A port on ``host`` that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _logged(caplog: pytest.LogCaptureFixture, request_id: str) -> str:
+    """The API's WARNING lines about ``request_id``."""
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "cellgate.service.http" and r.levelno == logging.WARNING
+    ]
+    mine = [line for line in lines if request_id in line]
+    assert len(mine) == 1, lines
+    return mine[0]
+
+
+@pytest.mark.parametrize("scheme", ["mysql+pymysql", "postgresql+psycopg"])
+def test_a_dead_cell_database_is_named_but_not_located(
+    service: Service, caplog: pytest.LogCaptureFixture, scheme: str
+) -> None:
+    """The 503 says which database; its host, port, user and name go to the log only."""
+    booted = _boot(service, "vm", cell="cell2")
+    host, port = "127.0.0.93", _closed_port("127.0.0.93")
+    user, database, password = "tenant_probe_usr", "cell_two_private_db", "Pw-kept-out-93"
+    with service.app.api.session() as s:
+        update_cell(
+            s,
+            "cell2",
+            database_connection=f"{scheme}://{user}:{password}@{host}:{port}/{database}",
+            defaults=DEFAULTS,
+        )
+    service.app.reload()
+    caplog.set_level(logging.WARNING, logger="cellgate.service.http")
+    headers = {**DEMO, "X-Request-Id": "req-dead-db"}
+    shown = service.client.get(f"/v1/instances/{booted['uuid']}", headers=headers)
+    assert shown.status_code == 503, shown.text
+    assert shown.json()["error"] == {
+        "status": 503,
+        "code": "CellUnavailable",
+        "message": "cell cell2 database: cannot be reached",
+    }
+    listed = service.client.get("/v1/instances", headers=headers)
+    assert listed.json()["down_cells"][0]["reason"] == "cell cell2 database: cannot be reached"
+    for leak in (host, str(port), user, database, password):
+        assert leak not in shown.text, leak
+    for leak in (host, user, database, password):  # (a port's digits may be in a uuid)
+        assert leak not in listed.text, leak
+    logged = _logged(caplog, "req-dead-db")
+    assert f"GET /v1/instances/{booted['uuid']} -> 503" in logged
+    assert f"{user}:***@{host}:{port}/{database}" in logged
+    assert password not in logged
+
+
+def test_a_dead_broker_is_named_but_not_located(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An RPC to a cell whose broker refuses: 503 naming the cell's transport, not its host."""
+    booted = _boot(service, "vm", cell="cell2")
+    host, port = "127.0.0.94", _closed_port("127.0.0.94")
+    user, vhost, password = "tenant_mq_usr", "cell_two_vhost", "Mq-kept-out-94"
+    with service.app.api.session() as s:
+        update_cell(
+            s,
+            "cell2",
+            transport_url=f"rabbit://{user}:{password}@{host}:{port}/{vhost}",
+            defaults=DEFAULTS,
+        )
+    service.app.reload()
+    caplog.set_level(logging.WARNING, logger="cellgate.service.http")
+    acted = service.client.post(
+        f"/v1/instances/{booted['uuid']}/action",
+        json={"action": "stop"},
+        headers={**DEMO, "X-Request-Id": "req-dead-mq"},
+    )
+    assert acted.status_code == 503, acted.text
+    assert acted.json()["error"] == {
+        "status": 503,
+        "code": "CellUnavailable",
+        "message": "cell cell2 transport: cannot be reached",
+    }
+    for leak in (host, str(port), user, vhost, password):
+        assert leak not in acted.text, leak
+    logged = _logged(caplog, "req-dead-mq")
+    assert f"cell cell2 transport {host}:{port}: " in logged
+    assert password not in logged

@@ -9,6 +9,7 @@ says so; the failures themselves are real connect timeouts through the proxy.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -298,6 +299,29 @@ def test_application_errors_in_a_session_never_trip_it(server: Server, tmp_path:
         assert (status.state, status.consecutive_failures) == (BreakerState.CLOSED, 0)
 
 
+def test_an_unguarded_session_is_never_refused_and_never_counted(
+    server: Server, tmp_path: Path
+) -> None:
+    """Undoing a half-done create must run even though its failure opened the breaker."""
+    with _deployment(server, tmp_path) as d:
+        cell2 = d.app.cells.get(CTX, "cell2")
+        cctx = CTX.for_cell(cell2)
+        for _ in range(THRESHOLD):
+            d.app.breakers.admit(cell2).failed(CellUnavailable(component="cell2", reason="x"))
+        assert d.state() is BreakerState.OPEN
+        with pytest.raises(CellUnavailable, match="skipped"), d.app.db.session(cctx):
+            pass
+        with d.app.db.session(cctx, guarded=False) as session:
+            assert queries.count_instances(session) == 0
+        with (
+            pytest.raises(BackendUnavailable),
+            d.app.db.session(cctx, guarded=False),
+        ):
+            raise BackendUnavailable(component="cell2", reason="refused")
+        status = d.app.breakers.status(cell2.uuid)
+        assert (status.state, status.consecutive_failures) == (BreakerState.OPEN, THRESHOLD)
+
+
 # --------------------------------------------------------------------------
 # RPC: a broker that cannot be reached counts; a call nobody answers does not
 # --------------------------------------------------------------------------
@@ -438,3 +462,98 @@ def _check_api(d: Deployment, http: httpx.Client) -> None:
     assert cells["cell2"]["breaker"]["state"] == "closed"
     assert cells["cell2"]["health"]["reachable"]
     assert _metric(get("/metrics").text, "cellgate_cell_breaker_state", "cell2") == 0
+
+
+# --------------------------------------------------------------------------
+# error bodies name what is down, never where it lives; the API's log has it all
+# --------------------------------------------------------------------------
+
+
+@contextmanager
+def _http(d: Deployment) -> Iterator[httpx.Client]:
+    server = HttpServer(create_api(d.app, d.app.settings.service), "127.0.0.1", 0).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            yield http
+    finally:
+        server.stop()
+
+
+def _logged(caplog: pytest.LogCaptureFixture, request_id: str) -> str:
+    """The one WARNING line the API logged for ``request_id``'s error."""
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "cellgate.service.http" and r.levelno == logging.WARNING
+    ]
+    mine = [line for line in lines if f"request {request_id}:" in line]
+    assert len(mine) == 1, lines
+    return mine[0]
+
+
+def test_a_blackholed_cell_database_is_named_but_not_located(
+    network_server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cellgate.service.http")
+    with _deployment(network_server, tmp_path) as d, _http(d) as http:
+        booted = http.post("/v1/instances", json={"name": "vm", "cell": "cell2"}, headers=DEMO)
+        assert booted.status_code == 202, booted.text
+        path = f"/v1/instances/{booted.json()['instance']['uuid']}"
+        url = d.app.db.url_for(d.app.cells.get(CTX, "cell2")).sqlalchemy_url
+        assert url.port == d.proxy.port and url.username and url.database
+        where = f"{url.username}:***@127.0.0.1:{url.port}/{url.database}"
+
+        d.proxy.blackhole()
+        shown = http.get(path, headers={**DEMO, "X-Request-Id": "req-hung-db"})
+        assert shown.status_code == 503, shown.text
+        error = shown.json()["error"]
+        assert (error["code"], error["message"]) in {
+            ("CellTimeout", "cell cell2 database: did not answer in time"),
+            ("CellUnavailable", "cell cell2 database: cannot be reached"),
+        }, error
+        for leak in ("127.0.0.1", str(url.port), url.username, url.database):
+            assert leak not in shown.text, leak
+        d.assert_no_secret(shown.text)
+        logged = _logged(caplog, "req-hung-db")
+        assert f"GET {path} -> 503: cell cell2 database " in logged and where in logged
+        d.assert_no_secret(logged)
+
+        # Once the breaker is open, its own reason (written by cellgate) is public.
+        for _ in range(THRESHOLD - 1):
+            assert http.get(path, headers=DEMO).status_code == 503
+        skipped = http.get(path, headers={**DEMO, "X-Request-Id": "req-skipped"})
+        assert skipped.status_code == 503, skipped.text
+        message = skipped.json()["error"]["message"]
+        assert message == f"cell cell2: {SKIPPED}; last error {error['code']}", message
+        assert f"cell cell2: {SKIPPED}" in _logged(caplog, "req-skipped")
+
+
+def test_a_blackholed_broker_is_named_but_not_located(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cellgate.service.http")
+    vhost = broker.new_vhost()
+    user = vhost.split("://", 1)[1].split(":", 1)[0]
+    with (
+        _deployment(Server("sqlite", tmp_path), tmp_path, cell2_broker=vhost) as d,
+        _http(d) as http,
+    ):
+        booted = http.post("/v1/instances", json={"name": "vm", "cell": "cell2"}, headers=DEMO)
+        assert booted.status_code == 202, booted.text
+        d.proxy.blackhole()
+        acted = http.post(
+            f"/v1/instances/{booted.json()['instance']['uuid']}/action",
+            json={"action": "stop"},
+            headers={**DEMO, "X-Request-Id": "req-hung-mq"},
+        )
+        assert acted.status_code == 503, acted.text
+        assert acted.json()["error"] == {
+            "status": 503,
+            "code": "CellUnavailable",
+            "message": "cell cell2 transport: cannot be reached",
+        }
+        for leak in ("127.0.0.1", str(d.proxy.port), user):
+            assert leak not in acted.text, leak
+        logged = _logged(caplog, "req-hung-mq")
+        assert f"cell cell2 transport 127.0.0.1:{d.proxy.port}: " in logged
+        d.assert_no_secret(logged)

@@ -211,6 +211,58 @@ def test_backend_errors(cls: type[BackendError]) -> None:
     assert str(cls(component="API database", reason="timed out")) == "API database: timed out"
 
 
+@pytest.mark.parametrize(
+    ("cls", "generic"),
+    [
+        (BackendError, "cannot be used"),
+        (BackendUnavailable, "cannot be reached"),
+        (CellUnavailable, "cannot be reached"),
+        (BackendTimeout, "did not answer in time"),
+        (CellTimeout, "did not answer in time"),
+    ],
+)
+def test_backend_errors_keep_the_address_out_of_the_public_message(
+    cls: type[BackendError], generic: str
+) -> None:
+    err = cls(
+        component="cell cell2 database",
+        address="mysql+pymysql://nova:***@10.0.0.5:3306/nova_cell2",
+        reason="Can't connect to MySQL server on '10.0.0.5' (timed out)",
+        hint="is it up?",
+    )
+    assert err.address == "mysql+pymysql://nova:***@10.0.0.5:3306/nova_cell2"
+    assert str(err) == (
+        "cell cell2 database mysql+pymysql://nova:***@10.0.0.5:3306/nova_cell2: "
+        "Can't connect to MySQL server on '10.0.0.5' (timed out); is it up?"
+    )
+    # Driver text is never public, and neither is the hint (it is for operators).
+    assert err.public_message == f"cell cell2 database: {generic}"
+    vouched = cls(
+        component="cell cell2",
+        address="10.0.0.5:5672",
+        reason="no answer within 2s",
+        public_reason="no answer within 2s",
+    )
+    assert str(vouched) == "cell cell2 10.0.0.5:5672: no answer within 2s"
+    assert vouched.public_message == "cell cell2: no answer within 2s"
+    assert cls(component="c", reason="r").public_message == f"c: {generic}"
+
+
+def test_schema_mismatch_keeps_the_address_out_of_the_public_message() -> None:
+    err = SchemaMismatch(
+        component="API database",
+        address="postgresql+psycopg://api:***@10.0.0.6/api",
+        current="abc123",
+        expected="def456",
+        hint="run 'cellgate api-db sync'",
+    )
+    assert str(err) == (
+        "API database postgresql+psycopg://api:***@10.0.0.6/api is at revision abc123, "
+        "expected def456; run 'cellgate api-db sync'"
+    )
+    assert err.public_message == "API database is at revision abc123, expected def456"
+
+
 def test_untargeted_context() -> None:
     err = UntargetedContext(what="instance_get")
     assert err.message == "instance_get needs a target cell but the context has none"

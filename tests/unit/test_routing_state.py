@@ -1,15 +1,19 @@
-"""MappingCache and EngineRegistry on SQLite: TTL, generation, misses, bounds."""
+"""MappingCache and EngineRegistry on SQLite: TTL, background refresh, generation, misses, bounds."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.orm import Session
 
 from cellgate import App, RequestContext, load_settings
 from cellgate.apidb import instances as mapping_db
@@ -85,9 +89,12 @@ def test_after_the_ttl_an_unchanged_generation_costs_one_small_read(api: ApiData
     cache.get(CTX, "c1")
     queries = _count_queries(api)
     clock.now += 31
+    assert cache.age == 31
     cache.get(CTX, "c1")
+    assert cache.wait_refreshed(10)  # the re-check runs in the background
     selects = [q for q in queries if q.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1 and "mapping_generation" in selects[0]
+    assert cache.age == 0 and not cache.refresh_failed  # confirmed: young again
 
 
 def test_a_write_elsewhere_is_seen_after_the_ttl(api: ApiDatabase) -> None:
@@ -101,6 +108,9 @@ def test_a_write_elsewhere_is_seen_after_the_ttl(api: ApiDatabase) -> None:
         update_cell(s, "c1", disabled=True, defaults=DEFAULTS)
     assert cache.get(CTX, "c1").disabled is False  # within the TTL: the snapshot
     clock.now += 31
+    # Past the TTL: the snapshot at once, while one refresh runs in the background.
+    assert cache.get(CTX, "c1").disabled is False
+    assert cache.wait_refreshed(10)
     assert cache.get(CTX, "c1").disabled is True
     assert cache.generation == generation + 1
     assert cache.list(CTX) == [] and len(cache.list(CTX, include_disabled=True)) == 1
@@ -128,9 +138,9 @@ def test_deleted_cell_stops_resolving_after_invalidate(api: ApiDatabase) -> None
 
 
 def test_stale_snapshot_is_served_while_the_api_database_is_down(
-    api: ApiDatabase, tmp_path: Path
+    api: ApiDatabase, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _create(api, "c4")
+    c4 = _create(api, "c4")
     clock = Clock()
     cache = MappingCache(api, ttl=30, clock=clock)
     cache.get(CTX, "c4")
@@ -138,34 +148,179 @@ def test_stale_snapshot_is_served_while_the_api_database_is_down(
     (tmp_path / "api.sqlite").rename(tmp_path / "gone.sqlite")
     (tmp_path / "api.sqlite").mkdir()  # now unopenable
     clock.now += 31
-    assert cache.get(CTX, "c4").name == "c4"
+    with caplog.at_level(logging.DEBUG, "cellgate.routing.cache"):
+        assert cache.get(CTX, "c4").name == "c4"
+        assert cache.wait_refreshed(10)
+        assert cache.refresh_failed and cache.age == 31
+        assert cache.get(CTX, "c4").name == "c4"  # still served; no retry within a second
+        assert cache.wait_refreshed(10) and len(_failures(caplog)) == 1
+        for _ in range(3):  # retried once a second later, in the background; warned once
+            clock.now += 1.5
+            assert cache.get(CTX, c4).name == "c4"
+            assert cache.wait_refreshed(10) and cache.refresh_failed
+        assert len(_failures(caplog)) == 4
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "refreshing them failed" in warnings[0].getMessage()
+        assert "BackendUnavailable" not in warnings[0].getMessage()  # the error's own text
+        clock.now += 31  # a TTL later, the next failure is a warning again
+        cache.get(CTX, "c4")
+        assert cache.wait_refreshed(10)
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+    # A change made during the outage is seen by the first refresh after it.
+    moved = ApiDatabase(
+        ApiDatabaseSettings(DatabaseURL.parse(f"sqlite:///{tmp_path}/gone.sqlite"))
+    )
+    with moved.session() as s:
+        update_cell(s, "c4", disabled=True, defaults=DEFAULTS)
+    moved.close()
+    (tmp_path / "api.sqlite").rmdir()
+    (tmp_path / "gone.sqlite").rename(tmp_path / "api.sqlite")
+    clock.now += 1.5
+    assert cache.get(CTX, "c4").disabled is False  # the old snapshot, at once
+    assert cache.wait_refreshed(10)
+    assert not cache.refresh_failed and cache.age == 0
+    assert cache.get(CTX, "c4").disabled is True
+
+    # With nothing to fall back on, the outage is raised (and a miss raises it too).
+    (tmp_path / "api.sqlite").rename(tmp_path / "gone.sqlite")
+    (tmp_path / "api.sqlite").mkdir()
+    api.close()
+    with pytest.raises(BackendUnavailable):
+        cache.get(CTX, "no-such-cell")
     cache.invalidate()
     with pytest.raises(BackendUnavailable):
         cache.get(CTX, "c4")
+    assert cache.refresh_failed and cache.age is None
 
 
-def test_only_one_refresh_is_in_flight(api: ApiDatabase) -> None:
-    _create(api, "c5")
+def _failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The cache's log lines about failed background refreshes."""
+    return [r.getMessage() for r in caplog.records if "refreshing" in r.getMessage()]
+
+
+def _refreshing(cache: MappingCache) -> bool:
+    return any(t.name == REFRESHER and t.is_alive() for t in threading.enumerate())
+
+
+REFRESHER = "cellgate-mapping-refresh"
+
+
+class Gate:
+    """Holds each background refresh after its read, before it installs, until opened."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.refreshes = 0
+        event.listen(Session, "after_commit", self._hold)
+
+    def _hold(self, _session: Session) -> None:
+        if threading.current_thread().name == REFRESHER:
+            self.refreshes += 1
+            self.entered.set()
+            self.open.wait(10)
+
+    def remove(self) -> None:
+        self.open.set()
+        event.remove(Session, "after_commit", self._hold)
+
+
+def test_after_the_ttl_no_lookup_waits_and_one_refresh_runs(api: ApiDatabase) -> None:
+    c5 = _create(api, "c5")
     clock = Clock()
     cache = MappingCache(api, ttl=30, clock=clock)
     cache.get(CTX, "c5")
-    clock.now += 31
-    gate = threading.Event()
-    entered = threading.Event()
+    with api.session() as s:
+        update_cell(s, "c5", disabled=True, defaults=DEFAULTS)
+    gate = Gate()
+    try:
+        clock.now += 31
+        started = time.monotonic()
+        assert cache.get(CTX, "c5").disabled is False
+        assert gate.entered.wait(10)  # the refresh is in the API database, held there
+        # Concurrent callers get the snapshot at once and start no second refresh.
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(lambda _: cache.get(CTX, c5).name, range(200)))
+        assert found == ["c5"] * 200 and len(cache.list(CTX, include_disabled=True)) == 1
+        assert time.monotonic() - started < 5  # the held refresh waits up to 10 s
+        assert gate.refreshes == 1 and not cache.wait_refreshed(0.01)
+        gate.open.set()
+        assert cache.wait_refreshed(10)
+    finally:
+        gate.remove()
+    assert cache.get(CTX, "c5").disabled is True  # the change, picked up in the background
+    assert gate.refreshes == 1 and not _refreshing(cache)
 
-    def slow(*_a: object) -> None:
-        entered.set()
-        gate.wait(10)
 
-    event.listen(api.engine, "before_cursor_execute", slow)
-    refresher = threading.Thread(target=cache.get, args=(CTX, "c5"))
-    refresher.start()
-    assert entered.wait(10)
-    # While one thread refreshes, others answer from the current snapshot.
-    assert cache.get(CTX, "c5").name == "c5"
-    gate.set()
-    refresher.join(10)
-    event.remove(api.engine, "before_cursor_execute", slow)
+def test_invalidate_beats_a_refresh_in_flight(api: ApiDatabase) -> None:
+    _create(api, "c6")
+    clock = Clock()
+    cache = MappingCache(api, ttl=30, clock=clock)
+    cache.get(CTX, "c6")
+    old = cache.generation
+    gate = Gate()
+    try:
+        clock.now += 31
+        cache.get(CTX, "c6")
+        assert gate.entered.wait(10)  # it has read the old generation
+        with api.session() as s:
+            update_cell(s, "c6", disabled=True, defaults=DEFAULTS)
+        cache.invalidate()  # what SIGHUP does
+        gate.open.set()
+        assert cache.wait_refreshed(10)
+    finally:
+        gate.remove()
+    assert cache.generation == -1  # the refresh begun before invalidate() installed nothing
+    assert cache.get(CTX, "c6").disabled is True  # a synchronous load
+    assert cache.generation == old + 1
+
+
+def test_close_stops_the_refresher(api: ApiDatabase) -> None:
+    _create(api, "c7")
+    clock = Clock()
+    cache = MappingCache(api, ttl=30, clock=clock)
+    cache.get(CTX, "c7")
+    gate = Gate()
+    try:
+        clock.now += 31
+        cache.get(CTX, "c7")
+        assert gate.entered.wait(10)
+        started = time.monotonic()
+        cache.close()  # waits briefly, not for a hung refresh
+        assert time.monotonic() - started < 5
+        gate.open.set()
+        assert cache.wait_refreshed(10)
+    finally:
+        gate.remove()
+    assert cache.generation == -1 and not _refreshing(cache)
+    with pytest.raises(RuntimeError, match="closed"):
+        cache.get(CTX, "c7")
+    assert gate.refreshes == 1 and not _refreshing(cache)
+
+
+def test_after_fork_the_parents_refresh_is_forgotten(api: ApiDatabase) -> None:
+    _create(api, "c8")
+    clock = Clock()
+    cache = MappingCache(api, ttl=30, clock=clock)
+    cache.get(CTX, "c8")
+    gate = Gate()
+    try:
+        clock.now += 31
+        cache.get(CTX, "c8")
+        assert gate.entered.wait(10)
+        cache._after_fork_in_child()  # that refresh's thread does not exist in a child
+        cache.get(CTX, "c8")  # so a lookup past the TTL starts one of its own
+        deadline = time.monotonic() + 10
+        while gate.refreshes < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.refreshes == 2
+    finally:
+        gate.remove()
+    for thread in threading.enumerate():
+        if thread.name == REFRESHER:
+            thread.join(10)
 
 
 def test_engine_registry_is_bounded_and_keyed_by_url(tmp_path: Path) -> None:

@@ -32,7 +32,11 @@ class ApiDatabase:
     def __init__(self, settings: ApiDatabaseSettings) -> None:
         self.settings = settings
         self.keyring = KeyRing(settings.encryption_keys)
-        self.component = f"API database {settings.connection}"
+        #: The subject of its errors; ``address`` (the masked URL) is kept apart
+        #: so that API clients are not told where it lives.
+        self.subject = "API database"
+        self.address = str(settings.connection)
+        self.component = f"{self.subject} {self.address}"
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         forksafe.register(self)
@@ -57,7 +61,10 @@ class ApiDatabase:
         """A session in one transaction: committed on success, rolled back on error."""
         if self._sessions is None:
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        with translate_errors(self.component), self._sessions.begin() as session:
+        with (
+            translate_errors(self.subject, address=self.address),
+            self._sessions.begin() as session,
+        ):
             session.info[SESSION_INFO_KEY] = self.keyring
             yield session
 
@@ -84,7 +91,7 @@ class ApiDatabase:
         path = self._sqlite_path()
         if path is not None and not path.exists():
             return None
-        with translate_errors(self.component):
+        with translate_errors(self.subject, address=self.address):
             return current(self.engine, MigrationLine.API)
 
     def require_current(self) -> None:
@@ -93,7 +100,8 @@ class ApiDatabase:
         found = self.revision()
         if found != expected:
             raise SchemaMismatch(
-                component=self.component,
+                component=self.subject,
+                address=self.address,
                 current=found,
                 expected=expected,
                 hint="run 'cellgate api-db sync'",

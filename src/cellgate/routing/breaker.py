@@ -183,7 +183,9 @@ class Attempt:
         return True
 
 
-_UNGUARDED: Final = Attempt(None, "", 0, False)
+#: An attempt no breaker watches: for a disabled registry, and for cleanup calls
+#: (see ``CellDatabases.session(ctx, guarded=False)``) that must not be refused.
+UNGUARDED: Final = Attempt(None, "", 0, False)
 
 
 class BreakerRegistry:
@@ -226,7 +228,7 @@ class BreakerRegistry:
             over, or it is half-open and another call is already the probe.
         """
         if not self.enabled:
-            return _UNGUARDED
+            return UNGUARDED
         with self._lock:
             breaker = self._get_locked(cell)
             if breaker.state is BreakerState.CLOSED:
@@ -339,9 +341,10 @@ class BreakerRegistry:
         else:
             wait = "a probe is in progress"
         last = f"; last error {breaker.last_error}" if breaker.last_error else ""
+        reason = f"skipped: {breaker.failures} consecutive failures, {wait}{last}"
+        # Written here from counts and a class name: clients may read it.
         return CellUnavailable(
-            component=f"cell {breaker.label}",
-            reason=f"skipped: {breaker.failures} consecutive failures, {wait}{last}",
+            component=f"cell {breaker.label}", reason=reason, public_reason=reason
         )
 
     def _after_fork_in_child(self) -> None:

@@ -5,24 +5,32 @@ The spec notes that every request pays an extra lookup and that the data
 never refreshed. Here the cache:
 
 - answers by uuid or by name from an immutable snapshot (a dict read, no lock);
-- after ``ttl`` seconds, one caller re-checks the API database while every
-  other caller keeps using the current snapshot; the re-check reads the single
-  ``mapping_generation`` integer and reloads the mappings only if it moved;
-- on a miss, reloads once before answering :class:`CellNotFound`, so a cell
-  created a moment ago resolves at once; the answer "no such cell" is then
-  remembered for a second, so a flood of bad names cannot turn into a flood of
-  reloads;
-- keeps resolving a cell deleted elsewhere until the TTL re-check or
-  ``invalidate()`` (the staleness bound is the TTL);
-- keeps serving the last snapshot if a TTL refresh fails (the API database
-  being down must not take down requests the cache can answer), logging the
-  failure; a miss during an outage raises the outage, never a false
-  :class:`CellNotFound`;
-- is owned by ``App``; ``invalidate()`` (or SIGHUP in services) drops it.
+- after ``ttl`` seconds, keeps answering from that snapshot at once
+  (stale-while-revalidate) and starts one background refresh, a daemon
+  thread; the refresh reads the single ``mapping_generation`` integer and
+  reloads the mappings only if it moved. No lookup ever waits for the API
+  database to re-confirm what the snapshot already holds;
+- on a miss, reloads once, synchronously, before answering
+  :class:`CellNotFound`, so a cell created a moment ago resolves at once; the
+  answer "no such cell" is then remembered for a second, so a flood of bad
+  names cannot turn into a flood of reloads;
+- keeps resolving a cell deleted elsewhere until a refresh after the TTL, or
+  ``invalidate()`` (the staleness bound is the TTL plus that refresh);
+- keeps serving the last snapshot if a background refresh fails (the API
+  database being down must not take down, or slow down, requests the cache
+  can answer), logging a warning at most once per TTL and trying again no
+  sooner than a second later; a miss during an outage raises the outage, never
+  a false :class:`CellNotFound`;
+- says how old its snapshot is (``age``) and whether the last refresh failed
+  (``refresh_failed``);
+- is owned by ``App``; ``invalidate()`` (or SIGHUP in services) drops the
+  snapshot, so the next lookup loads synchronously, and a background refresh
+  that started before the drop cannot bring the old answer back.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -34,11 +42,17 @@ from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import CellMapping, list_cells, normalize_uuid, read_generation
 from cellgate.context import RequestContext
 from cellgate.errors import CellgateError, CellNotFound
+from cellgate.urls import redact
 
 log = logging.getLogger(__name__)
 
 _NEGATIVE_TTL = 1.0  # seconds a "no such cell" answer is remembered
 _NEGATIVE_LIMIT = 1024
+_RETRY_AFTER = 1.0  # seconds (or the TTL, if shorter) between failed background refreshes
+_CLOSE_WAIT = 1.0  # seconds close() waits for a background refresh in flight
+
+#: The name of the background refresh thread (one per cache at most).
+REFRESH_THREAD = "cellgate-mapping-refresh"
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,10 @@ class _Snapshot:
 
 
 class MappingCache:
-    """A TTL cache of live cell mappings; see the module docstring."""
+    """A TTL cache of live cell mappings; see the module docstring.
+
+    ``clock`` is a monotonic clock in seconds (tests pass a fake one).
+    """
 
     def __init__(
         self, api: ApiDatabase, ttl: float, clock: Callable[[], float] = time.monotonic
@@ -70,7 +87,17 @@ class MappingCache:
         self._ttl = ttl
         self._clock = clock
         self._snapshot: _Snapshot | None = None
+        # Serialises synchronous loads (first load, after invalidate, a miss).
         self._refresh_lock = threading.Lock()
+        # Guards installing a snapshot and starting the background refresher.
+        # Never taken by invalidate(), which a SIGHUP handler calls.
+        self._state_lock = threading.Lock()
+        self._epochs = itertools.count(1)
+        self._epoch = 0  # moved by invalidate(): loads begun before it are discarded
+        self._refresher: threading.Thread | None = None
+        self._retry_at = 0.0  # no background refresh before this (after a failure)
+        self._warned_at: float | None = None
+        self._failed = False
         self._negative: dict[str, float] = {}
         self._closed = False
         self._schema_checked = False
@@ -80,12 +107,25 @@ class MappingCache:
 
     def _after_fork_in_child(self) -> None:
         self._refresh_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._refresher = None  # the thread did not survive the fork
 
     @property
     def generation(self) -> int:
         """The mapping generation of the snapshot in use (-1 before the first load)."""
         snap = self._snapshot
         return snap.generation if snap else -1
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since the snapshot was loaded or last confirmed; ``None`` if there is none."""
+        snap = self._snapshot
+        return max(0.0, self._clock() - snap.loaded_at) if snap else None
+
+    @property
+    def refresh_failed(self) -> bool:
+        """Whether the last read of the API database for this cache failed."""
+        return self._failed
 
     def get(self, ctx: RequestContext, ident: str) -> CellMapping:
         """The live cell whose uuid or name is ``ident``.
@@ -102,7 +142,7 @@ class MappingCache:
         if self._negative.get(ident, 0.0) > now:
             raise CellNotFound(ident=ident)
         log.debug("%s: cell %r not cached; reloading mappings", ctx.request_id, ident)
-        found = self._lookup(self._refresh(force=True), ident)
+        found = self._lookup(self._load_now(force=True), ident)
         if found is None:
             if len(self._negative) >= _NEGATIVE_LIMIT:
                 self._negative.clear()
@@ -121,14 +161,29 @@ class MappingCache:
         ]
 
     def invalidate(self) -> None:
-        """Forget everything; the next lookup reloads from the API database."""
+        """Forget everything; the next lookup reloads from the API database, synchronously."""
+        self._epoch = next(self._epochs)  # first: a load in flight can no longer install
         self._snapshot = None
         self._negative = {}
 
+    def wait_refreshed(self, timeout: float | None = None) -> bool:
+        """Wait for the background refresh in flight, if any; ``False`` if it is still running."""
+        thread = self._refresher
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
     def close(self) -> None:
-        """Forget everything and refuse further lookups (the App is closing)."""
+        """Forget everything and refuse further lookups (the App is closing).
+
+        A background refresh in flight is waited for briefly; one stuck on a
+        hung API database is left to end on its own timeout, and what it
+        reads is discarded.
+        """
         self._closed = True
         self.invalidate()
+        self.wait_refreshed(_CLOSE_WAIT)
 
     @staticmethod
     def _lookup(snap: _Snapshot, ident: str) -> CellMapping | None:
@@ -142,41 +197,119 @@ class MappingCache:
         if self._closed:
             raise RuntimeError("the App owning this mapping cache is closed")
         snap = self._snapshot
-        if snap is not None and self._clock() - snap.loaded_at < self._ttl:
-            return snap
-        return self._refresh(force=False)
+        if snap is None:
+            return self._load_now(force=False)
+        if self._clock() - snap.loaded_at >= self._ttl and self._refresher is None:
+            self._refresh_in_background()
+        return snap
 
-    def _refresh(self, *, force: bool) -> _Snapshot:
-        snap = self._snapshot
-        if snap is not None and not force:
-            # Expired: one caller refreshes, the others use what we have.
-            if not self._refresh_lock.acquire(blocking=False):
-                return snap
-        else:
-            self._refresh_lock.acquire()
-        try:
-            # A forced reload answers a miss: failing it must raise, not fall back.
-            return self._reload(self._snapshot if not force else None, None if force else snap)
-        finally:
-            self._refresh_lock.release()
+    # -- synchronous loads -------------------------------------------------------------------
 
-    def _reload(self, current: _Snapshot | None, fallback: _Snapshot | None) -> _Snapshot:
-        if not self._schema_checked:  # a clear SchemaMismatch, not "no such table"
-            self._api.require_current()
-            self._schema_checked = True
-        try:
-            with self._api.session() as session:
-                generation = read_generation(session)
-                if current is not None and current.generation == generation:
-                    fresh = _Snapshot(
-                        generation, self._clock(), current.cells, current.by_uuid, current.by_name
-                    )
-                else:
-                    fresh = _Snapshot.build(generation, self._clock(), list_cells(session))
-        except CellgateError as exc:
-            if fallback is None:
+    def _load_now(self, *, force: bool) -> _Snapshot:
+        """Read the API database now: no snapshot to serve, or a miss (``force``).
+
+        Failing raises: there is nothing to fall back on, or (a miss) the
+        snapshot has already said it does not know the cell.
+        """
+        with self._refresh_lock:
+            epoch = self._epoch
+            current = self._snapshot
+            if current is not None and not force:
+                return current  # loaded by another caller while this one waited
+            if not self._schema_checked:  # a clear SchemaMismatch, not "no such table"
+                self._api.require_current()
+                self._schema_checked = True
+            try:
+                fresh = self._read(None)
+            except CellgateError:
+                self._failed = True
                 raise
-            log.warning("serving cached cell mappings; refresh failed: %s", exc)
-            return fallback
-        self._snapshot = fresh
-        return fresh
+            self._install(fresh, epoch)
+            return fresh
+
+    # -- the background refresh --------------------------------------------------------------
+
+    def _refresh_in_background(self) -> None:
+        with self._state_lock:
+            if self._closed or self._refresher is not None or self._clock() < self._retry_at:
+                return
+            thread = threading.Thread(
+                target=self._background_refresh,
+                args=(self._epoch,),
+                name=REFRESH_THREAD,
+                daemon=True,
+            )
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no threads left, or the interpreter is exiting
+                self._retry_at = self._clock() + min(self._ttl, _RETRY_AFTER)
+                log.warning("cannot refresh cell mappings in the background: %s", exc)
+                return
+            # Set after start() (so wait_refreshed() can join it); the thread
+            # clears it under this lock, so not before this.
+            self._refresher = thread
+
+    def _background_refresh(self, epoch: int) -> None:
+        try:
+            current = self._snapshot
+            if self._closed or current is None or epoch != self._epoch:
+                return  # closed or invalidated since: the next lookup loads for itself
+            try:
+                fresh = self._read(current)
+            except Exception as exc:  # a thread must not raise: logged here
+                self._background_failed(exc)
+                return
+            recovered = self._failed
+            if self._install(fresh, epoch) and recovered:
+                log.info("cell mappings refreshed from the API database again")
+        finally:
+            with self._state_lock:
+                self._refresher = None
+
+    def _background_failed(self, exc: Exception) -> None:
+        if self._closed:
+            log.debug("mapping refresh ended after close: %s", redact(str(exc)))
+            return
+        now = self._clock()
+        self._failed = True
+        self._retry_at = now + min(self._ttl, _RETRY_AFTER)
+        text = str(exc) if isinstance(exc, CellgateError) else f"{type(exc).__name__}: {exc}"
+        message = redact(text)
+        age = self.age
+        if self._warned_at is None or now - self._warned_at >= self._ttl:
+            self._warned_at = now
+            log.warning(
+                "serving cached cell mappings (%.0f s old); refreshing them failed: %s",
+                age or 0.0,
+                message,
+            )
+        else:
+            log.debug("refreshing cell mappings failed again: %s", message)
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def _read(self, current: _Snapshot | None) -> _Snapshot:
+        """One read of the API database: the generation, and the mappings if it moved."""
+        with self._api.session() as session:
+            generation = read_generation(session)
+            if current is not None and current.generation == generation:
+                return _Snapshot(
+                    generation, self._clock(), current.cells, current.by_uuid, current.by_name
+                )
+            return _Snapshot.build(generation, self._clock(), list_cells(session))
+
+    def _install(self, fresh: _Snapshot, epoch: int) -> bool:
+        """Make ``fresh`` the snapshot, unless invalidated since ``epoch`` or older than ours."""
+        with self._state_lock:
+            if self._closed or epoch != self._epoch:
+                return False
+            current = self._snapshot
+            if current is not None and current.generation > fresh.generation:
+                return False
+            self._snapshot = fresh
+            self._failed = False
+            self._retry_at = 0.0
+            if self._epoch != epoch:  # invalidate() ran meanwhile (a signal handler)
+                self._snapshot = None
+                return False
+            return True

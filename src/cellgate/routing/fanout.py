@@ -267,6 +267,8 @@ def _result(
         return Failed(exc)
     if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not a cell failure
         raise exc
+    # Any exception's text, which may name a host: it has no address to keep
+    # apart and is never public, so API clients read only the generic reason.
     wrapped = CellUnavailable(component=f"cell {key}", reason=_one_line(exc))
     wrapped.__cause__ = exc
     wrapped.__suppress_context__ = True

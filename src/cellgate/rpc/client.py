@@ -125,4 +125,9 @@ class RPCClient:
         return self.breakers.guard(self.ctx.cell)
 
     def _unavailable(self, exc: BackendUnavailable) -> CellUnavailable:
-        return CellUnavailable(component=f"cell {self._cell} {exc.component}", reason=exc.reason)
+        return CellUnavailable(
+            component=f"cell {self._cell} {exc.component}",
+            address=exc.address,
+            reason=exc.reason,
+            public_reason=exc.public_reason,
+        )

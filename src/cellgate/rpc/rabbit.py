@@ -21,8 +21,8 @@ slices of at most one second between which heartbeats are checked. A server's
 consumer reconnects with exponential backoff (0.5 s doubling to 5 s) after the
 broker restarts, re-declaring what it needs.
 
-Broker errors become :class:`~cellgate.errors.BackendUnavailable`, named by
-host and port only.
+Broker errors become :class:`~cellgate.errors.BackendUnavailable`, naming the
+brokers by host and port only, as their ``address`` (never shown to API clients).
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ class RabbitTransport(Transport):
         self._kombu_url = kombu_urls(url)
         self._connect_timeout = connect_timeout
         self._heartbeat = heartbeat
-        self.label = "transport " + ",".join(
-            f"{h.hostname}:{h.port or DEFAULT_AMQP_PORT}" for h in url.hosts
-        )
+        #: The brokers, by host and port only; in errors, apart from the subject.
+        self.address = ",".join(f"{h.hostname}:{h.port or DEFAULT_AMQP_PORT}" for h in url.hosts)
+        self.label = f"transport {self.address}"
         self.host_count = len(url.hosts)
         self._idle: queue.LifoQueue[_CallChannel] = queue.LifoQueue()
         self._lock = threading.Lock()
@@ -104,7 +104,9 @@ class RabbitTransport(Transport):
         )
 
     def unavailable(self, exc: BaseException) -> BackendUnavailable:
-        return BackendUnavailable(component=self.label, reason=describe_amqp_error(exc))
+        return BackendUnavailable(
+            component="transport", address=self.address, reason=describe_amqp_error(exc)
+        )
 
     def _acquire(self) -> _CallChannel:
         try:

@@ -8,7 +8,10 @@ functions. Errors are mapped in one place, :data:`STATUS`, to one JSON shape::
 
 No response ever carries a traceback or a password: messages of our errors
 are built from masked values, and anything unexpected becomes a 500 with a
-generic message (logged, redacted, with the request id).
+generic message (logged, redacted, with the request id). Nor does one carry
+where a database or broker lives: a backend error answers with its
+``public_message`` (the subject and a reason, no address, no driver text) and
+its full message is logged at WARNING with the request id.
 
 This module does not use ``from __future__ import annotations``: FastAPI
 reads the route signatures at runtime, including the ``Annotated`` aliases
@@ -159,6 +162,7 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     api.state.metrics = metrics
 
     def context(
+        request: Request,
         authorization: Annotated[str | None, Header()] = None,
         x_request_id: Annotated[str | None, Header()] = None,
     ) -> RequestContext:
@@ -175,6 +179,7 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         ctx = RequestContext(project_id=grant.project_id, roles=grant.roles)
         if x_request_id:  # keep the caller's id for log correlation, bounded
             ctx = replace(ctx, request_id=x_request_id[:64])
+        request.state.request_id = ctx.request_id  # for the error handlers' log lines
         return ctx
 
     def admin(ctx: Annotated[RequestContext, Depends(context)]) -> RequestContext:
@@ -191,6 +196,18 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         if isinstance(exc, RemoteError):
             status = REMOTE_STATUS.get(exc.exc_type, 502)
             return error_body(status, exc.exc_type, exc.remote_message)
+        if isinstance(exc, BackendError | SchemaMismatch):
+            # Clients learn what cannot be used, not where it lives: the full
+            # message (address, driver text; password masked) is for the log.
+            log.warning(
+                "request %s: %s %s -> %d: %s",
+                _request_id(request),
+                request.method,
+                request.url.path,
+                status,
+                redact(str(exc)),
+            )
+            return error_body(status, type(exc).__name__, exc.public_message)
         response = error_body(status, type(exc).__name__, str(exc))
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -215,7 +232,8 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error(
-            "unexpected error on %s %s: %s",
+            "request %s: unexpected error on %s %s: %s",
+            _request_id(request),
             request.method,
             request.url.path,
             redact(f"{type(exc).__name__}: {exc}"),
@@ -278,6 +296,14 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
             return {"hosts": [h.to_dict() for h in list_hosts(session, cell)]}
 
     return api
+
+
+def _request_id(request: Request) -> str:
+    """The request's id, as its context has it (the caller's ``X-Request-Id``, bounded)."""
+    found = getattr(request.state, "request_id", None)
+    if isinstance(found, str):
+        return found
+    return (request.headers.get("x-request-id") or "-")[:64]
 
 
 def _status(exc: Exception) -> int:

@@ -6,7 +6,8 @@ The whole request path of the spec lives here:
   ``target_cell`` -> that cell's database;
 - ``create``: pick a cell, write the instance to the cell database *and* its
   mapping to the API database so that neither is left without the other,
-  then cast ``build`` to that cell's workers;
+  then cast ``build`` to that cell's workers (if that fails, both rows are
+  removed again before the 503);
 - ``delete`` / actions: RPC call to the cell's workers;
 - ``list``: scatter-gather over every enabled cell, merged and paged by
   ``(sort key, uuid)``; a cell that fails or misses the deadline is listed in
@@ -31,6 +32,7 @@ from cellgate.config import ServiceSettings
 from cellgate.context import RequestContext
 from cellgate.errors import (
     BackendError,
+    BackendTimeout,
     CellgateError,
     CellTimeout,
     InstanceNotFound,
@@ -40,6 +42,7 @@ from cellgate.results import Failed, Ok
 from cellgate.rpc.target import Target
 from cellgate.service.compute import TOPIC, VERSION
 from cellgate.service.metrics import Metrics
+from cellgate.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +79,20 @@ class InstanceService:
         return ctx.for_cell(cell), canonical
 
     def _fetch(
-        self, cctx: RequestContext, instance: str, project: str | None
+        self, cctx: RequestContext, instance: str, project: str | None, *, guarded: bool = True
     ) -> queries.Instance | None:
         """Read one instance from ``cctx.cell``, bounded by ``[api] cell_timeout``.
 
         A hung cell database answers within the API's deadline (CellTimeout,
         HTTP 503), not after the driver's much longer query timeout.
+        ``guarded=False`` asks even if the cell's breaker is open (see
+        ``CellDatabases.session``).
         """
         assert cctx.cell is not None
         cell = cctx.cell
 
         def read(c: RequestContext) -> queries.Instance | None:
-            with self.app.db.session(c) as session:
+            with self.app.db.session(c, guarded=guarded) as session:
                 return queries.get_instance(session, instance, project_id=project)
 
         timeout = self.settings.cell_timeout
@@ -96,7 +101,8 @@ class InstanceService:
             return result.value
         if isinstance(result, Failed):
             raise result.error
-        raise CellTimeout(component=f"cell {cell.label}", reason=f"no answer within {timeout:g}s")
+        reason = f"no answer within {timeout:g}s"
+        raise CellTimeout(component=f"cell {cell.label}", reason=reason, public_reason=reason)
 
     def _project(self, ctx: RequestContext) -> str | None:
         return None if ctx.is_admin else ctx.project_id
@@ -146,10 +152,103 @@ class InstanceService:
         except Exception:
             if not mapped or not self._committed_anyway(cctx, instance_uuid):
                 raise
-        self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).cast(
-            "build", instance=instance_uuid
-        )
+        try:
+            self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).cast(
+                "build", instance=instance_uuid
+            )
+        except Exception as exc:  # the broker failed (503): both rows are committed
+            self._undo_create(cctx, instance_uuid, exc)
+            raise
         return {**created.to_dict(), "cell": chosen.name}
+
+    def _undo_create(self, cctx: RequestContext, instance_uuid: str, cause: Exception) -> None:
+        """The build could not be sent: remove the committed row, then its mapping.
+
+        The client is told the create failed, so the instance must not stay
+        behind ``building`` with no build coming. The cell's row goes first:
+        if the mapping's removal then fails, what is left is a mapping without
+        an instance (show answers 404; lists show it only as a minimal record
+        while its cell is down), never a listed instance that no mapping points
+        at, which nobody could show or delete.
+
+        If the row's removal fails, the mapping is kept (the row may still be
+        there), and the row is marked ``error`` on a new connection, unless the
+        cell timed out (asking again would only double the wait): a row the
+        cell says is gone loses its mapping too; otherwise a warning names the
+        instance's uuid, as when a COMMIT's outcome is unknown.
+        """
+        assert cctx.cell is not None
+        label = cctx.cell.label
+        self.app.locator.forget(instance_uuid)
+        try:
+            with self.app.db.session(cctx, guarded=False) as session:
+                queries.hard_delete_instance(session, instance_uuid)
+        except CellgateError as exc:
+            if isinstance(exc, BackendTimeout):
+                log.warning(
+                    "instance %s: its build could not be sent to cell %s (%s) and the cell "
+                    "did not answer its removal (%s); it may be left building, with its mapping",
+                    instance_uuid,
+                    label,
+                    cause,
+                    exc,
+                )
+                return
+            self._mark_error(cctx, instance_uuid, cause, exc)
+            return
+        self._unmap(instance_uuid, f"its build could not be sent to cell {label} ({cause})")
+
+    def _mark_error(
+        self, cctx: RequestContext, instance_uuid: str, cause: Exception, failure: Exception
+    ) -> None:
+        """Second try after a failed removal: the row goes to ``error`` (or is gone)."""
+        assert cctx.cell is not None
+        label = cctx.cell.label
+        try:
+            with self.app.db.session(cctx, guarded=False) as session:
+                marked = queries.set_state(session, instance_uuid, vm_state="error")
+        except CellgateError as exc:
+            log.warning(
+                "instance %s: its build could not be sent to cell %s (%s), and neither "
+                "removing (%s) nor marking it error (%s) worked; it may be left building, "
+                "with its mapping",
+                instance_uuid,
+                label,
+                cause,
+                failure,
+                exc,
+            )
+            return
+        if marked is None:  # the removal did land; only its answer was lost
+            self._unmap(instance_uuid, f"its build could not be sent to cell {label} ({cause})")
+            return
+        log.warning(
+            "instance %s: its build could not be sent to cell %s (%s) and its row could not "
+            "be removed (%s); marked error",
+            instance_uuid,
+            label,
+            cause,
+            failure,
+        )
+
+    def _unmap(self, instance_uuid: str, why: str) -> None:
+        """Remove the mapping of an instance whose cell row is not there.
+
+        A failure is logged with the uuid, not raised: the caller re-raises the
+        error that made the create fail, which is the one the client should see.
+        What is left, a mapping without an instance, answers 404 to show.
+        """
+        try:
+            with self.app.db.api_session() as api_session:
+                mapping_db.remove_mapping(api_session, instance_uuid)
+        except CellgateError as exc:
+            log.warning(
+                "instance %s: %s; its mapping could not be removed (%s) and is left "
+                "without an instance",
+                instance_uuid,
+                why,
+                exc,
+            )
 
     def _committed_anyway(self, cctx: RequestContext, instance_uuid: str) -> bool:
         """After the cell's COMMIT failed, its mapping committed: did the COMMIT land?
@@ -165,7 +264,7 @@ class InstanceService:
         """
         assert cctx.cell is not None
         try:
-            found = self._fetch(cctx, instance_uuid, None)
+            found = self._fetch(cctx, instance_uuid, None, guarded=False)
         except CellgateError as exc:
             log.warning(
                 "instance %s: cell %s failed at COMMIT and cannot say whether the row "
@@ -182,8 +281,7 @@ class InstanceService:
                 cctx.cell.label,
             )
             return True
-        with self.app.db.api_session() as api_session:
-            mapping_db.remove_mapping(api_session, instance_uuid)
+        self._unmap(instance_uuid, f"cell {cctx.cell.label} failed at COMMIT")
         return False
 
     def _choose_cell(self, ctx: RequestContext, ident: str | None) -> CellMapping:
@@ -261,7 +359,7 @@ class InstanceService:
         page = [record for _, record in heapq.nsmallest(limit, rows, key=lambda r: r[0])]
         next_marker = page[-1]["uuid"] if len(page) == limit else None
         down_cells = [
-            {"uuid": c.uuid, "name": c.name, "reason": _reason(results[c.uuid])} for c in down
+            {"uuid": c.uuid, "name": c.name, "reason": _reason(results[c.uuid], ctx)} for c in down
         ]
         return Page(page, down_cells, next_marker)
 
@@ -312,8 +410,11 @@ def _minimal_key(mapping: mapping_db.InstanceMapping, sort: str) -> tuple[str, s
     return (created, mapping.instance_uuid)
 
 
-def _reason(result: object) -> str:
+def _reason(result: object, ctx: RequestContext) -> str:
     error = getattr(result, "error", None)
+    if isinstance(error, BackendError):  # a page goes to clients: no address
+        log.warning("request %s: cell down in a listing: %s", ctx.request_id, redact(str(error)))
+        return error.public_message
     if error is not None:
         return str(error)
     return "no answer within the deadline"

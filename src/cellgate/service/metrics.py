@@ -3,7 +3,8 @@
 - ``cellgate_cell_request_seconds{cell,op}``: latency of work done in a cell;
 - ``cellgate_cell_errors_total{cell,op}``: such work that raised;
 - ``cellgate_cell_up{cell}``: 1 if the cell answered its last fan-out, else 0;
-- ``cellgate_mapping_cache_{hits,misses}_total``: read from the App's cache;
+- ``cellgate_mapping_cache_{hits,misses}_total``, ``cellgate_mapping_cache_age_seconds``
+  and ``cellgate_mapping_cache_refresh_failed``: read from the App's cache;
 - ``cellgate_cell_breaker_state{cell}`` (0 closed, 1 half_open, 2 open) and
   ``cellgate_cell_breaker_trips_total{cell}``: read from the App's circuit
   breakers at scrape time, one series per cell that was called, like the
@@ -39,6 +40,19 @@ class _CacheCollector(Collector):
             "cellgate_mapping_cache_misses",
             "Cell lookups that went to the API database.",
             self._cache.misses,
+        )
+        age = GaugeMetricFamily(
+            "cellgate_mapping_cache_age_seconds",
+            "Seconds since the cell mappings in memory were loaded or last confirmed.",
+        )
+        seconds = self._cache.age
+        if seconds is not None:  # nothing loaded: no sample
+            age.add_metric([], seconds)
+        yield age
+        yield GaugeMetricFamily(
+            "cellgate_mapping_cache_refresh_failed",
+            "1 if the last read of the API database for the mapping cache failed, else 0.",
+            1 if self._cache.refresh_failed else 0,
         )
 
 
