@@ -290,6 +290,13 @@ def _logged(caplog: pytest.LogCaptureFixture, request_id: str) -> str:
     return mine[0]
 
 
+def _repoint_cell2(service: Service, **urls: str) -> None:
+    """Point cell2 at other URLs, as an operator's ``cell update`` would, and reload."""
+    with service.app.api.session() as s:
+        update_cell(s, "cell2", defaults=DEFAULTS, **urls)
+    service.app.reload()
+
+
 @pytest.mark.parametrize("scheme", ["mysql+pymysql", "postgresql+psycopg"])
 def test_a_dead_cell_database_is_named_but_not_located(
     service: Service, caplog: pytest.LogCaptureFixture, scheme: str
@@ -298,14 +305,9 @@ def test_a_dead_cell_database_is_named_but_not_located(
     booted = _boot(service, "vm", cell="cell2")
     host, port = "127.0.0.93", _closed_port("127.0.0.93")
     user, database, password = "tenant_probe_usr", "cell_two_private_db", "Pw-kept-out-93"
-    with service.app.api.session() as s:
-        update_cell(
-            s,
-            "cell2",
-            database_connection=f"{scheme}://{user}:{password}@{host}:{port}/{database}",
-            defaults=DEFAULTS,
-        )
-    service.app.reload()
+    _repoint_cell2(
+        service, database_connection=f"{scheme}://{user}:{password}@{host}:{port}/{database}"
+    )
     caplog.set_level(logging.WARNING, logger="cellgate.service.http")
     headers = {**DEMO, "X-Request-Id": "req-dead-db"}
     shown = service.client.get(f"/v1/instances/{booted['uuid']}", headers=headers)
@@ -334,14 +336,7 @@ def test_a_dead_broker_is_named_but_not_located(
     booted = _boot(service, "vm", cell="cell2")
     host, port = "127.0.0.94", _closed_port("127.0.0.94")
     user, vhost, password = "tenant_mq_usr", "cell_two_vhost", "Mq-kept-out-94"
-    with service.app.api.session() as s:
-        update_cell(
-            s,
-            "cell2",
-            transport_url=f"rabbit://{user}:{password}@{host}:{port}/{vhost}",
-            defaults=DEFAULTS,
-        )
-    service.app.reload()
+    _repoint_cell2(service, transport_url=f"rabbit://{user}:{password}@{host}:{port}/{vhost}")
     caplog.set_level(logging.WARNING, logger="cellgate.service.http")
     acted = service.client.post(
         f"/v1/instances/{booted['uuid']}/action",

@@ -47,7 +47,7 @@ from tests.functional.test_faults import (
     _mq_secret,
     _read,
     _via,
-    running,
+    running_direct,
 )
 from tests.functional.test_secret_scanner import Scanner, Secret
 from tests.support import Broker, Server, TcpProxy
@@ -182,17 +182,8 @@ def test_a_refused_build_cast_undoes_the_create(
     server: Server, scanner: Scanner, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cells = _cells(server, scanner, {"up": "memory://up", "x": _closed_port()})
-    api = server.new_database()
-    if server.kind != "sqlite":
-        scanner.secrets.append(_db_secret("API database", api))
     with (
-        running(
-            tmp_path,
-            api_direct=api,
-            api_mapped=api.render(hide_password=False),
-            cells=cells,
-            scanner=scanner,
-        ) as rig,
+        running_direct(server, tmp_path, cells, scanner) as rig,
         _workers(rig, ["up"]),
     ):
         created = {_boot_active(rig, "up", "vm-up"): "up"}
@@ -221,17 +212,8 @@ def test_a_hung_broker_undoes_the_create_and_creates_work_once_it_is_back(
     with TcpProxy("127.0.0.1", 5672) as proxy:
         via_proxy = vhosts["r"].replace("@127.0.0.1:5672/", f"@127.0.0.1:{proxy.port}/")
         cells = _cells(server, scanner, {"r": via_proxy, "s": vhosts["s"]})
-        api = server.new_database()
-        if server.kind != "sqlite":
-            scanner.secrets.append(_db_secret("API database", api))
         with (
-            running(
-                tmp_path,
-                api_direct=api,
-                api_mapped=api.render(hide_password=False),
-                cells=cells,
-                scanner=scanner,
-            ) as rig,
+            running_direct(server, tmp_path, cells, scanner) as rig,
             _workers(rig, ["r", "s"]),
         ):
             created = {_boot_active(rig, c, f"vm-{c}"): c for c in ("r", "s")}
@@ -283,15 +265,7 @@ def test_an_undo_that_cannot_remove_the_row_leaves_no_instance_building_unnotice
         cells["x"] = CellSpec(
             cells["x"].direct, _via(cells["x"].direct, proxy), cells["x"].transport
         )
-        api = network_server.new_database()
-        scanner.secrets.append(_db_secret("API database", api))
-        with running(
-            tmp_path,
-            api_direct=api,
-            api_mapped=api.render(hide_password=False),
-            cells=cells,
-            scanner=scanner,
-        ) as rig:
+        with running_direct(network_server, tmp_path, cells, scanner) as rig:
             created: dict[str, str] = {}
             with _Fault(rig.engine_of("x"), "DELETE FROM instances", _dies(proxy)) as f:
                 answer, took = rig.timed(

@@ -261,6 +261,25 @@ def running(
     scanner.assert_clean()
 
 
+@contextmanager
+def running_direct(
+    server: Server, tmp: Path, cells: dict[str, CellSpec], scanner: Scanner, **kwargs: Any
+) -> Iterator[Rig]:
+    """:func:`running` on a fresh API database, mapped as reached (no proxy in front)."""
+    api = server.new_database()
+    if server.kind != "sqlite":
+        scanner.secrets.append(_db_secret("API database", api))
+    with running(
+        tmp,
+        api_direct=api,
+        api_mapped=api.render(hide_password=False),
+        cells=cells,
+        scanner=scanner,
+        **kwargs,
+    ) as rig:
+        yield rig
+
+
 @dataclass
 class _Fault:
     """Fire ``fault`` once from inside the App's database calls on one engine.
@@ -371,16 +390,8 @@ def two_cells(
     network_server: Server, cell_proxy: TcpProxy, scanner: Scanner, tmp_path: Path
 ) -> Iterator[Rig]:
     """cell1 reached directly, cell2 through ``cell_proxy``; memory:// transports."""
-    api = network_server.new_database()
-    scanner.secrets.append(_db_secret("API database", api))
     cells = _cells(network_server, scanner, cell_proxy, ["cell1", "cell2"], "cell2")
-    with running(
-        tmp_path,
-        api_direct=api,
-        api_mapped=api.render(hide_password=False),
-        cells=cells,
-        scanner=scanner,
-    ) as rig:
+    with running_direct(network_server, tmp_path, cells, scanner) as rig:
         yield rig
 
 
@@ -507,16 +518,8 @@ def three_cells(
     network_server: Server, cell_proxy: TcpProxy, scanner: Scanner, tmp_path: Path
 ) -> Iterator[Rig]:
     """cell1 and cell3 reached directly, cell2 through ``cell_proxy``."""
-    api = network_server.new_database()
-    scanner.secrets.append(_db_secret("API database", api))
     cells = _cells(network_server, scanner, cell_proxy, ["cell1", "cell2", "cell3"], "cell2")
-    with running(
-        tmp_path,
-        api_direct=api,
-        api_mapped=api.render(hide_password=False),
-        cells=cells,
-        scanner=scanner,
-    ) as rig:
+    with running_direct(network_server, tmp_path, cells, scanner) as rig:
         yield rig
 
 
