@@ -354,3 +354,24 @@ def test_a_dead_broker_is_named_but_not_located(
     logged = _logged(caplog, "req-dead-mq")
     assert f"cell cell2 transport {host}:{port}: " in logged
     assert password not in logged
+
+
+def _errors(service: Service, cell: str, op: str) -> float:
+    text = service.client.get("/metrics").text
+    found = re.search(
+        rf'^cellgate_cell_errors_total\{{cell="{cell}",op="{op}"\}} (\S+)$', text, re.MULTILINE
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def test_cell_errors_count_only_failures_of_the_cell(service: Service) -> None:
+    booted = _until_active(service, _boot(service, "vm", cell="cell2")["uuid"])
+    action = f"/v1/instances/{booted['uuid']}/action"
+    assert service.client.post(action, json={"action": "stop"}, headers=DEMO).status_code == 200
+    refused = service.client.post(action, json={"action": "stop"}, headers=DEMO)
+    assert refused.status_code == 409  # the cell answered: not an error of the cell
+    assert _errors(service, "cell2", "stop") == 0.0
+    _repoint_cell2(service, database_connection=f"sqlite:///{service.tmp}/missing.db")
+    shown = service.client.get(f"/v1/instances/{booted['uuid']}", headers=DEMO)
+    assert shown.status_code == 503, shown.text
+    assert _errors(service, "cell2", "show") == 1.0

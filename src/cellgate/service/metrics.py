@@ -1,7 +1,8 @@
 """Prometheus metrics for the API, in a registry owned by the service (not global).
 
 - ``cellgate_cell_request_seconds{cell,op}``: latency of work done in a cell;
-- ``cellgate_cell_errors_total{cell,op}``: such work that raised;
+- ``cellgate_cell_errors_total{cell,op}``: such work that failed because the
+  cell could not be used (see :func:`cell_failed`; a 409 or 404 is not an error of the cell);
 - ``cellgate_cell_up{cell}``: 1 if the cell answered its last fan-out, else 0;
 - ``cellgate_mapping_cache_{hits,misses}_total``, ``cellgate_mapping_cache_age_seconds``
   and ``cellgate_mapping_cache_refresh_failed``: read from the App's cache;
@@ -22,7 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cellgate.apidb.mappings import CellMapping
-from cellgate.routing.breaker import BreakerRegistry
+from cellgate.errors import RPCTimeout
+from cellgate.routing.breaker import BreakerRegistry, is_breaker_failure
 from cellgate.routing.cache import MappingCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -78,6 +80,16 @@ class _BreakerCollector(Collector):
         yield trips
 
 
+def cell_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` means the cell did not serve the work.
+
+    Its database or broker could not be used, or its workers did not reply in
+    time. Answers the cell gave (not found, invalid state, a conflict) are not
+    failures of the cell, so they do not move ``cellgate_cell_errors_total``.
+    """
+    return is_breaker_failure(exc) or isinstance(exc, RPCTimeout)
+
+
 class Metrics:
     def __init__(self, cache: MappingCache, breakers: BreakerRegistry | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -109,8 +121,9 @@ class Metrics:
         label = cell.name or cell.uuid
         try:
             yield
-        except Exception:
-            self.errors.labels(label, op).inc()
+        except Exception as exc:
+            if cell_failed(exc):
+                self.errors.labels(label, op).inc()
             raise
         finally:
             self.latency.labels(label, op).observe(time.perf_counter() - started)
