@@ -14,8 +14,6 @@ keep working.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 import tempfile
 import threading
@@ -23,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+from _tour import cellgate, say
 from sqlalchemy import func, select, text
 
 from cellgate import (
@@ -38,7 +37,6 @@ from cellgate import (
     load_settings,
 )
 from cellgate.celldb.schema import InstanceRow
-from cellgate.cli import cli
 
 #: The context that cache lookups here are made with.
 CTX = RequestContext(request_id="req-test")
@@ -46,21 +44,6 @@ CTX = RequestContext(request_id="req-test")
 CELLS = ("cell1", "cell2", "cell3")
 HUNG_CELL = "cell3"
 DEADLINE = 1.0  # seconds a scatter-gather waits in this tour
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-
-
-def cellgate(config: Path, *args: str) -> str:
-    """Run ``cellgate --config-file CONFIG ARGS...`` in this process; return its stdout."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["--config-file", str(config), *args], standalone_mode=False)
-    if code not in (None, 0):
-        sys.stderr.write(out.getvalue() + err.getvalue())
-        raise SystemExit(f"cellgate {' '.join(args)} failed with exit code {code}")
-    return out.getvalue()
 
 
 def write_config(tmp: Path) -> Path:

@@ -15,13 +15,13 @@ everything after that uses only names exported by ``cellgate`` itself.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _tour import cellgate, say
 
 from cellgate import (
     App,
@@ -35,26 +35,10 @@ from cellgate import (
     UntargetedContext,
     load_settings,
 )
-from cellgate.cli import cli
 
 CELLS = ("cell1", "cell2")
 HOSTS = ("host1", "host2")  # two compute servers in each cell
 SERVER_VERSION = "1.3"  # the newest compute API version the servers implement
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-
-
-def cellgate(config: Path, *args: str) -> str:
-    """Run ``cellgate --config-file CONFIG ARGS...`` in this process; return its stdout."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["--config-file", str(config), *args], standalone_mode=False)
-    if code not in (None, 0):
-        sys.stderr.write(out.getvalue() + err.getvalue())
-        raise SystemExit(f"cellgate {' '.join(args)} failed with exit code {code}")
-    return out.getvalue()
 
 
 def write_config(tmp: Path) -> Path:

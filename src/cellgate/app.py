@@ -25,13 +25,13 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
 from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import CellMapping
+from cellgate.closing import Closing
 from cellgate.config import Settings
 from cellgate.context import RequestContext
 from cellgate.engines import translate_errors
@@ -193,7 +193,7 @@ class CellRPC:
             server.stop()
 
 
-class App:
+class App(Closing):
     """Owns every engine, cache and pool of one process; see the module docstring.
 
     ``clock`` is what the cells' circuit breakers (``app.breakers``) read to
@@ -282,14 +282,3 @@ class App:
         self.engines.close()
         self.cells.close()
         self.api.close()
-
-    def __enter__(self) -> App:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

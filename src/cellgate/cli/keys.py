@@ -34,30 +34,29 @@ def rotate_key(state: CliState, dry_run: bool, as_json: bool) -> None:
     _run(state, "rotate-key", None, dry_run=dry_run, as_json=as_json)
 
 
-@click.command("encrypt")
-@click.argument("ident", metavar="[NAME|UUID]", required=False)
-@click.option("--all", "all_cells", is_flag=True, help="Every cell.")
-@_dry_run
-@_json
-@pass_state
-def encrypt(
-    state: CliState, ident: str | None, all_cells: bool, dry_run: bool, as_json: bool
-) -> None:
-    """Encrypt plaintext cell URLs with the first configured key."""
-    _run(state, "encrypt", _one_or_all(ident, all_cells), dry_run=dry_run, as_json=as_json)
+def _one_or_all_command(mode: ResealMode, help_text: str) -> click.Command:
+    """``cell encrypt`` / ``cell decrypt``: the same command for either direction."""
+
+    @click.command(mode, help=help_text)
+    @click.argument("ident", metavar="[NAME|UUID]", required=False)
+    @click.option("--all", "all_cells", is_flag=True, help="Every cell.")
+    @_dry_run
+    @_json
+    @pass_state
+    def command(
+        state: CliState, ident: str | None, all_cells: bool, dry_run: bool, as_json: bool
+    ) -> None:
+        _run(state, mode, _one_or_all(ident, all_cells), dry_run=dry_run, as_json=as_json)
+
+    return command
 
 
-@click.command("decrypt")
-@click.argument("ident", metavar="[NAME|UUID]", required=False)
-@click.option("--all", "all_cells", is_flag=True, help="Every cell.")
-@_dry_run
-@_json
-@pass_state
-def decrypt(
-    state: CliState, ident: str | None, all_cells: bool, dry_run: bool, as_json: bool
-) -> None:
-    """Store cell URLs as plaintext again (e.g. before a downgrade)."""
-    _run(state, "decrypt", _one_or_all(ident, all_cells), dry_run=dry_run, as_json=as_json)
+encrypt = _one_or_all_command(
+    "encrypt", "Encrypt plaintext cell URLs with the first configured key."
+)
+decrypt = _one_or_all_command(
+    "decrypt", "Store cell URLs as plaintext again (e.g. before a downgrade)."
+)
 
 
 @click.command("generate-key")

@@ -62,10 +62,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any, Final, Generic, TypeVar
 
 from cellgate import forksafe
+from cellgate.closing import Closing
 from cellgate.errors import CellgateError, CellUnavailable, RoutingError
 from cellgate.results import CellResult, Failed, Ok, TimedOut
 from cellgate.urls import redact
@@ -92,7 +92,7 @@ class _Work(Generic[T]):
         self.abandoned = False  # its caller gave up while it was running
 
 
-class FanoutPool:
+class FanoutPool(Closing):
     """Owns the worker threads for scatter-gather; one per App; close() releases them."""
 
     def __init__(self, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
@@ -160,17 +160,6 @@ class FanoutPool:
                 work.future.cancel()
                 work.finished = True
             self._cond.notify_all()
-
-    def __enter__(self) -> FanoutPool:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _reserve_threads(self) -> int:
         """Count in the threads the pending work needs; call with the lock held.

@@ -8,11 +8,11 @@ It is the README's default and what the demo drives.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
 
 from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import CellMapping, create_cell
 from cellgate.app import App
+from cellgate.closing import Closing
 from cellgate.config import Settings
 from cellgate.context import RequestContext
 from cellgate.manage.embedded import set_up_embedded
@@ -25,7 +25,7 @@ from cellgate.service.runner import HttpServer
 _SETUP = RequestContext(request_id="req-all-in-one")
 
 
-class AllInOne:
+class AllInOne(Closing):
     """Start with ``with AllInOne(settings) as d:``; ``d.url`` is the API."""
 
     def __init__(self, settings: Settings, on_step: Callable[[str], None] = lambda _: None):
@@ -93,14 +93,3 @@ class AllInOne:
             worker.stop()
         self.workers.clear()
         self.app.close()
-
-    def __enter__(self) -> AllInOne:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
