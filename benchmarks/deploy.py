@@ -40,14 +40,13 @@ import pymysql
 from sqlalchemy import insert
 
 from cellgate import App, CellMapping, RequestContext, load_settings
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import bump_generation, create_cell
 from cellgate.apidb.schema import CellMappingRow, InstanceMappingRow
 from cellgate.celldb.schema import InstanceRow
-from cellgate.config import Settings
-from cellgate.engines import make_engine
-from cellgate.manage.migrate import sync_api, template_defaults
+from cellgate.config import Settings, template_defaults
 from cellgate.migrations.runner import MigrationLine, upgrade
+from cellgate.sql.api_database import ApiDatabase
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL
 
 MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
@@ -254,7 +253,7 @@ class Deployment:
         self.settings = load_settings(self.config)
         api = ApiDatabase(self.settings.api_database)
         try:
-            sync_api(api)
+            api.upgrade()
         finally:
             api.close()
         self._backend_urls = self.servers.new_databases(

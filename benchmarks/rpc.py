@@ -26,7 +26,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from benchmarks.routing import CTX, Plan
 from benchmarks.stats import Pair, Series, interleaved, sample
 from cellgate import App, CellMapping, RPCClient, Target, TransportURL
-from cellgate.rpc.rabbit import REPLY_TO, kombu_urls
+from cellgate.rpc.amqp.rabbit import REPLY_TO, kombu_urls
 
 TOPIC = "bench"
 CASTS = 2000

@@ -27,27 +27,26 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import CellMapping
 from cellgate.closing import Closing
-from cellgate.config import Settings
+from cellgate.config import RPCSettings, Settings, template_defaults
 from cellgate.context import RequestContext
-from cellgate.engines import translate_errors
 from cellgate.errors import CellgateError, CellTimeout, CellUnavailable, UntargetedContext
-from cellgate.manage.migrate import template_defaults
 from cellgate.results import CellResult
 from cellgate.routing.breaker import UNGUARDED, BreakerRegistry
 from cellgate.routing.cache import MappingCache
-from cellgate.routing.connections import EngineRegistry
 from cellgate.routing.fanout import FanoutPool
 from cellgate.routing.locator import InstanceLocator
 from cellgate.rpc.client import RPCClient
-from cellgate.rpc.rabbit import RabbitTransport
 from cellgate.rpc.server import DEFAULT_SERVER_WORKERS, RPCServer
 from cellgate.rpc.target import Target
-from cellgate.rpc.transport import TransportRegistry
+from cellgate.rpc.transport import Transport, TransportFactory, TransportRegistry
+from cellgate.sql.api_database import ApiDatabase
+from cellgate.sql.engines import translate_errors
+from cellgate.sql.registry import EngineRegistry
 from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults, TransportURL
 
 T = TypeVar("T")
@@ -92,9 +91,63 @@ class CellDatabases:
         self._rendered = _Rendered(defaults.database_url)
         self._breakers = breakers
 
-    def url_for(self, cell: CellMapping) -> DatabaseURL:
+    def url_for(self, cell: CellMapping | StoredURL) -> DatabaseURL:
         """The cell's database URL, its template rendered (memoised per stored value)."""
-        return self._rendered(cell.database_connection)
+        stored = cell.database_connection if isinstance(cell, CellMapping) else cell
+        return self._rendered(stored)
+
+    @contextmanager
+    def engine_for(
+        self, cell: CellMapping, *, timeout: float | None = None, create_missing: bool = False
+    ) -> Iterator[Engine]:
+        """An engine of its own on ``cell``'s database, for one operator task.
+
+        For what a session cannot do: run a migration (Alembic wants an
+        engine and its own transactions), or read a schema revision with a
+        check's short ``timeout`` (both the connect and the per-query one;
+        default: ``[database]``'s). ``create_missing`` lets a missing SQLite
+        file be created, as a first ``db sync`` needs. The engine comes from
+        this App's :class:`~cellgate.sql.registry.EngineRegistry`
+        (``transient``: made by its factory, disposed when the block ends,
+        never shared with the request path; the registry's docstring says
+        why), and errors in the block are translated as a session's are:
+        :class:`CellUnavailable` or :class:`CellTimeout`, the URL masked.
+        The circuit breaker is not asked: an operator checking a cell wants
+        the real answer, not the breaker's memory of the last one.
+        """
+        with self.engine_at(
+            cell.database_connection,
+            cell.label,
+            timeout=timeout,
+            create_missing=create_missing,
+        ) as engine:
+            yield engine
+
+    @contextmanager
+    def engine_at(
+        self,
+        stored: StoredURL,
+        label: str,
+        *,
+        timeout: float | None = None,
+        create_missing: bool = False,
+    ) -> Iterator[Engine]:
+        """:meth:`engine_for` a database that need not be a mapped cell's.
+
+        ``db sync --local`` migrates this host's ``[database] connection``;
+        ``label`` names it in errors (``cell LABEL database``).
+        """
+        url = self.url_for(stored)
+        with (
+            self._engines.transient(url, timeout=timeout, create_missing=create_missing) as engine,
+            translate_errors(
+                f"cell {label} database",
+                address=str(url),
+                unavailable=CellUnavailable,
+                timeout=CellTimeout,
+            ),
+        ):
+            yield engine
 
     @contextmanager
     def session(self, ctx: RequestContext, *, guarded: bool = True) -> Iterator[Session]:
@@ -193,6 +246,22 @@ class CellRPC:
             server.stop()
 
 
+def _rabbit_factory(rpc: RPCSettings) -> TransportFactory:
+    """Makes RabbitMQ transports; kombu is imported on the first one.
+
+    A function-local import for import cost, not a cycle: kombu takes longer
+    to import than the rest of an ``App``, and a process whose cells all use
+    ``memory://`` (the CLI's embedded default, tests) never needs it.
+    """
+
+    def make(url: TransportURL) -> Transport:
+        from cellgate.rpc.amqp.rabbit import RabbitTransport
+
+        return RabbitTransport(url, connect_timeout=rpc.connect_timeout, heartbeat=rpc.heartbeat)
+
+    return make
+
+
 class App(Closing):
     """Owns every engine, cache and pool of one process; see the module docstring.
 
@@ -220,10 +289,7 @@ class App(Closing):
         self.db = CellDatabases(self.api, self.engines, defaults, self.breakers)
         rpc = settings.rpc
         self.transports = TransportRegistry(
-            max_transports=rpc.max_transports,
-            rabbit=lambda url: RabbitTransport(
-                url, connect_timeout=rpc.connect_timeout, heartbeat=rpc.heartbeat
-            ),
+            max_transports=rpc.max_transports, rabbit=_rabbit_factory(rpc)
         )
         self.rpc = CellRPC(self.transports, defaults, rpc.response_timeout, self.breakers)
         self._fanout = FanoutPool()

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Final, TypeVar
 
-from cellgate.apidb.credentials import KeyRing
 from cellgate.errors import CellgateError, ConfigError
-from cellgate.urls import DatabaseURL, TransportURL
+from cellgate.keyring import KeyRing
+from cellgate.urls import DatabaseURL, TemplateDefaults, TransportURL
 
 _T = TypeVar("_T")
 
@@ -384,6 +384,19 @@ class Settings:
             path = PurePath(name)
             return url.with_database(str(path.with_name(f"{path.stem}_cell0{path.suffix}")))
         return url.with_database(f"{name}_cell0")
+
+
+def template_defaults(settings: Settings) -> TemplateDefaults:
+    """This host's own URLs, which templated cell URLs are rendered against.
+
+    Here, next to :class:`Settings`, because both the composition root
+    (``App``) and the operator tasks (``cellgate.admin``) need it, and the
+    root must not import an operator task to get it.
+    """
+    return TemplateDefaults(
+        database=settings.database.connection.render(hide_password=False),
+        transport=settings.transport_url.render(hide_password=False),
+    )
 
 
 def find_config(path: str | Path | None, environ: Mapping[str, str]) -> Path | None:

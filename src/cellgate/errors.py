@@ -1,8 +1,8 @@
 """Every error cellgate raises on purpose, in one small tree.
 
 Callers catch a branch, not a driver exception: SQLAlchemy, PyMySQL, psycopg
-and kombu errors are translated at the seams (``cellgate.engines``,
-``cellgate.amqp``) and chained with ``raise ... from``. Messages are
+and kombu errors are translated at the seams (``cellgate.sql.engines``,
+``cellgate.rpc.amqp.broker``) and chained with ``raise ... from``. Messages are
 built here from typed keyword arguments and never contain a password: URLs are
 passed in already masked.
 

@@ -13,9 +13,9 @@ from urllib.parse import quote
 import pytest
 from click.testing import CliRunner, Result
 
-from cellgate.apidb.database import ApiDatabase
 from cellgate.cli import cli
 from cellgate.config import Settings, load_settings
+from cellgate.sql.api_database import ApiDatabase
 from cellgate.urls import DatabaseURL, url_passwords
 from tests.support import Server
 

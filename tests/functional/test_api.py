@@ -18,16 +18,15 @@ import httpx
 import pytest
 
 from cellgate import App, RequestContext, load_settings
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell, map_cell0
 from cellgate.apidb.updates import update_cell
-from cellgate.engines import make_engine
 from cellgate.errors import ConfigError
-from cellgate.manage.migrate import sync_api
 from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.service.compute import Worker
 from cellgate.service.http import create_api
 from cellgate.service.runner import HttpServer
+from cellgate.sql.api_database import ApiDatabase
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL, TemplateDefaults
 
 DEFAULTS = TemplateDefaults(database=None, transport=None)
@@ -57,7 +56,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
     )
     settings = load_settings(conf)
     api = ApiDatabase(settings.api_database)
-    sync_api(api)
+    api.upgrade()
     with api.session() as s:
         for name in ("cell1", "cell2"):
             url = DatabaseURL.parse(f"sqlite:///{tmp_path}/{name}.db")

@@ -9,13 +9,12 @@ from pathlib import Path
 import httpx
 
 from cellgate import App, load_settings
-from cellgate.apidb.credentials import generate_key, key_id
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell
 from cellgate.config import Settings
-from cellgate.manage.migrate import sync_api
+from cellgate.keyring import generate_key, key_id
 from cellgate.service.http import create_api
 from cellgate.service.runner import HttpServer
+from cellgate.sql.api_database import ApiDatabase
 from cellgate.urls import TemplateDefaults
 
 ADMIN = {"Authorization": "Bearer admin-tok"}
@@ -51,7 +50,7 @@ def test_the_service_reads_encrypted_mappings_and_fails_clearly_without_the_key(
     key, stranger = generate_key(), generate_key()
     settings = settings_with(tmp_path, key)
     api = ApiDatabase(settings.api_database)
-    sync_api(api)
+    api.upgrade()
     with api.session() as session:
         create_cell(
             session,

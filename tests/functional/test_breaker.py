@@ -34,18 +34,17 @@ from cellgate import (
     RPCTimeout,
     load_settings,
 )
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell
 from cellgate.celldb import queries
-from cellgate.engines import make_engine
 from cellgate.errors import InstanceNotFound
-from cellgate.manage.migrate import sync_api
 from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.results import CellResult
 from cellgate.routing.breaker import BreakerState
 from cellgate.rpc.target import Target
 from cellgate.service.http import CellList, CellOne, create_api
 from cellgate.service.runner import HttpServer
+from cellgate.sql.api_database import ApiDatabase
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL, TemplateDefaults, url_passwords
 from tests.support import Broker, Server, TcpProxy
 
@@ -164,7 +163,7 @@ def _deployment(
                 cell2.render(hide_password=False) if direct else _via(cell2, proxy.port)
             )
         try:
-            sync_api(api)
+            api.upgrade()
             with api.session() as s:
                 create_cell(
                     s,

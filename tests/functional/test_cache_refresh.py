@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from cellgate import App, RequestContext, load_settings
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell
 from cellgate.apidb.updates import update_cell
 from cellgate.config import ApiDatabaseSettings
 from cellgate.errors import BackendTimeout, BackendUnavailable
-from cellgate.manage.migrate import sync_api
+from cellgate.sql.api_database import ApiDatabase
 from cellgate.urls import DatabaseURL, TemplateDefaults
 from tests.functional.test_e2e_processes import wait_for
 from tests.support import Server, TcpProxy
@@ -49,7 +48,7 @@ def direct(network_server: Server) -> Iterator[ApiDatabase]:
     """The API database, migrated and with two cells, reached without the proxy."""
     url = network_server.new_database()
     api = ApiDatabase(ApiDatabaseSettings(url))
-    sync_api(api)
+    api.upgrade()
     with api.session() as s:
         for name in ("alpha", "beta"):
             create_cell(

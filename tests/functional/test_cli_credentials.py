@@ -11,10 +11,10 @@ import re
 import pytest
 from sqlalchemy import select, update
 
-from cellgate.apidb.credentials import PREFIX, generate_key, key_id
 from cellgate.apidb.schema import CellMappingRow
 from cellgate.apidb.updates import reseal_cell
 from cellgate.cli.exit_codes import ExitCode
+from cellgate.keyring import PREFIX, generate_key, key_id
 from tests.functional.conftest import Deployment
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from cellgate.apidb.hosts import HostMapping, find_hosts, map_host
 from cellgate.celldb.schema import ServiceRow
 from cellgate.cli.exit_codes import ExitCode
-from cellgate.engines import make_engine
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL
 from tests.functional.conftest import Deployment
 

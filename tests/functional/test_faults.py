@@ -44,16 +44,15 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 
 from cellgate import App, RequestContext, load_settings
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell
-from cellgate.engines import make_engine
 from cellgate.errors import CellgateError, CellUnavailable, RPCTimeout
-from cellgate.manage.migrate import sync_api
 from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.rpc.target import Target
 from cellgate.service.compute import TOPIC, VERSION, Worker
 from cellgate.service.http import create_api
 from cellgate.service.runner import HttpServer
+from cellgate.sql.api_database import ApiDatabase
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL, TemplateDefaults, TransportURL
 from tests.functional.test_e2e_processes import assert_error_shape, wait_for
 from tests.functional.test_secret_scanner import Scanner, Secret
@@ -220,7 +219,7 @@ def running(
     settings = load_settings(conf)
     api = ApiDatabase(settings.api_database)
     try:
-        sync_api(api)
+        api.upgrade()
         with api.session() as s:
             for name, spec in cells.items():
                 engine = make_engine(

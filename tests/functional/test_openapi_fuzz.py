@@ -39,14 +39,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from cellgate import App, RequestContext, load_settings
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell, map_cell0
-from cellgate.engines import make_engine
-from cellgate.manage.migrate import sync_api
 from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.service.compute import Worker
 from cellgate.service.http import create_api
 from cellgate.service.runner import HttpServer
+from cellgate.sql.api_database import ApiDatabase
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL, TemplateDefaults
 from tests.functional.test_secret_scanner import Scanner, Secret
 
@@ -94,7 +93,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     )
     settings_ = load_settings(conf)
     api = ApiDatabase(settings_.api_database)
-    sync_api(api)
+    api.upgrade()
     with api.session() as s:
         for name, mq in (("cell1", CELL1_MQ), ("cell2", CELL2_MQ)):
             url = DatabaseURL.parse(f"sqlite:///{tmp / name}.sqlite")

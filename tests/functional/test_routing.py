@@ -24,12 +24,12 @@ from cellgate import (
     UntargetedContext,
     load_settings,
 )
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell, delete_cell, map_cell0
 from cellgate.apidb.updates import update_cell
 from cellgate.celldb.schema import InstanceRow
-from cellgate.engines import make_engine
 from cellgate.migrations.runner import MigrationLine, upgrade
+from cellgate.sql.api_database import ApiDatabase
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL, TemplateDefaults
 from tests.support import Server, blackhole
 

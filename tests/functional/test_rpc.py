@@ -29,9 +29,8 @@ from cellgate import (
     UntargetedContext,
     load_settings,
 )
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell, map_cell0
-from cellgate.manage.migrate import sync_api
+from cellgate.sql.api_database import ApiDatabase
 from cellgate.urls import TemplateDefaults, url_passwords
 from tests.support import Broker, blackhole
 
@@ -122,7 +121,7 @@ def deployment(tmp_path: Path, transport_url: Callable[[], str]) -> Iterator[Dep
     )
     settings = load_settings(conf)
     api = ApiDatabase(settings.api_database)
-    sync_api(api)
+    api.upgrade()
     urls = {"a": transport_url(), "b": transport_url()}
     with api.session() as s:
         for name, url in urls.items():
@@ -271,7 +270,7 @@ def test_dead_and_silent_brokers_are_unavailable_quickly(tmp_path: Path) -> None
     )
     settings = load_settings(conf)
     api = ApiDatabase(settings.api_database)
-    sync_api(api)
+    api.upgrade()
     with blackhole() as port, api.session() as s:
         for name, url in {
             "closed": "rabbit://u:hunter2secret@127.0.0.3:1/",
@@ -313,7 +312,7 @@ def test_calls_recover_after_the_broker_drops_every_connection(tmp_path: Path) -
         )
         settings = load_settings(conf)
         api = ApiDatabase(settings.api_database)
-        sync_api(api)
+        api.upgrade()
         with api.session() as s:
             create_cell(
                 s,
@@ -369,7 +368,7 @@ def test_scatter_rpc_with_a_silent_broker_returns_the_other_cells(
     )
     settings = load_settings(conf)
     api = ApiDatabase(settings.api_database)
-    sync_api(api)
+    api.upgrade()
     with blackhole() as port:
         with api.session() as s:
             for name, url in {

@@ -44,20 +44,19 @@ from cellgate.apidb.updates import update_cell
 from cellgate.app import App
 from cellgate.celldb import queries
 from cellgate.cli import cli
-from cellgate.config import Settings, load_settings
+from cellgate.config import Settings, load_settings, template_defaults
 from cellgate.context import RequestContext
-from cellgate.engines import make_engine
 from cellgate.errors import CellgateError, ConfigError
 from cellgate.logs import configure_logging
-from cellgate.manage.migrate import template_defaults
 from cellgate.results import Failed
-from cellgate.rpc.rabbit import _CallChannel
+from cellgate.rpc.amqp.rabbit import _CallChannel
 from cellgate.rpc.target import Target
 from cellgate.rpc.transport import Incoming, MemoryBroker
 from cellgate.service.compute import Worker
 from cellgate.service.http import create_api
 from cellgate.service.instances import InstanceService
 from cellgate.service.runner import HttpServer
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL, StoredURL, TransportURL, mask_url, redact
 from tests.support import Broker, Server
 

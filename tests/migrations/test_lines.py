@@ -6,10 +6,10 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import Engine
 
-from cellgate.engines import make_engine
 from cellgate.errors import MigrationError
 from cellgate.migrations import runner
 from cellgate.migrations.runner import MigrationLine
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL
 from tests.support import Server
 

@@ -23,11 +23,11 @@ import sqlalchemy
 from sqlalchemy.engine import Engine
 
 from cellgate.cli.exit_codes import ExitCode
-from cellgate.engines import make_engine
 from cellgate.errors import MigrationError, MigrationLocked
 from cellgate.migrations import runner
 from cellgate.migrations.lock import migration_lock, mysql_lock_name
 from cellgate.migrations.runner import MigrationLine
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL
 from tests.functional.conftest import Deployment, make_deployment
 from tests.support import Server
@@ -245,7 +245,7 @@ def test_a_killed_holder_does_not_keep_the_lock(deployment: Deployment) -> None:
 
 HOLDER = """
 import os, sys, time
-from cellgate.engines import make_engine
+from cellgate.sql.engines import make_engine
 from cellgate.migrations.lock import migration_lock
 from cellgate.urls import DatabaseURL
 

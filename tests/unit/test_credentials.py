@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from cellgate.apidb.audit import SECRET_CHANGED, url_change
-from cellgate.apidb.credentials import (
+from cellgate.config import load_settings
+from cellgate.errors import ConfigError, EncryptionKeyError
+from cellgate.keyring import (
     PREFIX,
     KeyRing,
     generate_key,
@@ -15,8 +17,6 @@ from cellgate.apidb.credentials import (
     key_id,
     stored_key_id,
 )
-from cellgate.config import load_settings
-from cellgate.errors import ConfigError, EncryptionKeyError
 
 URL = "mysql+pymysql://nova:s3cr%40t@127.0.0.1/nova_cell1"
 

@@ -17,15 +17,14 @@ from sqlalchemy.orm import Session
 
 from cellgate import App, RequestContext, load_settings
 from cellgate.apidb import instances as mapping_db
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import create_cell, delete_cell, get_cell
 from cellgate.apidb.updates import update_cell
 from cellgate.config import ApiDatabaseSettings
 from cellgate.errors import BackendUnavailable, CellNotFound
-from cellgate.manage.migrate import sync_api
 from cellgate.routing.cache import MappingCache
-from cellgate.routing.connections import EngineRegistry
 from cellgate.routing.locator import InstanceLocator
+from cellgate.sql.api_database import ApiDatabase
+from cellgate.sql.registry import EngineRegistry
 from cellgate.urls import DatabaseURL, TemplateDefaults
 
 #: The context that cache lookups here are made with.
@@ -45,7 +44,7 @@ class Clock:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiDatabase]:
     db = ApiDatabase(ApiDatabaseSettings(DatabaseURL.parse(f"sqlite:///{tmp_path}/api.sqlite")))
-    sync_api(db)
+    db.upgrade()
     yield db
     db.close()
 

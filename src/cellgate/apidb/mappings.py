@@ -33,7 +33,6 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from cellgate.apidb import audit
-from cellgate.apidb.credentials import SESSION_INFO_KEY, KeyRing, stored_key_id
 from cellgate.apidb.schema import (
     ApiBase,
     CellMappingRow,
@@ -43,6 +42,7 @@ from cellgate.apidb.schema import (
 )
 from cellgate.dbtypes import utcnow
 from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell, StaleCell
+from cellgate.keyring import SESSION_INFO_KEY, KeyRing, stored_key_id
 from cellgate.urls import NO_TRANSPORT, StoredURL, TemplateDefaults
 
 CELL0_UUID: Final = "00000000-0000-0000-0000-000000000000"

@@ -17,7 +17,6 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from cellgate.apidb import audit
-from cellgate.apidb.credentials import KeyRing, stored_key_id
 from cellgate.apidb.mappings import (
     CELL0_NAME,
     CELL0_UUID,
@@ -36,6 +35,7 @@ from cellgate.apidb.mappings import (
 )
 from cellgate.apidb.schema import CellMappingRow
 from cellgate.errors import ConfigError, StaleCell
+from cellgate.keyring import KeyRing, stored_key_id
 from cellgate.urls import TemplateDefaults
 
 

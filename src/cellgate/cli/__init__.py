@@ -1,9 +1,13 @@
 """``cellgate``: the operator CLI.
 
-Each command parses its options, calls a library function and prints. Errors
-are :class:`~cellgate.errors.CellgateError` subclasses, turned into one line
-on stderr and an exit code from :mod:`cellgate.cli.exit_codes`. ``--debug``
+Each command parses its options, calls one :mod:`cellgate.admin` function
+(or starts a service process) and renders the result. Errors are
+:class:`~cellgate.errors.CellgateError` subclasses, turned into one line on
+stderr and an exit code from :mod:`cellgate.cli.exit_codes`. ``--debug``
 adds the (redacted) traceback; nothing else ever prints one.
+
+Commands are loaded when they run (:class:`~cellgate.cli.lazy.LazyGroup`),
+so ``cellgate --version`` imports none of them.
 """
 
 from __future__ import annotations
@@ -16,20 +20,28 @@ from typing import Any
 
 import click
 
-from cellgate.cli.cells import cell
-from cellgate.cli.db import api_db, db
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
-from cellgate.cli.hosts import host
-from cellgate.cli.keys import KEY_COMMANDS
-from cellgate.cli.misc import config, quickstart
-from cellgate.cli.serve import all_in_one, demo, serve
+from cellgate.cli.lazy import LazyGroup
 from cellgate.cli.state import CliState
 from cellgate.errors import CellgateError
 from cellgate.logs import configure_logging
 from cellgate.urls import redact
 
+#: Every top-level command, by import path; loaded on use.
+COMMANDS = {
+    "config": "cellgate.cli.misc:config",
+    "api-db": "cellgate.cli.db:api_db",
+    "db": "cellgate.cli.db:db",
+    "cell": "cellgate.cli.cells:cell",
+    "host": "cellgate.cli.hosts:host",
+    "quickstart": "cellgate.cli.misc:quickstart",
+    "serve": "cellgate.cli.serve:serve",
+    "all-in-one": "cellgate.cli.serve:all_in_one",
+    "demo": "cellgate.cli.serve:demo",
+}
 
-class CellgateGroup(click.Group):
+
+class CellgateGroup(LazyGroup):
     """A group that renders every error as one line with a documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -54,7 +66,11 @@ def _report(exc: Exception, *, debug: bool) -> None:
         click.echo(f"cellgate: unexpected error: {message}{hint}", err=True)
 
 
-@click.group(cls=CellgateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=CellgateGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--config-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -70,19 +86,6 @@ def cli(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
     ctx.obj = state
     ctx.call_on_close(state.close)
     configure_logging(logging.DEBUG if debug else logging.WARNING)
-
-
-cli.add_command(config)
-cli.add_command(api_db)
-cli.add_command(db)
-cli.add_command(cell)
-for _command in KEY_COMMANDS:
-    cell.add_command(_command)
-cli.add_command(host)
-cli.add_command(quickstart)
-cli.add_command(serve)
-cli.add_command(all_in_one)
-cli.add_command(demo)
 
 
 def main() -> None:

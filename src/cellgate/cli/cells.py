@@ -1,7 +1,7 @@
 """``cellgate cell ...``: create, list, show, update, delete, history, verify, map-cell0.
 
 The credential commands (rotate-key, encrypt, decrypt, generate-key) live in
-:mod:`cellgate.cli.keys` and join this group in :mod:`cellgate.cli`.
+:mod:`cellgate.cli.keys` and join this group at the end of this module.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from typing import Any
 
 import click
 
-from cellgate.apidb import mappings, updates
+from cellgate import admin
 from cellgate.apidb.audit import local_actor
+from cellgate.apidb.updates import CellUpdate
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.keys import KEY_COMMANDS
 from cellgate.cli.misc import CELL_COLUMNS
 from cellgate.cli.render import change_text, emit_fields, emit_json, emit_table
 from cellgate.cli.state import CliState, pass_state
-from cellgate.manage.migrate import template_defaults
-from cellgate.manage.verify import CellReport, verify_cell
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -45,17 +45,15 @@ def cell_create(
     as_json: bool,
 ) -> None:
     """Map a new cell; print its uuid. URLs may be templates ({username}, ...)."""
-    with state.current_api().session() as session:
-        created = mappings.create_cell(
-            session,
-            name=name,
-            transport_url=transport_url,
-            database_connection=database_connection,
-            uuid=cell_uuid,
-            disabled=disabled,
-            defaults=template_defaults(state.settings),
-            actor=local_actor(),
-        )
+    created = admin.create_cell(
+        state.app,
+        name=name,
+        transport_url=transport_url,
+        database_connection=database_connection,
+        uuid=cell_uuid,
+        disabled=disabled,
+        actor=local_actor(),
+    )
     emit_json(created.to_dict()) if as_json else click.echo(created.uuid)
 
 
@@ -65,9 +63,7 @@ def cell_create(
 @pass_state
 def cell_list(state: CliState, enabled_only: bool, as_json: bool) -> None:
     """List live cells, cell0 first (URLs masked)."""
-    with state.current_api().session() as session:
-        cells = mappings.list_cells(session, include_disabled=not enabled_only)
-    rows = [c.to_dict() for c in cells]
+    rows = [c.to_dict() for c in admin.list_cells(state.app, enabled_only=enabled_only)]
     emit_json(rows) if as_json else emit_table(rows, CELL_COLUMNS)
 
 
@@ -80,9 +76,7 @@ def cell_list(state: CliState, enabled_only: bool, as_json: bool) -> None:
 @pass_state
 def cell_show(state: CliState, ident: str, reveal_secrets: bool, as_json: bool) -> None:
     """Show one cell (URLs masked unless --reveal-secrets)."""
-    with state.current_api().session() as session:
-        found = mappings.get_cell(session, ident)
-    data = found.to_dict(reveal_secrets=reveal_secrets)
+    data = admin.show_cell(state.app, ident).to_dict(reveal_secrets=reveal_secrets)
     emit_json(data) if as_json else emit_fields(data)
 
 
@@ -118,21 +112,15 @@ def cell_update(
         "database_connection": database_connection,
         "disabled": None if enabled is None else not enabled,
         "expected_version": expected_version,
-        "defaults": template_defaults(state.settings),
     }
-    with state.current_api().session() as session:
-        if dry_run:
-            plan = updates.preview_update(session, ident, **fields)
-        else:
-            updated = updates.update_cell(session, ident, actor=local_actor(), **fields)
     if dry_run:
-        _emit_plan(plan, as_json)
+        _emit_plan(admin.preview_update(state.app, ident, **fields), as_json)
         return
-    data = updated.to_dict()
+    data = admin.update_cell(state.app, ident, actor=local_actor(), **fields).to_dict()
     emit_json(data) if as_json else emit_fields(data)
 
 
-def _emit_plan(plan: updates.CellUpdate, as_json: bool) -> None:
+def _emit_plan(plan: CellUpdate, as_json: bool) -> None:
     if as_json:
         emit_json({**plan.to_dict(), "dry_run": True})
         return
@@ -154,12 +142,11 @@ def _emit_plan(plan: updates.CellUpdate, as_json: bool) -> None:
 @pass_state
 def cell_delete(state: CliState, ident: str, force: bool, as_json: bool) -> None:
     """Delete a cell mapping (refused while hosts or instances are mapped)."""
-    with state.current_api().session() as session:
-        deleted = mappings.delete_cell(session, ident, force=force, actor=local_actor())
+    deleted = admin.delete_cell(state.app, ident, force=force, actor=local_actor())
     if as_json:
-        emit_json({"deleted": deleted.uuid, "name": deleted.name})
+        emit_json(deleted.to_dict())
     else:
-        click.echo(f"deleted cell {deleted.label} ({deleted.uuid})")
+        click.echo(f"deleted cell {deleted.cell.label} ({deleted.cell.uuid})")
 
 
 @cell.command("history")
@@ -171,8 +158,7 @@ def cell_history(state: CliState, ident: str, as_json: bool) -> None:
 
     Follows the cell across renames, and works after it was deleted.
     """
-    with state.current_api().session() as session:
-        entries = [e.to_dict() for e in mappings.cell_history(session, ident)]
+    entries = [e.to_dict() for e in admin.cell_history(state.app, ident)]
     if as_json:
         emit_json(entries)
         return
@@ -202,20 +188,14 @@ def cell_history(state: CliState, ident: str, as_json: bool) -> None:
 @pass_state
 def cell_map_cell0(state: CliState, database_connection: str | None, as_json: bool) -> None:
     """Map cell0 (idempotent): where instances that fail to build are kept."""
-    settings = state.settings
-    url = database_connection or settings.cell0_database().render(hide_password=False)
-    with state.current_api().session() as session:
-        cell0, created = mappings.map_cell0(
-            session,
-            database_connection=url,
-            defaults=template_defaults(settings),
-            actor=local_actor(),
-        )
+    mapped = admin.map_cell0(
+        state.app, database_connection=database_connection, actor=local_actor()
+    )
     if as_json:
-        emit_json({**cell0.to_dict(), "created": created})
+        emit_json(mapped.to_dict())
     else:
-        verb = "mapped" if created else "already mapped"
-        click.echo(f"cell0 {verb}: {cell0.database_connection}")
+        verb = "mapped" if mapped.created else "already mapped"
+        click.echo(f"cell0 {verb}: {mapped.cell.database_connection}")
 
 
 @cell.command("verify")
@@ -227,13 +207,7 @@ def cell_verify(state: CliState, ident: str | None, all_cells: bool, as_json: bo
     """Connect to a cell's database and transport with a short timeout, and report."""
     if bool(ident) == all_cells:
         raise click.UsageError("give a cell NAME|UUID or --all, not both")
-    with state.current_api().session() as session:
-        cells = (
-            mappings.list_cells(session)
-            if all_cells
-            else [mappings.get_cell(session, ident or "")]
-        )
-    reports = [verify_cell(state.settings, c) for c in cells]
+    reports = admin.verify_cells(state.app, (ident,) if ident else (), all_cells=all_cells)
     if as_json:
         emit_json([r.to_dict() for r in reports])
     else:
@@ -246,11 +220,11 @@ def cell_verify(state: CliState, ident: str | None, all_cells: bool, as_json: bo
                 ("detail", "DETAIL"),
             ],
         )
-    errors = [c.error for r in reports for c in r.checks if c.error is not None]
+    errors = [e for r in reports for e in r.errors]
     click.get_current_context().exit(exit_code_for(errors[0]) if errors else ExitCode.OK)
 
 
-def _check_row(report: CellReport, index: int) -> dict[str, object]:
+def _check_row(report: admin.CellReport, index: int) -> dict[str, object]:
     check = report.checks[index]
     return {
         "cell": report.cell.label,
@@ -258,3 +232,7 @@ def _check_row(report: CellReport, index: int) -> dict[str, object]:
         "status": "ok" if check.ok else "FAILED",
         "detail": check.detail,
     }
+
+
+for _command in KEY_COMMANDS:  # rotate-key, encrypt, decrypt, generate-key
+    cell.add_command(_command)

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import click
 
+from cellgate import admin
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
 from cellgate.cli.render import emit_fields, emit_json, emit_table, progress
 from cellgate.cli.state import CliState, pass_state
-from cellgate.manage.migrate import (
-    Target,
-    VersionInfo,
-    api_version,
-    cell_action,
-    for_each_cell,
-    select_targets,
-    sync_api,
-)
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
-from cellgate.results import CellResult, Failed, Ok
+from cellgate.results import Failed, Ok
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 lock_timeout_option = click.option(
@@ -42,7 +34,7 @@ def api_db() -> None:
 @pass_state
 def api_db_sync(state: CliState, revision: str, lock_timeout: float, as_json: bool) -> None:
     """Upgrade the API database schema."""
-    info = sync_api(state.api, revision, lock_timeout=lock_timeout)
+    info = admin.sync_api(state.app, revision, lock_timeout=lock_timeout)
     if info.unchanged:
         progress(f"API database already at {info.current or 'none (empty)'}; nothing to do")
     _show_version(info, as_json)
@@ -53,11 +45,11 @@ def api_db_sync(state: CliState, revision: str, lock_timeout: float, as_json: bo
 @pass_state
 def api_db_version(state: CliState, as_json: bool) -> None:
     """Show the API database's current and head revisions."""
-    _show_version(api_version(state.api), as_json)
+    _show_version(admin.api_version(state.app), as_json)
 
 
-def _show_version(info: VersionInfo, as_json: bool) -> None:
-    data = {"current": info.current, "head": info.head, "at_head": info.at_head}
+def _show_version(info: admin.VersionInfo, as_json: bool) -> None:
+    data = info.to_dict()
     emit_json(data) if as_json else emit_fields(data)
 
 
@@ -93,7 +85,16 @@ def db_sync(
     as_json: bool,
 ) -> None:
     """Upgrade cell databases, one at a time, continuing past failures."""
-    _run_cells(state, cells, all_cells, local, "sync", revision, as_json, lock_timeout)
+    outcomes = admin.sync_cells(
+        state.app,
+        cells=cells,
+        all_cells=all_cells,
+        local=local,
+        revision=revision,
+        lock_timeout=lock_timeout,
+        on_progress=_report,
+    )
+    _finish(outcomes, as_json)
 
 
 @db.command("version")
@@ -104,33 +105,23 @@ def db_version(
     state: CliState, cells: tuple[str, ...], all_cells: bool, local: bool, as_json: bool
 ) -> None:
     """Show each cell database's current and head revisions."""
-    _run_cells(state, cells, all_cells, local, "version", "head", as_json)
+    outcomes = admin.cell_versions(
+        state.app, cells=cells, all_cells=all_cells, local=local, on_progress=_report
+    )
+    _finish(outcomes, as_json)
 
 
-def _run_cells(
-    state: CliState,
-    cells: tuple[str, ...],
-    all_cells: bool,
-    local: bool,
-    verb: str,
-    revision: str,
-    as_json: bool,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-) -> None:
-    settings = state.settings
-    api = state.api if (cells or all_cells) else None
-    targets = select_targets(settings, api, idents=cells, all_cells=all_cells, local=local)
+def _report(outcome: admin.DatabaseOutcome) -> None:
+    label, result = outcome.database.label, outcome.result
+    if isinstance(result, Ok):
+        already = "already " if result.value.unchanged else ""
+        progress(f"{label}: ok, {already}at {result.value.current or 'none'}")
+    else:
+        progress(f"{label}: FAILED")
 
-    def report(target: Target, result: CellResult[VersionInfo]) -> None:
-        if isinstance(result, Ok):
-            already = "already " if result.value.unchanged else ""
-            progress(f"{target.label}: ok, {already}at {result.value.current or 'none'}")
-        else:
-            progress(f"{target.label}: FAILED")
 
-    action = cell_action(settings, verb, revision, lock_timeout=lock_timeout)
-    results = for_each_cell(settings, targets, action, report)
-    rows = [_row(t, results[t.key]) for t in targets]
+def _finish(outcomes: list[admin.DatabaseOutcome], as_json: bool) -> None:
+    rows = [o.to_dict() for o in outcomes]
     if as_json:
         emit_json(rows)
     else:
@@ -144,19 +135,7 @@ def _run_cells(
                 ("error", "ERROR"),
             ],
         )
-    failures = [r.error for r in results.values() if isinstance(r, Failed)]
+    failures = [o.result.error for o in outcomes if isinstance(o.result, Failed)]
     if failures:
         click.get_current_context().exit(exit_code_for(failures[0]))
     click.get_current_context().exit(ExitCode.OK)
-
-
-def _row(target: Target, result: CellResult[VersionInfo]) -> dict[str, object]:
-    row: dict[str, object] = {"cell": target.label, "uuid": target.key}
-    if isinstance(result, Ok):
-        info = result.value
-        status = "ok" if info.at_head else "behind head"
-        row.update(status=status, current=info.current, head=info.head, error=None)
-    else:
-        error = result.error if isinstance(result, Failed) else None
-        row.update(status="failed", current=None, head=None, error=str(error))
-    return row

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import click
 
-from cellgate.apidb import hosts
-from cellgate.apidb.mappings import CellMapping
+from cellgate import admin
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
 from cellgate.cli.render import emit_json, emit_table, progress
 from cellgate.cli.state import CliState, pass_state
-from cellgate.manage.hosts import discover_hosts
-from cellgate.results import CellResult, Failed, Ok
+from cellgate.results import Failed, Ok
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -43,43 +41,25 @@ def host_discover(state: CliState, cells: tuple[str, ...], as_json: bool) -> Non
     A cell that fails does not stop the others; the exit code is that of the
     first failure. Idempotent, and safe to run from several places at once.
     """
-    done: list[tuple[CellMapping, CellResult[list[str]]]] = []
 
-    def report(cell: CellMapping, result: CellResult[list[str]]) -> None:
-        if isinstance(result, Ok):
-            progress(f"{cell.label}: ok, {len(result.value)} new host(s) mapped")
+    def report(outcome: admin.HostDiscovery) -> None:
+        if isinstance(outcome.result, Ok):
+            progress(f"{outcome.cell.label}: ok, {len(outcome.mapped)} new host(s) mapped")
         else:
-            progress(f"{cell.label}: FAILED")
-        done.append((cell, result))
+            progress(f"{outcome.cell.label}: FAILED")
 
-    results = discover_hosts(state.settings, state.current_api(), cells, report)
+    done = admin.discover_hosts(state.app, cells, report)
     if not done:
         progress("no cells to discover")
     if as_json:
-        emit_json([_discover_row(cell, result) for cell, result in done])
+        emit_json([o.to_dict() for o in done])
     else:
         emit_table(
-            [{**_discover_row(c, r), "mapped": ", ".join(_new_hosts(r)) or None} for c, r in done],
+            [{**o.to_dict(), "mapped": ", ".join(o.mapped) or None} for o in done],
             [("cell", "CELL"), ("status", "STATUS"), ("mapped", "NEW HOSTS"), ("error", "ERROR")],
         )
-    failures = [r.error for r in results.values() if isinstance(r, Failed)]
+    failures = [o.result.error for o in done if isinstance(o.result, Failed)]
     click.get_current_context().exit(exit_code_for(failures[0]) if failures else ExitCode.OK)
-
-
-def _new_hosts(result: CellResult[list[str]]) -> list[str]:
-    return result.value if isinstance(result, Ok) else []
-
-
-def _discover_row(cell: CellMapping, result: CellResult[list[str]]) -> dict[str, object]:
-    """One cell's outcome; ``mapped`` lists the hosts this run mapped."""
-    error = result.error if isinstance(result, Failed) else None
-    return {
-        "cell": cell.label,
-        "uuid": cell.uuid,
-        "status": "ok" if isinstance(result, Ok) else "failed",
-        "mapped": _new_hosts(result),
-        "error": None if error is None else str(error),
-    }
 
 
 @host.command("list")
@@ -88,9 +68,7 @@ def _discover_row(cell: CellMapping, result: CellResult[list[str]]) -> dict[str,
 @pass_state
 def host_list(state: CliState, cell: str | None, as_json: bool) -> None:
     """List host mappings, by host name."""
-    with state.current_api().session() as session:
-        found = hosts.list_hosts(session, cell)
-    rows = [h.to_dict() for h in found]
+    rows = [h.to_dict() for h in admin.list_hosts(state.app, cell)]
     emit_json(rows) if as_json else emit_table(rows, HOST_COLUMNS)
 
 
@@ -104,16 +82,11 @@ def host_delete(state: CliState, name: str, as_json: bool) -> None:
     Only the API database changes: the next discover maps the host again if
     its cell still lists it.
     """
-    with state.current_api().session() as session:
-        deleted = hosts.delete_host(session, name)
+    deleted = admin.delete_host(state.app, name)
     if as_json:
-        emit_json(
-            {
-                "deleted": deleted.host,
-                "cell_uuid": deleted.cell_uuid,
-                "cell_name": deleted.cell_name,
-            }
-        )
+        emit_json(deleted.to_dict())
     else:
-        cell = deleted.cell_name or deleted.cell_uuid
-        click.echo(f"deleted host mapping {deleted.host} (cell {cell})")
+        mapping = deleted.host
+        click.echo(
+            f"deleted host mapping {mapping.host} (cell {mapping.cell_name or mapping.cell_uuid})"
+        )

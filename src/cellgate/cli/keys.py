@@ -1,6 +1,6 @@
 """``cellgate cell rotate-key | encrypt | decrypt | generate-key``: credentials at rest.
 
-These join the ``cell`` group. Each rewriting command reports what it changed
+These join the ``cell`` group (in :mod:`cellgate.cli.cells`). Each rewriting command reports what it changed
 (cell names and key ids only: never a URL or a key), supports ``--dry-run``,
 and can be re-run safely after an interruption.
 """
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import click
 
+from cellgate import admin
 from cellgate.apidb.audit import local_actor
-from cellgate.apidb.credentials import generate_key as new_key
 from cellgate.apidb.updates import ResealMode
 from cellgate.cli.render import emit_json, progress
 from cellgate.cli.state import CliState, pass_state
-from cellgate.manage.credentials import ResealReport, reseal_cells
 
 _dry_run = click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
 _json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -62,7 +61,7 @@ decrypt = _one_or_all_command(
 @click.command("generate-key")
 def generate_key() -> None:
     """Print a new random key for [api_database] encryption_keys (a secret)."""
-    click.echo(new_key())
+    click.echo(admin.generate_key())
 
 
 KEY_COMMANDS = (rotate_key, encrypt, decrypt, generate_key)
@@ -77,8 +76,8 @@ def _one_or_all(ident: str | None, all_cells: bool) -> str | None:
 def _run(
     state: CliState, mode: ResealMode, ident: str | None, *, dry_run: bool, as_json: bool
 ) -> None:
-    report = reseal_cells(
-        state.current_api(),
+    report = admin.reseal_cells(
+        state.app,
         mode,
         ident=ident,
         dry_run=dry_run,
@@ -91,7 +90,7 @@ def _run(
         click.echo(_summary(report))
 
 
-def _summary(report: ResealReport) -> str:
+def _summary(report: admin.ResealReport) -> str:
     verb = "would change" if report.dry_run else "changed"
     key = f" (key {report.key_id})" if report.key_id else ""
     names = ", ".join(c["cell"] for c in report.changed)

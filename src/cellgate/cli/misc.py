@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from cellgate.apidb.credentials import KeyRing
+from cellgate import admin
 from cellgate.cli.render import emit_fields, emit_json, emit_table, progress
 from cellgate.cli.state import CliState, pass_state
 from cellgate.config import sample_config
-from cellgate.manage.embedded import set_up_embedded
+from cellgate.keyring import KeyRing
 
 CELL_COLUMNS = (
     ("name", "NAME"),
@@ -85,7 +85,7 @@ def quickstart(state: CliState, as_json: bool) -> None:
     Creates the API database, cell0 and two cells under state_path, each with
     its own SQLite database and in-process transport, all migrated to head.
     """
-    cells = set_up_embedded(state.settings, state.api, on_step=progress)
+    cells = admin.quickstart(state.app, on_step=progress)
     rows = [c.to_dict() for c in cells]
     if as_json:
         emit_json(rows)

@@ -1,7 +1,11 @@
 """``cellgate serve api|worker``, ``cellgate all-in-one`` and ``cellgate demo``.
 
 Each runs until SIGTERM or SIGINT (the demo until its scenario ends), and
-reloads cell mappings on SIGHUP.
+reloads cell mappings on SIGHUP. ``serve api`` and ``serve worker`` run on
+the command's one ``App`` (``CliState.app``), which the CLI closes at exit.
+
+This module imports the web stack (FastAPI, uvicorn, httpx); the CLI loads it
+only when one of these commands runs (``LazyGroup`` in :mod:`cellgate.cli`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from pathlib import Path
 
 import click
 
-from cellgate.app import App
 from cellgate.cli.render import progress
 from cellgate.cli.state import CliState, pass_state
 from cellgate.config import TokenGrant, embedded_settings
@@ -36,18 +39,17 @@ def serve() -> None:
 @pass_state
 def serve_api(state: CliState, host: str | None, port: int | None) -> None:
     """Serve the REST API until SIGTERM; SIGHUP reloads cell mappings."""
-    settings = state.settings
-    state.api.require_current()
-    service = settings.service
-    with App(settings) as app:
-        server = HttpServer(
-            create_api(app, service), host or service.listen, port or service.port
-        ).start()
-        progress(f"cellgate API listening on {server.url}")
-        try:
-            wait_for_signals(app.reload)
-        finally:
-            server.stop()
+    app = state.app
+    app.api.require_current()
+    service = app.settings.service
+    server = HttpServer(
+        create_api(app, service), host or service.listen, port or service.port
+    ).start()
+    progress(f"cellgate API listening on {server.url}")
+    try:
+        wait_for_signals(app.reload)
+    finally:
+        server.stop()
 
 
 @serve.command("worker")
@@ -63,16 +65,15 @@ def serve_api(state: CliState, host: str | None, port: int | None) -> None:
 @pass_state
 def serve_worker(state: CliState, cell_ident: str, host_name: str) -> None:
     """Serve one cell's compute RPC until SIGTERM, heart-beating into its database."""
-    settings = state.settings
-    state.api.require_current()
-    with App(settings) as app:
-        cell = app.cells.get(RequestContext(), cell_ident)
-        worker = Worker(app, cell, host_name, settings.service.heartbeat_interval).start()
-        progress(f"cellgate worker {host_name} serving cell {cell.label}")
-        try:
-            wait_for_signals(app.reload)
-        finally:
-            worker.stop()
+    app = state.app
+    app.api.require_current()
+    cell = app.cells.get(RequestContext(), cell_ident)
+    worker = Worker(app, cell, host_name, app.settings.service.heartbeat_interval).start()
+    progress(f"cellgate worker {host_name} serving cell {cell.label}")
+    try:
+        wait_for_signals(app.reload)
+    finally:
+        worker.stop()
 
 
 @click.command("all-in-one")

@@ -1,17 +1,22 @@
-"""The object behind ``ctx.obj``: settings and the API database, built on first use.
+"""The object behind ``ctx.obj``: settings and one ``App``, built on first use.
 
 ``config sample`` must work with a broken config, so nothing is loaded until a
-command asks for it; whatever was opened is closed when the command ends.
+command asks for it. Every command that touches a database gets the same
+``App`` (one API database engine per process, as in the service) and it is
+closed when the command ends.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from cellgate.apidb.database import ApiDatabase
 from cellgate.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from cellgate.app import App
 
 
 class CliState:
@@ -19,7 +24,7 @@ class CliState:
         self.config_file = config_file
         self.debug = debug
         self._settings: Settings | None = None
-        self._api: ApiDatabase | None = None
+        self._app: App | None = None
 
     @property
     def settings(self) -> Settings:
@@ -28,19 +33,21 @@ class CliState:
         return self._settings
 
     @property
-    def api(self) -> ApiDatabase:
-        if self._api is None:
-            self._api = ApiDatabase(self.settings.api_database)
-        return self._api
+    def app(self) -> App:
+        """The command's ``App``, built from :attr:`settings` on first use."""
+        if self._app is None:
+            # Imported here for its cost, not a cycle: the App brings SQLAlchemy's
+            # ORM, Alembic and the RPC stack, which `--version` and
+            # `config sample` never need.
+            from cellgate.app import App
 
-    def current_api(self) -> ApiDatabase:
-        """The API database, after checking its schema is at this code's head."""
-        self.api.require_current()
-        return self.api
+            self._app = App(self.settings)
+        return self._app
 
     def close(self) -> None:
-        if self._api is not None:
-            self._api.close()
+        if self._app is not None:
+            self._app.close()
+            self._app = None
 
 
 pass_state = click.make_pass_decorator(CliState)

@@ -30,9 +30,9 @@ from sqlalchemy.engine import Engine
 
 from cellgate.apidb.schema import ApiBase
 from cellgate.celldb.schema import CellBase
-from cellgate.engines import describe_db_error, is_backend_failure
 from cellgate.errors import MigrationError
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT, migration_lock
+from cellgate.sql.engines import describe_db_error, is_backend_failure
 
 log = logging.getLogger(__name__)
 

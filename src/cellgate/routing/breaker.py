@@ -18,7 +18,7 @@ closes the breaker or opens it for another cool-down::
 What counts (:func:`is_breaker_failure`): a
 :class:`~cellgate.errors.BackendError` (``CellUnavailable``, ``CellTimeout``:
 the server refused, reset, rejected us or did not answer) or a raw driver
-error that :func:`cellgate.engines.is_backend_failure` recognises. Application
+error that :func:`cellgate.sql.engines.is_backend_failure` recognises. Application
 errors (an instance not found, a constraint conflict, bad SQL, a remote
 method that raised) prove the cell answered and never count; nor does an
 ``RPCTimeout``, which is about one topic or server (a missing worker, a slow
@@ -47,8 +47,8 @@ from typing import Any, Final
 from cellgate import forksafe
 from cellgate.apidb.mappings import CellMapping
 from cellgate.config import DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD
-from cellgate.engines import is_backend_failure
 from cellgate.errors import BackendError, CellUnavailable
+from cellgate.sql.engines import is_backend_failure
 
 #: Cells tracked at most; beyond that, the least recently used closed ones are forgotten.
 DEFAULT_MAX_CELLS: Final = 4096

@@ -38,10 +38,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cellgate import forksafe
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import CellMapping, list_cells, normalize_uuid, read_generation
 from cellgate.context import RequestContext
 from cellgate.errors import CellgateError, CellNotFound
+from cellgate.sql.api_database import ApiDatabase
 from cellgate.urls import redact
 
 log = logging.getLogger(__name__)

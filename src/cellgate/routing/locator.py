@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from cellgate.apidb import instances as mapping_db
-from cellgate.apidb.database import ApiDatabase
+from cellgate.sql.api_database import ApiDatabase
 
 DEFAULT_LOCATOR_SIZE: Final = 10_000
 

@@ -11,7 +11,7 @@ Drivers, by URL scheme:
 - ``memory://NAME``: :class:`MemoryTransport`, an in-process broker. Each
   name is a separate broker, as isolated as two RabbitMQ servers. Brokers
   live in the :class:`TransportRegistry` that made them (one per ``App``).
-- ``rabbit://`` and ``amqp://``: :class:`cellgate.rpc.rabbit.RabbitTransport`.
+- ``rabbit://`` and ``amqp://``: :class:`cellgate.rpc.amqp.rabbit.RabbitTransport`.
 - ``none:///``: :class:`NullTransport` (cell0); every operation raises
   :class:`~cellgate.errors.NoTransport`.
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cellgate.apidb.database import ApiDatabase
-from cellgate.apidb.mappings import CellMapping, create_cell
+from cellgate import admin
+from cellgate.apidb.mappings import CellMapping
 from cellgate.app import App
 from cellgate.closing import Closing
 from cellgate.config import Settings
 from cellgate.context import RequestContext
-from cellgate.manage.embedded import set_up_embedded
-from cellgate.manage.migrate import Target, cell_action, for_each_cell, template_defaults
 from cellgate.results import Failed
 from cellgate.service.compute import Worker
 from cellgate.service.http import create_api
@@ -31,15 +29,11 @@ class AllInOne(Closing):
     def __init__(self, settings: Settings, on_step: Callable[[str], None] = lambda _: None):
         self.settings = settings
         self._on_step = on_step
-        api = ApiDatabase(settings.api_database)
-        try:
-            set_up_embedded(settings, api, on_step=on_step)
-        finally:
-            api.close()
         self.app = App(settings)
         self.workers: dict[str, Worker] = {}
         self._server: HttpServer | None = None
         try:
+            admin.quickstart(self.app, on_step=on_step)
             for cell in self.app.cells.list(_SETUP, include_cell0=False):
                 self.start_worker(cell)
             service = settings.service
@@ -70,18 +64,12 @@ class AllInOne(Closing):
     def add_cell(self, name: str) -> CellMapping:
         """Map, migrate and serve one more SQLite cell, as an operator would."""
         url = f"sqlite:///{self.settings.state_path / (name + '.sqlite')}"
-        with self.app.db.api_session() as session:
-            cell = create_cell(
-                session,
-                name=name,
-                transport_url=f"memory://{name}",
-                database_connection=url,
-                defaults=template_defaults(self.settings),
-            )
-        target = Target(cell.uuid, name, cell.database_connection)
-        result = for_each_cell(self.settings, [target], cell_action(self.settings, "sync"))
-        if isinstance(outcome := result[cell.uuid], Failed):
-            raise outcome.error
+        cell = admin.create_cell(
+            self.app, name=name, transport_url=f"memory://{name}", database_connection=url
+        )
+        (outcome,) = admin.sync_cells(self.app, cells=[cell.uuid])
+        if isinstance(outcome.result, Failed):
+            raise outcome.result.error
         self.app.reload()
         self.start_worker(cell)
         return cell

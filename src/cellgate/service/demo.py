@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 
+from cellgate import admin
 from cellgate.config import TokenGrant, embedded_settings
 from cellgate.context import RequestContext
-from cellgate.manage.hosts import discover_hosts
 from cellgate.service.allinone import AllInOne
 
 TOKEN = "demo-admin-token"
@@ -114,7 +114,7 @@ def _scenario(s: Scenario, d: AllInOne, http: httpx.Client, root: Path) -> None:
         check("cell3" in names, f"cell3 missing from {names}")
         notes.append(f"cells now: {', '.join(names)}")
     with s.step("discover hosts from the cells' service rows") as notes:
-        results = discover_hosts(d.settings, d.app.api)
+        results = admin.discover_hosts(d.app)
         hosts = _json(http.get("/v1/hosts"))["hosts"]
         check(len(hosts) == 3, f"hosts: {hosts}")
         notes.append(", ".join(f"{h['host']} -> {h['cell_name']}" for h in hosts))

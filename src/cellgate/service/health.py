@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from cellgate.amqp import broker_label, probe_broker
 from cellgate.apidb.mappings import CellMapping
 from cellgate.app import App
 from cellgate.celldb import queries
@@ -18,6 +17,7 @@ from cellgate.dbtypes import utcnow
 from cellgate.errors import CellgateError
 from cellgate.migrations.runner import MigrationLine, current_on, head
 from cellgate.results import Failed, Ok
+from cellgate.rpc.amqp.broker import broker_label, probe_broker
 
 
 def cell_health(

@@ -75,8 +75,8 @@ class InstanceService:
         location = self.app.locator.locate(canonical)
         if location is None or not (ctx.is_admin or location.project_id == ctx.project_id):
             raise InstanceNotFound(uuid=instance)
-        cell = self.app.cells.get(ctx, location.cell_uuid)
-        return ctx.for_cell(cell), canonical
+        with self.app.target_cell(ctx, location.cell_uuid) as cctx:
+            return cctx, canonical
 
     def _fetch(
         self, cctx: RequestContext, instance: str, project: str | None, *, guarded: bool = True

@@ -1,7 +1,11 @@
 """The API database handle: one engine, transactional sessions, a schema check.
 
-An :class:`ApiDatabase` is created by whoever composes the process (the CLI
-today, ``App`` in services) and closed by it; nothing keeps one in a global.
+An :class:`ApiDatabase` is created by ``App`` (the CLI's and the service's
+alike) and closed by it; nothing keeps one in a global. It lives in
+:mod:`cellgate.sql`, next to the other engine owners, and not in
+:mod:`cellgate.apidb`: that package holds the pure schema and the functions
+that take a ``Session``, and must not depend on the migration runner this
+handle uses for its schema check.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellgate import forksafe
-from cellgate.apidb.credentials import SESSION_INFO_KEY, KeyRing
 from cellgate.config import ApiDatabaseSettings
-from cellgate.engines import make_engine, translate_errors
 from cellgate.errors import SchemaMismatch
-from cellgate.migrations.runner import MigrationLine, current, head
+from cellgate.keyring import SESSION_INFO_KEY, KeyRing
+from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
+from cellgate.migrations.runner import Applied, MigrationLine, apply, current, head
+from cellgate.sql.engines import make_engine, translate_errors
 
 
 class ApiDatabase:
@@ -85,6 +90,24 @@ class ApiDatabase:
         if url.backend == "sqlite" and url.database not in (None, "", ":memory:"):
             return Path(str(url.database)).expanduser()
         return None
+
+    def upgrade(
+        self, revision: str = "head", *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    ) -> Applied:
+        """Migrate the API line to ``revision``, creating a missing SQLite file first.
+
+        Waits up to ``lock_timeout`` seconds for another run's migration lock.
+        """
+        self.create_file()
+        with translate_errors(self.component):
+            return apply(
+                self.engine,
+                MigrationLine.API,
+                "upgrade",
+                revision,
+                lock_timeout=lock_timeout,
+                component=self.component,
+            )
 
     def revision(self) -> str | None:
         """The API line's revision; ``None`` for an empty (or not yet created) database."""

@@ -16,9 +16,15 @@ anything about the key. The first configured key encrypts; every configured
 key decrypts (``MultiFernet`` semantics, but a row names its key, so a missing
 key is reported by id instead of as "no key works").
 
-Nothing here touches the database; :mod:`cellgate.apidb.mappings` applies a
-:class:`KeyRing` to rows, and ``cellgate cell rotate-key`` / ``encrypt`` walk
-the table.
+Nothing here touches the database, which is why this is a leaf module and
+not part of :mod:`cellgate.apidb`: :mod:`cellgate.config` validates the
+configured keys with it, and settings must depend on nothing of the data
+layer. :mod:`cellgate.apidb.mappings` applies a :class:`KeyRing` to rows, and
+``cellgate cell rotate-key`` / ``encrypt`` walk the table.
+
+``cryptography`` is imported only when a key is actually used (a ring with
+keys, a new key, an encrypted row): importing it costs more than the rest of
+a ``cellgate cell list`` on plaintext rows.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Sequence
-from typing import Final
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING, Final
 
 from cellgate.errors import EncryptionKeyError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 #: Marker at the start of an encrypted column value.
 PREFIX: Final = "fernet:"
@@ -50,6 +57,8 @@ def key_id(key: str) -> str:
 
 def generate_key() -> str:
     """A new random key in the form ``[api_database] encryption_keys`` takes."""
+    from cryptography.fernet import Fernet  # import cost: see the module docstring
+
     return Fernet.generate_key().decode("ascii")
 
 
@@ -124,6 +133,8 @@ class KeyRing:
                 hint="add that key to [api_database] encryption_keys "
                 "(keep old keys until 'cellgate cell rotate-key' has run)",
             )
+        from cryptography.fernet import InvalidToken  # loaded with the Fernet in the ring
+
         try:
             return fernet.decrypt(token.encode("ascii")).decode("utf-8")
         except (InvalidToken, UnicodeError):
@@ -141,6 +152,8 @@ class KeyRing:
 
 
 def _fernet(key: str, index: int) -> Fernet:
+    from cryptography.fernet import Fernet  # import cost: see the module docstring
+
     where = f"[api_database] encryption_keys: key {index}"
     try:
         raw = base64.urlsafe_b64decode(key.encode("ascii"))

@@ -1,6 +1,6 @@
-"""The embedded default: a whole deployment in SQLite files, no servers.
+"""``quickstart``: the embedded default, a whole deployment in SQLite files, no servers.
 
-``set_up_embedded`` is idempotent: it migrates the API database, maps cell0
+:func:`quickstart` is idempotent: it migrates the API database, maps cell0
 and two cells (each its own SQLite file and in-process transport), and
 migrates every cell database. Running it again changes nothing.
 """
@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cellgate.apidb.database import ApiDatabase
+from cellgate.admin.migrate import cell_database, sync_api, sync_databases
 from cellgate.apidb.mappings import CellMapping, create_cell, list_cells, map_cell0
-from cellgate.config import Settings
+from cellgate.app import App
+from cellgate.config import Settings, template_defaults
 from cellgate.errors import ConfigError
-from cellgate.manage.migrate import (
-    Target,
-    cell_action,
-    for_each_cell,
-    sync_api,
-    template_defaults,
-)
 from cellgate.results import Failed
 
 EMBEDDED_CELLS = ("cell1", "cell2")
@@ -32,20 +26,23 @@ def _embedded_database(settings: Settings, name: str) -> str:
     return f"sqlite:///{settings.state_path / (name + '.sqlite')}"
 
 
-def set_up_embedded(
-    settings: Settings, api: ApiDatabase, on_step: Callable[[str], None] = lambda _: None
-) -> list[CellMapping]:
-    """Create (or complete) the embedded deployment; return its cells."""
+def quickstart(app: App, on_step: Callable[[str], None] = lambda _: None) -> list[CellMapping]:
+    """Create (or complete) the embedded deployment of ``app``'s settings; return its cells.
+
+    :raises ConfigError: ``[api_database] connection`` is not SQLite (this
+        sets up the embedded deployment only).
+    """
+    settings = app.settings
     if settings.api_database.connection.backend != "sqlite":
         raise ConfigError(
             "this sets up the embedded SQLite deployment only, "
             "but [api_database] connection is not SQLite",
             hint="use 'cellgate api-db sync' and 'cellgate cell create' for a real deployment",
         )
-    info = sync_api(api, "head")
+    info = sync_api(app, "head")
     on_step(f"API database {settings.api_database.connection}: at {info.current}")
     defaults = template_defaults(settings)
-    with api.session() as session:
+    with app.api.session() as session:
         _, created = map_cell0(
             session,
             database_connection=settings.cell0_database().render(hide_password=False),
@@ -66,11 +63,9 @@ def set_up_embedded(
             )
             on_step(f"{name}: mapped")
         cells = list_cells(session)
-    targets = [Target(c.uuid, c.label, c.database_connection) for c in cells]
-    results = for_each_cell(settings, targets, cell_action(settings, "sync"))
-    for target in targets:
-        result = results[target.key]
-        if isinstance(result, Failed):
-            raise result.error
-        on_step(f"{target.label} database: migrated to head")
+    app.cells.invalidate()
+    for outcome in sync_databases(app, [cell_database(c) for c in cells]):
+        if isinstance(outcome.result, Failed):
+            raise outcome.result.error
+        on_step(f"{outcome.database.label} database: migrated to head")
     return cells

@@ -16,17 +16,29 @@ engines with no connection checked out are disposed until at most
 ``max_engines`` remain; engines busy at that moment are kept, so the count can
 briefly exceed the bound. Each engine holds up to ``2 * pool_size``
 connections (pool plus overflow; SQLite's own pool ignores ``pool_size``).
+
+:meth:`EngineRegistry.transient` is the registry's second product: an engine
+for one task (a migration, a check), made by the same factory with the same
+pool size, and disposed when the task ends. It is not kept in the LRU because
+its options differ from the shared engines': ``cell verify`` wants its own
+short ``[cells] verify_timeout``, and ``db sync`` must be allowed to create a
+missing SQLite file. Were those options part of the key instead, a 3-second
+verify engine or a file-creating sync engine would sit in the registry next
+to the request path's engine for the same URL, and a bug that handed one out
+for a request would silently change its timeouts or create an empty cell.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy.engine import Engine
 
 from cellgate import forksafe
-from cellgate.engines import make_engine
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL
 
 
@@ -83,6 +95,36 @@ class EngineRegistry:
         for victim in victims:
             victim.dispose()
         return engine
+
+    @contextmanager
+    def transient(
+        self,
+        url: DatabaseURL,
+        *,
+        timeout: float | None = None,
+        create_missing: bool = False,
+    ) -> Iterator[Engine]:
+        """An engine of its own for one task, disposed when the block ends.
+
+        ``timeout`` replaces both the connect and the per-query timeout (a
+        check that must answer quickly); ``create_missing`` lets a SQLite file
+        and its directory be created (a first migration). See the module
+        docstring for why these engines are not shared.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the App owning this engine registry is closed")
+        engine = make_engine(
+            url,
+            connect_timeout=self._connect_timeout if timeout is None else timeout,
+            query_timeout=self._query_timeout if timeout is None else timeout,
+            pool_size=self._pool_size,
+            create_missing=create_missing,
+        )
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
     def __len__(self) -> int:
         return len(self._engines)

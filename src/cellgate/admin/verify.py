@@ -1,22 +1,24 @@
 """``cell verify``: can this host reach a cell's database and message queue?
 
-Each check has its own short timeout and reports per component, so one dead
-broker host shows up as exactly that, not as a failure of the whole cell.
+Each check has its own short timeout (``[cells] verify_timeout``) and reports
+per component, so one dead broker host shows up as exactly that, not as a
+failure of the whole cell. The database is reached through
+``app.db.engine_for(cell, timeout=...)``: the App's registry makes an engine
+with the verify timeout for the check alone, so the request path's engines
+keep their own timeouts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cellgate.amqp import broker_label, probe_broker
-from cellgate.apidb.mappings import CellMapping
-from cellgate.config import Settings
-from cellgate.engines import make_engine, translate_errors
+from cellgate.apidb.mappings import CellMapping, get_cell, list_cells
+from cellgate.app import App
 from cellgate.errors import BackendError, CellgateError, SchemaMismatch
-from cellgate.manage.migrate import template_defaults
 from cellgate.migrations.runner import MigrationLine, current, head
+from cellgate.rpc.amqp.broker import broker_label, probe_broker
 from cellgate.urls import TransportHost, TransportURL
 
 
@@ -35,12 +37,18 @@ class Check:
 
 @dataclass(frozen=True)
 class CellReport:
+    """Every check of one cell; ``ok`` only if all of them passed."""
+
     cell: CellMapping
     checks: list[Check] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
+
+    @property
+    def errors(self) -> list[CellgateError]:
+        return [c.error for c in self.checks if c.error is not None]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,11 +59,25 @@ class CellReport:
         }
 
 
-def verify_cell(settings: Settings, cell: CellMapping) -> CellReport:
+def verify_cells(
+    app: App, cells: Sequence[str] = (), *, all_cells: bool = False
+) -> list[CellReport]:
+    """Verify the named cells (names or uuids), or every live cell with ``all_cells``.
+
+    A failed check is reported in its :class:`Check`, never raised; unknown
+    cells raise :class:`~cellgate.errors.CellNotFound` before anything is checked.
+    """
+    app.api.require_current()
+    with app.api.session() as session:
+        found = list_cells(session) if all_cells else [get_cell(session, i) for i in cells]
+    return [verify_cell(app, c) for c in found]
+
+
+def verify_cell(app: App, cell: CellMapping) -> CellReport:
     """Check the cell's database (reachable, cell line at head) and transport."""
     report = CellReport(cell)
-    report.checks.append(_guard("database", lambda: _check_database(settings, cell)))
-    report.checks.extend(_check_transport(settings, cell))
+    report.checks.append(_guard("database", lambda: _check_database(app, cell)))
+    report.checks.extend(_check_transport(app, cell))
     return report
 
 
@@ -69,15 +91,9 @@ def _guard(component: str, check: Callable[[], Check]) -> Check:
         return Check(component, False, str(exc), exc)
 
 
-def _check_database(settings: Settings, cell: CellMapping) -> Check:
-    url = template_defaults(settings).database_url(cell.database_connection)
-    timeout = settings.cells.verify_timeout
-    engine = make_engine(url, connect_timeout=timeout, query_timeout=timeout)
-    try:
-        with translate_errors(f"cell {cell.label} database {url}"):
-            found = current(engine, MigrationLine.CELL)
-    finally:
-        engine.dispose()
+def _check_database(app: App, cell: CellMapping) -> Check:
+    with app.db.engine_for(cell, timeout=app.settings.cells.verify_timeout) as engine:
+        found = current(engine, MigrationLine.CELL)
     expected = head(MigrationLine.CELL)
     if found != expected:
         error = SchemaMismatch(
@@ -90,19 +106,20 @@ def _check_database(settings: Settings, cell: CellMapping) -> Check:
     return Check("database", True, f"reachable, cell schema at {found}")
 
 
-def _check_transport(settings: Settings, cell: CellMapping) -> list[Check]:
+def _check_transport(app: App, cell: CellMapping) -> list[Check]:
     try:
-        url = template_defaults(settings).transport_url(cell.transport_url)
+        url = app.rpc.url_for(cell)
     except CellgateError as exc:
         return [Check("transport", False, str(exc), exc)]
     if url.is_none:
         return [Check("transport", True, "none (cell0 has no message queue)")]
     if url.scheme == "memory":
         return [Check("transport", True, "in-process transport (always reachable)")]
+    timeout = app.settings.cells.verify_timeout
     return [
         _guard(
             f"transport {broker_label(h)}",
-            lambda h=h: _check_broker(url, h, settings.cells.verify_timeout),  # type: ignore[misc]
+            lambda h=h: _check_broker(url, h, timeout),  # type: ignore[misc]
         )
         for h in url.hosts
     ]

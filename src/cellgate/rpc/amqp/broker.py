@@ -1,15 +1,20 @@
-"""The kombu seam: the only module that touches kombu's (untyped) API directly.
+"""The kombu seam: one broker connection, a probe, and kombu's errors translated.
 
 Errors from kombu and py-amqp are translated here into cellgate's backend
 errors, with the broker named by host and port only, never by full URL.
+kombu itself is imported only when a connection is made (import cost:
+``cell verify`` on a cell with an in-process transport needs none of it).
 """
 
 from __future__ import annotations
 
-from kombu.connection import Connection
+from typing import TYPE_CHECKING
 
 from cellgate.errors import BackendTimeout, BackendUnavailable
 from cellgate.urls import TransportHost, TransportURL, redact
+
+if TYPE_CHECKING:
+    from kombu.connection import Connection
 
 DEFAULT_AMQP_PORT = 5672
 
@@ -20,6 +25,8 @@ def broker_label(host: TransportHost) -> str:
 
 def connection_for(url: TransportURL, host: TransportHost, *, timeout: float) -> Connection:
     """A kombu connection (not yet opened) to one broker of ``url``."""
+    from kombu.connection import Connection  # import cost: see the module docstring
+
     return Connection(
         hostname=host.hostname,
         port=host.port or DEFAULT_AMQP_PORT,

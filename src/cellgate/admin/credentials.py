@@ -6,6 +6,9 @@ anything. Then it rewrites one row per transaction, so a large table is never
 locked as a whole, and a run that is interrupted (or races another run) can
 simply be started again: each row is re-checked under its lock and rows that
 are already done are skipped.
+
+The keys are ``app``'s (``[api_database] encryption_keys``): the API database
+handle puts them in every session it opens.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import (
     CellMapping,
     encryption_of,
@@ -23,7 +25,12 @@ from cellgate.apidb.mappings import (
     live_rows,
 )
 from cellgate.apidb.updates import ResealMode, reseal_cell, reseal_needed
+from cellgate.app import App
 from cellgate.errors import EncryptionKeyError
+from cellgate.keyring import generate_key as _new_key
+
+#: Called with one line per cell rewritten, e.g. to print progress.
+OnCell = Callable[[str], None]
 
 
 @dataclass
@@ -47,16 +54,58 @@ class ResealReport:
         }
 
 
+def generate_key() -> str:
+    """A new random key for ``[api_database] encryption_keys`` (a secret: store it as one)."""
+    return _new_key()
+
+
+def rotate_key(
+    app: App, *, dry_run: bool = False, actor: str | None = None, on_cell: OnCell | None = None
+) -> ResealReport:
+    """Re-encrypt every encrypted cell URL with the first configured key.
+
+    Plaintext rows are left alone (:func:`encrypt_cells` converts them). Once
+    a run reports no changes, the other keys can be removed from the config.
+    """
+    return reseal_cells(app, "rotate-key", dry_run=dry_run, actor=actor, on_cell=on_cell)
+
+
+def encrypt_cells(
+    app: App,
+    ident: str | None = None,
+    *,
+    dry_run: bool = False,
+    actor: str | None = None,
+    on_cell: OnCell | None = None,
+) -> ResealReport:
+    """Encrypt one cell's (``ident``) or every cell's plaintext URLs with the first key."""
+    return reseal_cells(app, "encrypt", ident=ident, dry_run=dry_run, actor=actor, on_cell=on_cell)
+
+
+def decrypt_cells(
+    app: App,
+    ident: str | None = None,
+    *,
+    dry_run: bool = False,
+    actor: str | None = None,
+    on_cell: OnCell | None = None,
+) -> ResealReport:
+    """Store one cell's (``ident``) or every cell's URLs as plaintext again."""
+    return reseal_cells(app, "decrypt", ident=ident, dry_run=dry_run, actor=actor, on_cell=on_cell)
+
+
 def reseal_cells(
-    api: ApiDatabase,
+    app: App,
     mode: ResealMode,
     *,
     ident: str | None = None,
     dry_run: bool = False,
     actor: str | None = None,
-    on_cell: Callable[[str], None] | None = None,
+    on_cell: OnCell | None = None,
 ) -> ResealReport:
     """Apply ``mode`` (see :data:`~cellgate.apidb.updates.ResealMode`) to one or all cells."""
+    api = app.api
+    api.require_current()
     ring = api.keyring
     if mode != "decrypt" and not ring:
         raise EncryptionKeyError(

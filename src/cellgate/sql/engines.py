@@ -1,8 +1,8 @@
 """Creating SQLAlchemy engines with timeouts, and translating their errors.
 
 This is the database seam. Every engine cellgate makes comes from
-:func:`make_engine`, so every connection has a connect timeout and a
-per-query timeout for its driver, and SQL parameters are never rendered into
+:func:`make_engine`, called only by the engine owners in :mod:`cellgate.sql`,
+so every connection has a connect timeout and a per-query timeout for its driver, and SQL parameters are never rendered into
 error messages (they may be URLs with passwords). Driver errors become
 :class:`~cellgate.errors.BackendUnavailable` or
 :class:`~cellgate.errors.BackendTimeout` in :func:`translate_errors`, the way

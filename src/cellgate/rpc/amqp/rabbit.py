@@ -40,8 +40,8 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer, Producer
 
-from cellgate.amqp import DEFAULT_AMQP_PORT, describe_amqp_error
 from cellgate.errors import BackendUnavailable
+from cellgate.rpc.amqp.broker import DEFAULT_AMQP_PORT, describe_amqp_error
 from cellgate.rpc.target import Target
 from cellgate.rpc.transport import Incoming, Listener, OnMessage, Transport
 from cellgate.urls import TransportURL
