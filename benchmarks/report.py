@@ -58,6 +58,8 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "api_show_rps_nodelay": ("1/s", False),
     "api_healthz_rps_nodelay": ("1/s", False),
     "api_show_over_healthz_nodelay": ("x", False),
+    "cli_version_ms": ("ms", True),
+    "cli_startup_over_import_sqlalchemy": ("x", True),
 }
 
 

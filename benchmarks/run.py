@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks import api, capacity, routing, rpc, scatter
+from benchmarks import api, capacity, routing, rpc, scatter, startup
 from benchmarks.deploy import MAIN_CELLS, MAX_CELLS, SCATTER_CELLS, Deployment
 from benchmarks.report import Report
 from benchmarks.routing import FULL, QUICK, Plan
@@ -134,6 +134,17 @@ class Phases:
             self.failures.append(f"{what}: {message}")
             self.progress.step(f"  {message}")
 
+    def cli_startup(self) -> None:
+        names = ("cli_version_ms", "cli_startup_over_import_sqlalchemy")
+
+        def measure() -> None:
+            samples = 5 if self.args.quick else 21
+            pair = startup.version_over_import_sqlalchemy(samples)
+            self.report.put("cli_version_ms", pair.a, scale=1e3)
+            self.report.put("cli_startup_over_import_sqlalchemy", pair.ratio)
+
+        self.step("CLI start-up: cellgate --version vs import sqlalchemy", names, measure)
+
     def show_point(self, app: App, d: Deployment, cells: int) -> Any:
         pair = routing.show(app, d, self.plan)
         points = self.report.series.setdefault(
@@ -156,6 +167,7 @@ class Phases:
         return pair
 
     def run(self) -> None:
+        self.cli_startup()
         self.progress.step(f"setting up {self.backend} + {self.args.transport}")
         with Deployment.create(self.backend, self.args.transport) as d:
             with App(d.settings) as app:
@@ -534,6 +546,7 @@ def set_goals(report: Report) -> None:
     report.goal("rpc_call_over_oslo_messaging", "<= 0.5", lambda v: v <= 0.5)
     report.goal("api_show_over_healthz", ">= 0.5", lambda v: v >= 0.5)
     report.goal("api_show_over_healthz_nodelay", ">= 0.5 (what-if)", lambda v: v >= 0.5)
+    report.goal("cli_startup_over_import_sqlalchemy", "<= 2.0", lambda v: v <= 2.0)
 
 
 def _terminate(signum: int, _frame: object) -> None:

@@ -38,6 +38,8 @@ FIGURES = (
     "api_show_rps",
     "api_healthz_rps",
     "api_show_over_healthz",
+    "cli_version_ms",
+    "cli_startup_over_import_sqlalchemy",
 )
 META = ("backend", "transport", "cells", "versions", "cpu_count", "date", "command")
 VERSIONS = ("python", "sqlalchemy", "kombu", "cellgate")

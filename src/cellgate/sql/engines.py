@@ -2,8 +2,9 @@
 
 This is the database seam. Every engine cellgate makes comes from
 :func:`make_engine`, called only by the engine owners in :mod:`cellgate.sql`,
-so every connection has a connect timeout and a per-query timeout for its driver, and SQL parameters are never rendered into
-error messages (they may be URLs with passwords). Driver errors become
+so every connection has a connect timeout and a per-query timeout for its
+driver, and SQL parameters are never rendered into error messages (they may
+be URLs with passwords). Driver errors become
 :class:`~cellgate.errors.BackendUnavailable` or
 :class:`~cellgate.errors.BackendTimeout` in :func:`translate_errors`, the way
 httpx maps httpcore's errors at its transport.
@@ -12,15 +13,14 @@ httpx maps httpcore's errors at its transport.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-import pymysql
 import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy import event
@@ -28,6 +28,33 @@ from sqlalchemy.engine import Engine
 
 from cellgate.errors import BackendTimeout, BackendUnavailable
 from cellgate.urls import DatabaseURL, redact
+
+
+class _Deferred:
+    """A driver module imported on its first attribute use, not with this module.
+
+    For import cost, not a cycle: importing PyMySQL imports ``cryptography``
+    (for its auth plugins), and psycopg loads libpq; a CLI command on SQLite
+    (``cellgate cell list`` on the embedded default) needs neither. The error
+    checks below name the drivers' exception classes, so the modules are
+    loaded when a driver error is examined, or when SQLAlchemy connects with
+    that driver. ``importlib.import_module`` holds the import lock, so
+    concurrent first uses import once.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+if TYPE_CHECKING:
+    import psycopg
+    import pymysql
+else:
+    psycopg = _Deferred("psycopg")
+    pymysql = _Deferred("pymysql")
 
 _TIMEOUT_WORDS = ("timed out", "timeout", "time out", "canceling statement")
 
