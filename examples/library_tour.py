@@ -5,9 +5,9 @@ Run it with the project's interpreter, from any directory::
     .venv/bin/python examples/library_tour.py
 
 It needs no servers: the API database and the cell databases are SQLite files
-and the cells' transports are ``memory://``. The set-up runs the operator CLI
-in-process, as an operator would from a shell; everything after that uses only
-names exported by ``cellgate`` itself. ``tests/functional/test_examples.py``
+and the cells' transports are ``memory://``. The set-up does what an operator
+does with the CLI, through ``cellgate.admin`` (one function per CLI verb);
+everything in it uses only names exported by ``cellgate`` itself. ``tests/functional/test_examples.py``
 runs this script, so the snippets in ``docs/library.md`` that come from here
 keep working.
 """
@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _tour import cellgate, say
+from _tour import say
 from sqlalchemy import func, select, text
 
 from cellgate import (
@@ -34,6 +34,7 @@ from cellgate import (
     RequestContext,
     TimedOut,
     UntargetedContext,
+    admin,
     load_settings,
 )
 from cellgate.celldb.schema import InstanceRow
@@ -66,22 +67,18 @@ def write_config(tmp: Path) -> Path:
     return config
 
 
-def set_up(tmp: Path, config: Path) -> None:
-    cellgate(config, "api-db", "sync")
-    cellgate(config, "cell", "map-cell0")  # cell0's database: cellgate_cell0.sqlite
+def set_up(tmp: Path, app: App) -> None:
+    admin.sync_api(app)  # cellgate api-db sync
+    admin.map_cell0(app)  # cell0's database: cellgate_cell0.sqlite
     for name in CELLS:
-        cellgate(
-            config,
-            "cell",
-            "create",
-            "--name",
-            name,
-            "--transport-url",
-            f"memory://{name}",
-            "--database-connection",
-            f"sqlite:///{tmp / name}.sqlite",
+        admin.create_cell(
+            app,
+            name=name,
+            transport_url=f"memory://{name}",
+            database_connection=f"sqlite:///{tmp / name}.sqlite",
         )
-    cellgate(config, "db", "sync", "--all-cells")
+    for outcome in admin.sync_cells(app, all_cells=True):  # cellgate db sync --all-cells
+        assert isinstance(outcome.result, Ok), outcome.to_dict()
 
 
 def add_instance(app: App, cctx: RequestContext, name: str) -> None:
@@ -117,12 +114,11 @@ def show(app: App, results: dict[str, CellResult[int]]) -> None:
 def tour(tmp: Path) -> None:
     say(f"cellgate library tour, in {tmp}")
     say()
-    say("1. Set up with the CLI: the API database, cell0 and three cells, all migrated")
+    say("1. Set up with cellgate.admin: the API database, cell0 and three cells, all migrated")
     config = write_config(tmp)
-    set_up(tmp, config)
-    say("   api-db sync; cell map-cell0; cell create x3; db sync --all-cells: all ok")
-
     with App(load_settings(config)) as app:
+        set_up(tmp, app)
+        say("   sync_api; map_cell0; create_cell x3; sync_cells(all_cells=True): all ok")
         say()
         say("2. One App per process; its mapping cache loads on first use")
         names = [c.name for c in app.cells.list(CTX)]
@@ -183,8 +179,9 @@ def tour(tmp: Path) -> None:
         say("7. A mapping changed elsewhere: seen after invalidate() (or cache_ttl)")
         gone = tmp / "moved-away.sqlite"  # never created: a missing SQLite file is an error
         before = app.cells.generation
-        cellgate(config, "cell", "update", "cell2", "--database-connection", f"sqlite:///{gone}")
-        say("   the CLI points cell2 at a database file that does not exist;")
+        with App(app.settings) as operator:  # another process, as far as this App knows
+            admin.update_cell(operator, "cell2", database_connection=f"sqlite:///{gone}")
+        say("   an operator's App points cell2 at a database file that does not exist;")
         say("   within cache_ttl this App keeps the mapping it has:")
         cell2 = app.cells.get(CTX, "cell2")
         # No timeout=: the deadline is [cells] scatter_timeout.

@@ -7,8 +7,8 @@ Run it with the project's interpreter, from any directory::
 It needs no servers: the API database is a SQLite file and each cell's
 transport is its own ``memory://`` broker (``memory://cell1``,
 ``memory://cell2``), as isolated from each other as two RabbitMQ vhosts. The
-set-up runs the operator CLI in-process, as ``library_tour.py`` does;
-everything after that uses only names exported by ``cellgate`` itself.
+set-up maps the cells through ``cellgate.admin``, as ``library_tour.py``
+does; everything uses only names exported by ``cellgate`` itself.
 ``tests/functional/test_examples.py`` runs this script, so the RPC snippets in
 ``docs/library.md`` that come from here keep working.
 """
@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from _tour import cellgate, say
+from _tour import say
 
 from cellgate import (
     App,
@@ -33,6 +33,7 @@ from cellgate import (
     Target,
     UnsupportedVersion,
     UntargetedContext,
+    admin,
     load_settings,
 )
 
@@ -57,20 +58,15 @@ def write_config(tmp: Path) -> Path:
     return config
 
 
-def set_up(tmp: Path, config: Path) -> None:
-    cellgate(config, "api-db", "sync")
-    cellgate(config, "cell", "map-cell0")  # cell0's transport is none:///: no queue
+def set_up(tmp: Path, app: App) -> None:
+    admin.sync_api(app)
+    admin.map_cell0(app)  # cell0's transport is none:///: no queue
     for name in CELLS:
-        cellgate(
-            config,
-            "cell",
-            "create",
-            "--name",
-            name,
-            "--transport-url",
-            f"memory://{name}",  # one broker per cell
-            "--database-connection",
-            f"sqlite:///{tmp / name}.sqlite",
+        admin.create_cell(
+            app,
+            name=name,
+            transport_url=f"memory://{name}",  # one broker per cell
+            database_connection=f"sqlite:///{tmp / name}.sqlite",
         )
 
 
@@ -125,12 +121,11 @@ def start_servers(app: App, ctx: RequestContext, journal: Journal) -> list[RPCSe
 def tour(tmp: Path) -> None:
     say(f"cellgate RPC tour, in {tmp}")
     say()
-    say("1. Set up with the CLI: the API database, cell0 and two cells")
+    say("1. Set up with cellgate.admin: the API database, cell0 and two cells")
     config = write_config(tmp)
-    set_up(tmp, config)
-    say("   api-db sync; cell map-cell0; cell create cell1 and cell2, a memory:// broker each")
-
     with App(load_settings(config)) as app:
+        set_up(tmp, app)
+        say("   sync_api; map_cell0; create_cell for cell1 and cell2, a memory:// broker each")
         journal = Journal()
         ctx = RequestContext(project_id="demo", user_id="alice", roles=("member",))
 
