@@ -22,228 +22,26 @@ from __future__ import annotations
 
 import signal
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Generic, TypeVar
-
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from typing import TypeVar
 
 from cellgate.apidb.mappings import CellMapping
+from cellgate.cellaccess import CellDatabases, CellRPC
 from cellgate.closing import Closing
 from cellgate.config import RPCSettings, Settings, template_defaults
 from cellgate.context import RequestContext
-from cellgate.errors import CellgateError, CellTimeout, CellUnavailable, UntargetedContext
 from cellgate.results import CellResult
-from cellgate.routing.breaker import UNGUARDED, BreakerRegistry
+from cellgate.routing.breaker import BreakerRegistry
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.fanout import FanoutPool
 from cellgate.routing.locator import InstanceLocator
-from cellgate.rpc.client import RPCClient
-from cellgate.rpc.server import DEFAULT_SERVER_WORKERS, RPCServer
-from cellgate.rpc.target import Target
 from cellgate.rpc.transport import Transport, TransportFactory, TransportRegistry
 from cellgate.sql.api_database import ApiDatabase
-from cellgate.sql.engines import translate_errors
 from cellgate.sql.registry import EngineRegistry
-from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults, TransportURL
+from cellgate.urls import TransportURL
 
 T = TypeVar("T")
-U = TypeVar("U")
-
-_RENDERED_LIMIT = 4096
-
-
-class _Rendered(Generic[U]):
-    """Stored URL -> parsed URL, memoised: parsing is off the per-request path.
-
-    Bounded by clearing when full: the stored values are few (one per cell)
-    and a clear only costs re-parsing.
-    """
-
-    def __init__(self, render: Callable[[StoredURL], U]) -> None:
-        self._render = render
-        self._cache: dict[StoredURL, U] = {}
-
-    def __call__(self, stored: StoredURL) -> U:
-        url = self._cache.get(stored)
-        if url is None:
-            url = self._render(stored)
-            if len(self._cache) >= _RENDERED_LIMIT:
-                self._cache.clear()
-            self._cache[stored] = url
-        return url
-
-
-class CellDatabases:
-    """Sessions on cell databases, chosen per call from the context's cell."""
-
-    def __init__(
-        self,
-        api: ApiDatabase,
-        engines: EngineRegistry,
-        defaults: TemplateDefaults,
-        breakers: BreakerRegistry,
-    ):
-        self._api = api
-        self._engines = engines
-        self._rendered = _Rendered(defaults.database_url)
-        self._breakers = breakers
-
-    def url_for(self, cell: CellMapping | StoredURL) -> DatabaseURL:
-        """The cell's database URL, its template rendered (memoised per stored value)."""
-        stored = cell.database_connection if isinstance(cell, CellMapping) else cell
-        return self._rendered(stored)
-
-    @contextmanager
-    def engine_for(
-        self, cell: CellMapping, *, timeout: float | None = None, create_missing: bool = False
-    ) -> Iterator[Engine]:
-        """An engine of its own on ``cell``'s database, for one operator task.
-
-        For what a session cannot do: run a migration (Alembic wants an
-        engine and its own transactions), or read a schema revision with a
-        check's short ``timeout`` (both the connect and the per-query one;
-        default: ``[database]``'s). ``create_missing`` lets a missing SQLite
-        file be created, as a first ``db sync`` needs. The engine comes from
-        this App's :class:`~cellgate.sql.registry.EngineRegistry`
-        (``transient``: made by its factory, disposed when the block ends,
-        never shared with the request path; the registry's docstring says
-        why), and errors in the block are translated as a session's are:
-        :class:`CellUnavailable` or :class:`CellTimeout`, the URL masked.
-        The circuit breaker is not asked: an operator checking a cell wants
-        the real answer, not the breaker's memory of the last one.
-        """
-        with self.engine_at(
-            cell.database_connection,
-            cell.label,
-            timeout=timeout,
-            create_missing=create_missing,
-        ) as engine:
-            yield engine
-
-    @contextmanager
-    def engine_at(
-        self,
-        stored: StoredURL,
-        label: str,
-        *,
-        timeout: float | None = None,
-        create_missing: bool = False,
-    ) -> Iterator[Engine]:
-        """:meth:`engine_for` a database that need not be a mapped cell's.
-
-        ``db sync --local`` migrates this host's ``[database] connection``;
-        ``label`` names it in errors (``cell LABEL database``).
-        """
-        url = self.url_for(stored)
-        with (
-            self._engines.transient(url, timeout=timeout, create_missing=create_missing) as engine,
-            translate_errors(
-                f"cell {label} database",
-                address=str(url),
-                unavailable=CellUnavailable,
-                timeout=CellTimeout,
-            ),
-        ):
-            yield engine
-
-    @contextmanager
-    def session(self, ctx: RequestContext, *, guarded: bool = True) -> Iterator[Session]:
-        """A session in one transaction on ``ctx.cell``'s database.
-
-        :raises CellUnavailable: at once, without connecting, while the cell's
-            circuit breaker is open (``cellgate.routing.breaker``).
-
-        ``guarded=False`` skips the breaker, neither asking it nor telling it
-        the outcome: for undoing a half-done operation, which must be tried
-        even if the failure that made it necessary has just opened the breaker
-        (a cell's broker and database share one breaker).
-        """
-        cell = ctx.cell
-        if cell is None:
-            raise UntargetedContext(what="a cell database session")
-        url = self.url_for(cell)
-        engine = self._engines.get(url)
-        attempt = self._breakers.admit(cell) if guarded else UNGUARDED
-        try:
-            with (
-                translate_errors(
-                    f"cell {cell.label} database",
-                    address=str(url),
-                    unavailable=CellUnavailable,
-                    timeout=CellTimeout,
-                ),
-                Session(engine, expire_on_commit=False) as session,
-                session.begin(),
-            ):
-                try:
-                    yield session
-                except CellgateError:
-                    # Raised by the caller's own code (a domain error, or another
-                    # cell call that settles its own attempt): not this database's.
-                    attempt.abandoned()
-                    raise
-        except BaseException as exc:
-            attempt.settle(exc)
-            raise
-        attempt.succeeded()
-
-    @contextmanager
-    def api_session(self) -> Iterator[Session]:
-        """A session in one transaction on the API database."""
-        with self._api.session() as session:
-            yield session
-
-
-class CellRPC:
-    """RPC clients and servers on cell transports, chosen per call from the cell."""
-
-    def __init__(
-        self,
-        transports: TransportRegistry,
-        defaults: TemplateDefaults,
-        timeout: float,
-        breakers: BreakerRegistry,
-    ):
-        self._transports = transports
-        self._timeout = timeout
-        self._breakers = breakers
-        self._rendered = _Rendered(defaults.transport_url)
-        self._servers: weakref.WeakSet[RPCServer] = weakref.WeakSet()
-
-    def url_for(self, cell: CellMapping) -> TransportURL:
-        """The cell's transport URL, its template rendered (memoised per stored value)."""
-        return self._rendered(cell.transport_url)
-
-    def client(self, ctx: RequestContext, target: Target) -> RPCClient:
-        """A client reaching ``target`` in ``ctx.cell``, over that cell's transport."""
-        if ctx.cell is None:
-            raise UntargetedContext(what="an RPC client")
-        transport = self._transports.get(self.url_for(ctx.cell), ctx.cell.label)
-        return RPCClient(transport, target, ctx, timeout=self._timeout, breakers=self._breakers)
-
-    def server(
-        self,
-        cell: CellMapping,
-        target: Target,
-        endpoints: Sequence[object],
-        *,
-        workers: int = DEFAULT_SERVER_WORKERS,
-    ) -> RPCServer:
-        """A server (not yet started) for ``target`` on ``cell``'s transport."""
-        transport = self._transports.dedicated(self.url_for(cell), cell.label)
-        server = RPCServer(
-            transport, target, endpoints, cell, workers=workers, owns_transport=True
-        )
-        self._servers.add(server)
-        return server
-
-    def stop_servers(self) -> None:
-        """Stop every server made here that is still running (App.close does this)."""
-        for server in list(self._servers):
-            server.stop()
 
 
 def _rabbit_factory(rpc: RPCSettings) -> TransportFactory:

@@ -34,6 +34,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "cellgate.urls": (*DATA_LAYER, "cellgate.app"),
     "cellgate.errors": ("cellgate",),
     "cellgate.app": ("cellgate.admin", *EDGES),
+    "cellgate.cellaccess": ("cellgate.app", "cellgate.admin", *EDGES),
     "cellgate.admin": ("click", "cellgate.cli", "cellgate.service"),
     # The pure schema and query functions: no engine, no migration runner.
     "cellgate.apidb": ("cellgate.sql", "cellgate.migrations", "cellgate.app"),
