@@ -231,6 +231,7 @@ class _PostgresPool(_Pool):
     WHAT = "PostgreSQL test database"
     READY = 6
     DROPPERS = 3
+    DROP_ATTEMPTS = 4
     TAKE_TIMEOUT = 90.0
 
     def __init__(self) -> None:
@@ -315,19 +316,27 @@ class _PostgresPool(_Pool):
                     if not self._doomed:
                         return
                     name = self._doomed.pop(0)
-                try:
-                    if conn is None:
-                        conn = _postgres()
-                    conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
-                    conn.execute(f"DROP ROLE IF EXISTS {name}".encode())
+                for attempt in range(self.DROP_ATTEMPTS):
+                    try:
+                        if conn is None:
+                            conn = _postgres()
+                        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+                        conn.execute(f"DROP ROLE IF EXISTS {name}".encode())
+                    except Exception as exc:
+                        # Drops side by side can collide on the shared catalogs
+                        # ("tuple concurrently deleted"): try again.
+                        if conn is not None:
+                            conn.close()
+                            conn = None
+                        if attempt == self.DROP_ATTEMPTS - 1:
+                            with self._cond:
+                                self._drop_failures.append(f"dropping {name} failed: {exc}")
+                        else:
+                            time.sleep(0.2 * (attempt + 1))
+                        continue
                     with self._cond:
                         self._live.discard(name)
-                except Exception as exc:  # reported by close(), which checks what is left
-                    if conn is not None:
-                        conn.close()
-                        conn = None
-                    with self._cond:
-                        self._drop_failures.append(f"dropping {name} failed: {exc}")
+                    break
         finally:
             if conn is not None:
                 conn.close()
