@@ -7,13 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Broker, Server
+from tests.support import Broker, Server, close_pools
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("mariadb", id="mariadb", marks=pytest.mark.backends),
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.backends),
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _backend_pools() -> Iterator[None]:
+    """At the end of the session (on each xdist worker), drop what the pools made.
+
+    ``tests/support.py`` makes PostgreSQL databases and RabbitMQ vhosts ahead of
+    need and drops them behind the tests; this is where the last ones go, and
+    where the run fails if anything made here is still on a server.
+    """
+    yield
+    close_pools()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -45,6 +45,11 @@ META = ("backend", "transport", "cells", "versions", "cpu_count", "date", "comma
 VERSIONS = ("python", "sqlalchemy", "kombu", "cellgate")
 
 
+# A whole benchmark run: 25+ s of CPU. Its own marker, so the quick subset can
+# leave it out, and its own group, so it runs on one worker like any other test.
+pytestmark = [pytest.mark.bench, pytest.mark.xdist_group("bench")]
+
+
 @pytest.mark.timeout(180)
 def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"

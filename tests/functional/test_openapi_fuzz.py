@@ -63,6 +63,9 @@ PARKED_MQ = Secret("parked broker", "pq:@/%#?,-Kq7z", "pq")
 SECRETS = [ADMIN_TOKEN, DEMO_TOKEN, CELL1_MQ, CELL2_MQ, PARKED_DB, PARKED_MQ]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN.password}"}
 
+# One worker for the module, so its module-scoped deployment is built once (xdist).
+pytestmark = pytest.mark.xdist_group("openapi_fuzz")
+
 
 @dataclass(frozen=True)
 class Deployment:

@@ -34,7 +34,6 @@ from tests.support import Server
 
 RACERS = 3
 HANG = 90  # seconds: "did not hang", never a measurement
-HEAD_START = 4  # seconds the racers get to start up and reach the lock
 
 #: (the sync command, the line it migrates, the URL of the deployment it uses)
 COMMANDS = {
@@ -84,6 +83,56 @@ def lock_is_taken(url: DatabaseURL, line: MigrationLine) -> bool:
             return False
     except MigrationLocked:
         return True
+    finally:
+        engine.dispose()
+
+
+#: Sessions on the current database other than this one (the racers' and the holder's).
+_SESSIONS = {
+    "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    "mysql": "SELECT count(*) FROM information_schema.PROCESSLIST"
+    " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+}
+_SESSIONS["mariadb"] = _SESSIONS["mysql"]
+
+
+def at_the_lock(engine: Engine, line: MigrationLine, procs: list[subprocess.Popen[str]]) -> int:
+    """How many of ``procs`` have reached ``line``'s lock (which this process holds).
+
+    A racer tries for the lock on the connection it migrates with, as soon as
+    it has opened it, so: on SQLite, the processes with the lock's sidecar
+    file open; on a server, the sessions on the database besides the holder's.
+    """
+    if engine.dialect.name == "sqlite":
+        db = Path(str(engine.url.database)).resolve()
+        sidecar = str(db.with_name(f"{db.name}.{line.value}.migrate-lock"))
+        return sum(_has_open(proc.pid, sidecar) for proc in procs)
+    with engine.connect() as conn:
+        sessions = int(conn.exec_driver_sql(_SESSIONS[engine.dialect.name]).scalar_one())
+    return sessions - 1  # the holder's
+
+
+def _has_open(pid: int, path: str) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd) == path for fd in fds.iterdir())
+    except OSError:  # the process exited, or closed the fd while we looked
+        return False
+
+
+def wait_at_the_lock(
+    url: DatabaseURL, line: MigrationLine, procs: list[subprocess.Popen[str]]
+) -> None:
+    """Until every racer waits at the lock (or one has exited: its outcome tells why)."""
+    engine = _engine(url)
+    try:
+        deadline = time.monotonic() + HANG
+        while at_the_lock(engine, line, procs) < len(procs):
+            if any(proc.poll() is not None for proc in procs):
+                return
+            assert time.monotonic() < deadline, f"the racers were not at the lock within {HANG}s"
+            time.sleep(0.05)
     finally:
         engine.dispose()
 
@@ -180,7 +229,7 @@ def test_concurrent_syncs_on_a_fresh_database_take_turns(
             )
             for _ in range(RACERS)
         ]
-        time.sleep(HEAD_START)  # a racer that is late merely races later
+        wait_at_the_lock(url, line, procs)  # then let go: they race for it at once
     outcomes = [(p.wait(timeout=HANG), *p.communicate()) for p in procs]
     for code, out, err in outcomes:
         deployment.assert_no_secret(out + err)
