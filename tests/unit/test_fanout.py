@@ -337,6 +337,53 @@ def test_hung_cell_does_not_keep_the_process_alive() -> None:
     assert proc.stdout.strip() == "done"
 
 
+@pytest.fixture
+def cpu_hog() -> Iterator[None]:
+    """A thread that never yields willingly, with a short GIL switch interval.
+
+    Together they make threads interleave at almost every bytecode, which is
+    where a race between a worker publishing a result and the caller settling
+    its call shows up (issue 14: false ``TimedOut`` for cells that answered).
+    """
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5e-5)
+    hog = threading.Thread(target=spin, name="cpu-hog", daemon=True)
+    hog.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        hog.join(LONG)
+        sys.setswitchinterval(interval)
+
+
+@pytest.mark.usefixtures("cpu_hog")
+def test_an_answer_is_never_reported_as_timed_out_under_load() -> None:
+    # Thousands of no-op items on many workers: every call ends long before
+    # its deadline, so any outcome but Ok is a false one.
+    rounds, cells, workers = 30, 100, 100
+    threads: set[threading.Thread] = set()
+
+    def answer(n: int) -> int:
+        threads.add(threading.current_thread())
+        return n
+
+    false: list[tuple[int, object, CellResult[int]]] = []
+    with FanoutPool(max_workers=workers) as pool:
+        for r in range(rounds):
+            results = pool.scatter_gather({c: c for c in range(cells)}, answer, timeout=LONG)
+            false += [(r, c, res) for c, res in results.items() if res != Ok(c)]
+    assert false == []
+    # No worker was written off (and replaced) for work that had finished.
+    assert len(threads) <= workers
+
+
 @pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf")])
 def test_timeout_must_be_finite_and_positive(pool: FanoutPool, timeout: float) -> None:
     with pytest.raises(ValueError, match="timeout"):

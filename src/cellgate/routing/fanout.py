@@ -48,7 +48,12 @@ work and count themselves idle under that lock, so "is a thread free for this
 item?" is answered exactly. Results travel in ``concurrent.futures.Future``
 objects, so the caller can use ``concurrent.futures.wait`` with a timeout
 computed from one monotonic deadline, and ``Future.cancel`` for work that
-never started.
+never started. Every change of a future's state (running, cancelled, result
+set) happens under the pool's lock, and the caller decides "answered" or
+"overdue" under it too: a worker that has answered is never written off, and
+an answer is never reported as ``TimedOut`` (an earlier version published the
+result before taking the lock, and a caller that got the lock first saw the
+answered work as running).
 """
 
 from __future__ import annotations
@@ -81,14 +86,18 @@ _pool_numbers = itertools.count(1)  # only for readable thread names
 
 
 class _Work(Generic[T]):
-    """One call of ``fn(item)``; its flags are guarded by the pool's lock."""
+    """One call of ``fn(item)``; its future and flag change only under the pool's lock.
 
-    __slots__ = ("abandoned", "call", "finished", "future")
+    ``future.done()`` is the one "finished" state: set with the result (or by
+    a cancel), so the caller's settling can never see an answered call as
+    still running.
+    """
+
+    __slots__ = ("abandoned", "call", "future")
 
     def __init__(self, call: Callable[[], T]) -> None:
         self.call = call
         self.future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self.finished = False  # the worker is done with it (result set or not run)
         self.abandoned = False  # its caller gave up while it was running
 
 
@@ -156,9 +165,7 @@ class FanoutPool(Closing):
         with self._cond:
             self._closed = True
             while self._pending:
-                work = self._pending.popleft()
-                work.future.cancel()
-                work.finished = True
+                self._pending.popleft().future.cancel()
             self._cond.notify_all()
 
     def _reserve_threads(self) -> int:
@@ -190,17 +197,18 @@ class FanoutPool(Closing):
     def _settle(self, works: Iterable[_Work[Any]]) -> set[_Work[Any]]:
         """At the deadline: cancel queued work and write off running work.
 
-        Returns the work that did not finish in time.
+        Returns the work that did not finish in time. A done future (answered,
+        failed, or cancelled by :meth:`close`) is never overdue: every change
+        of a future's state happens under the lock held here.
         """
         overdue: set[_Work[Any]] = set()
         with self._cond:
             for work in works:
-                if work.finished:
+                if work.future.done():
                     continue
                 overdue.add(work)
                 if work.future.cancel():  # still queued: it will never run
                     self._pending.remove(work)
-                    work.finished = True
                 else:  # running: its thread no longer counts as a worker
                     work.abandoned = True
                     self._workers -= 1
@@ -223,9 +231,11 @@ class FanoutPool(Closing):
                 work = self._pending.popleft()
                 # Under the lock, so _settle sees "queued" or "running", never between.
                 work.future.set_running_or_notify_cancel()
-            _run(work)
+            publish = _run(work)
             with self._cond:
-                work.finished = True
+                # Published under the lock: _settle sees "done" or "running",
+                # never an answer it would write off (issue 14: false TimedOut).
+                publish()
                 if work.abandoned:
                     if self._closed or self._workers >= self._max_workers:
                         return  # replaced while it hung; the pool is full again
@@ -233,13 +243,13 @@ class FanoutPool(Closing):
                 self._idle += 1
 
 
-def _run(work: _Work[Any]) -> None:
+def _run(work: _Work[Any]) -> Callable[[], None]:
+    """Run the call; return what publishes its outcome (the caller holds the lock)."""
     try:
         result = work.call()
     except BaseException as exc:  # delivered to the caller, never to this thread
-        work.future.set_exception(exc)
-    else:
-        work.future.set_result(result)
+        return functools.partial(work.future.set_exception, exc)
+    return functools.partial(work.future.set_result, result)
 
 
 def _result(
