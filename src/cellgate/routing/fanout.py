@@ -4,13 +4,32 @@
 :data:`~cellgate.results.CellResult` per key, in the order of the input:
 
 - ``Ok(value)`` when the function returned;
-- ``Failed(error)`` when it raised a :class:`~cellgate.errors.CellgateError`
-  (kept as-is) or any other ``Exception``, which is wrapped in
-  :class:`~cellgate.errors.CellUnavailable` with a redacted one-line reason
-  and the original chained as ``__cause__`` (the seam translation of
-  STYLE B.4);
+- ``Failed(error)`` when it raised an ``Exception``, which is kept exactly
+  as raised;
 - ``TimedOut(deadline)`` when it had not finished by the deadline, including
   work that was still queued and therefore never started.
+
+Wrap only what you mean
+-----------------------
+The pool never re-labels an error. A cell that cannot be used already
+arrives as a :class:`~cellgate.errors.BackendError` (``CellUnavailable``,
+``CellTimeout``): driver and transport errors are translated where they
+happen (``cellgate.engines``, ``cellgate.amqp``, the RPC client), and only
+there does anyone know that a connection, not a query, failed. Anything else
+``fn`` raises (a ``KeyError`` in the caller's own code, bad SQL, a domain
+error such as ``InstanceNotFound``) says nothing about the cell's reachability.
+Calling it "cannot be reached" would hide a bug behind a fake outage and,
+wherever such a result is re-raised under a circuit breaker, count against a
+healthy cell. So the caller decides by type:
+
+- a ``BackendError`` in ``Failed`` (or a ``TimedOut``) is an outage: report
+  the cell as down (the REST list puts it in ``down_cells`` with its
+  ``public_message``);
+- another :class:`~cellgate.errors.CellgateError` is an answer or a refusal
+  the caller knows how to render;
+- any other exception is a bug on this side of the wire: the REST API raises
+  it, so the request is a 500 whose log line carries the request id, and
+  never a down cell (``cellgate.service.instances``, ``.health``).
 
 Nova's ``scatter_gather_cells`` (nova/context.py) returns a dict whose values
 are a cell's result, ``raised_exception_sentinel`` (or, later, the raw
@@ -71,9 +90,8 @@ from typing import Any, Final, Generic, TypeVar
 
 from cellgate import forksafe
 from cellgate.closing import Closing
-from cellgate.errors import CellgateError, CellUnavailable, RoutingError
+from cellgate.errors import RoutingError
 from cellgate.results import CellResult, Failed, Ok, TimedOut
-from cellgate.urls import redact
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -262,20 +280,6 @@ def _result(
     exc = work.future.exception()
     if exc is None:
         return Ok(work.future.result())
-    if isinstance(exc, CellgateError):
-        return Failed(exc)
     if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not a cell failure
         raise exc
-    # Any exception's text, which may name a host: it has no address to keep
-    # apart and is never public, so API clients read only the generic reason.
-    wrapped = CellUnavailable(component=f"cell {key}", reason=_one_line(exc))
-    wrapped.__cause__ = exc
-    wrapped.__suppress_context__ = True
-    return Failed(wrapped)
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of the message``, with any URL password masked."""
-    lines = redact(str(exc)).strip().splitlines()
-    name = type(exc).__name__
-    return f"{name}: {lines[0].strip()}" if lines else name
+    return Failed(exc)  # as raised: see "Wrap only what you mean"

@@ -2,7 +2,8 @@
 
 Every check of every cell runs inside one scatter-gather with the API's cell
 deadline, so a dead cell costs at most that deadline and is reported, never
-waited on.
+waited on. An exception that is not a cellgate error is a bug in a check, not
+a sign that the cell is down: it is raised (a 500 for the request).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cellgate.context import RequestContext
 from cellgate.dbtypes import utcnow
 from cellgate.errors import CellgateError
 from cellgate.migrations.runner import MigrationLine, current_on, head
-from cellgate.results import Failed, Ok
+from cellgate.results import Failed, Ok, raise_bugs
 
 
 def cell_health(
@@ -33,6 +34,7 @@ def cell_health(
         }
 
     results = app.scatter_gather(ctx, cells, check, timeout=timeout)
+    raise_bugs(results.values())  # a bug in a check is a 500, not an unreachable cell
     report: dict[str, dict[str, Any]] = {}
     for cell in cells:
         result = results[cell.uuid]
