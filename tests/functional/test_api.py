@@ -427,3 +427,19 @@ def test_a_bug_in_a_cells_work_is_a_500_not_a_down_cell(
     status = service.app.breakers.status(cell2.uuid)
     assert (status.state.value, status.consecutive_failures) == ("closed", 0)
     assert _errors(service, "cell2", "show") == 0.0
+
+
+def test_rest_errors_carry_no_cli_hint(service: Service) -> None:
+    """A REST client reads the API's own hint, never a shell command (issue 11 part 4)."""
+    missing = service.client.get("/v1/cells/nope", headers=ADMIN)
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {
+        "status": 404,
+        "code": "CellNotFound",
+        "message": "no cell named or with uuid 'nope'; GET /v1/cells lists the cells",
+    }
+    refused = service.client.get("/v1/instances", headers={"Authorization": "Bearer wrong"})
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "Unauthorized"
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    assert "cellgate " not in missing.text + refused.text

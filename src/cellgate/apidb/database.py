@@ -17,7 +17,7 @@ from cellgate import forksafe
 from cellgate.apidb.credentials import SESSION_INFO_KEY, KeyRing
 from cellgate.config import ApiDatabaseSettings
 from cellgate.engines import make_engine, translate_errors
-from cellgate.errors import SchemaMismatch
+from cellgate.errors import Hint, SchemaMismatch
 from cellgate.migrations.runner import MigrationLine, current, head
 
 
@@ -104,7 +104,7 @@ class ApiDatabase:
                 address=self.address,
                 current=found,
                 expected=expected,
-                hint="run 'cellgate api-db sync'",
+                hint=Hint.SYNC_API_DB,
             )
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import click
 from cellgate.cli.cells import cell
 from cellgate.cli.db import api_db, db
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.hints import cli_message
 from cellgate.cli.hosts import host
 from cellgate.cli.keys import KEY_COMMANDS
 from cellgate.cli.misc import config, quickstart
@@ -47,7 +48,7 @@ def _report(exc: Exception, *, debug: bool) -> None:
     if debug:
         click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
     if isinstance(exc, CellgateError):
-        click.echo(f"cellgate: error: {redact(str(exc))}", err=True)
+        click.echo(f"cellgate: error: {redact(cli_message(exc))}", err=True)
     else:
         message = redact(f"{type(exc).__name__}: {exc}")
         hint = "" if debug else " (re-run with --debug for the traceback)"

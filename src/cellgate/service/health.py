@@ -18,7 +18,7 @@ from cellgate.context import RequestContext
 from cellgate.dbtypes import utcnow
 from cellgate.errors import CellgateError
 from cellgate.migrations.runner import MigrationLine, current_on, head
-from cellgate.results import Failed, Ok, raise_bugs
+from cellgate.results import Failed, Ok, TimedOut, raise_bugs
 
 
 def cell_health(
@@ -41,7 +41,8 @@ def cell_health(
         if isinstance(result, Ok):
             report[cell.uuid] = {"reachable": True, **result.value}
         else:
-            reason = str(result.error) if isinstance(result, Failed) else "no answer in time"
+            # The message without any CLI hint: this report goes to API clients.
+            reason = _text(result)
             report[cell.uuid] = {"reachable": False, "error": reason}
     return report
 
@@ -70,7 +71,7 @@ def _transport(app: App, cell: CellMapping, timeout: float) -> dict[str, Any]:
     try:
         url = app.rpc.url_for(cell)
     except CellgateError as exc:
-        return {"ok": False, "detail": str(exc)}
+        return {"ok": False, "detail": exc.message}
     if url.is_none:
         return {"ok": True, "detail": "none (no message queue)"}
     if url.scheme == "memory":
@@ -86,3 +87,10 @@ def _transport(app: App, cell: CellMapping, timeout: float) -> dict[str, Any]:
                 {"broker": label, "ok": False, "detail": getattr(exc, "reason", str(exc))}
             )
     return {"ok": any(b["ok"] for b in brokers), "brokers": brokers}
+
+
+def _text(result: Failed | TimedOut) -> str:
+    if isinstance(result, TimedOut):
+        return "no answer in time"
+    error = result.error
+    return error.message if isinstance(error, CellgateError) else str(error)

@@ -43,6 +43,7 @@ from cellgate.errors import (
 from cellgate.results import Failed, Ok, raise_bugs
 from cellgate.rpc.target import Target
 from cellgate.service.compute import TOPIC, VERSION
+from cellgate.service.hints import rest_message
 from cellgate.service.metrics import Metrics
 from cellgate.urls import redact
 
@@ -419,6 +420,8 @@ def _reason(result: object, ctx: RequestContext) -> str:
     if isinstance(error, BackendError):  # a page goes to clients: no address
         log.warning("request %s: cell down in a listing: %s", ctx.request_id, redact(str(error)))
         return error.public_message
+    if isinstance(error, CellgateError):  # its REST words: no CLI hint
+        return rest_message(error)
     if error is not None:
         return str(error)
     return "no answer within the deadline"
