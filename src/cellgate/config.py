@@ -529,7 +529,12 @@ class _Getter:
         try:
             return parse(raw)
         except CellgateError as exc:
-            raise ConfigError(f"{self._where(section, name)}: {exc}") from None
+            # Keep the hint key: each edge renders it (str() would drop it).
+            raise ConfigError(
+                f"{self._where(section, name)}: {exc.message}",
+                hint=exc.hint,
+                hint_args=exc.hint_args,
+            ) from None
 
     def choice(self, section: str, name: str, choices: tuple[str, ...]) -> str:
         value = self.text(section, name) or ""
