@@ -106,7 +106,7 @@ def show(app: App, results: dict[str, CellResult[int]]) -> None:
             case Ok(value=count):
                 say(f"   {name}: Ok, {count} instance(s)")
             case Failed(error=error):
-                say(f"   {name}: Failed, {type(error).__name__}: {error.message}")
+                say(f"   {name}: Failed, {type(error).__name__}: {error}")
             case TimedOut(timeout=deadline):
                 say(f"   {name}: TimedOut after {deadline:.1f} s")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Final, TypeVar
 
-from cellgate.errors import CellgateError, ConfigError
+from cellgate.errors import CellgateError, ConfigError, Hint
 from cellgate.keyring import KeyRing
 from cellgate.urls import DatabaseURL, TemplateDefaults, TransportURL
 
@@ -343,7 +343,7 @@ def parse_tokens(raw: str | None, where: str) -> tuple[TokenGrant, ...]:
         if len(parts) != 3 or not all(parts):
             raise ConfigError(
                 f"{where}: entry {index} is not TOKEN:PROJECT:ROLE[+ROLE...]",
-                hint="the entry itself is not shown because it holds a token",
+                hint=Hint.TOKEN_NOT_SHOWN,
             )
         token, project, roles = parts
         grants.append(TokenGrant(token, project, tuple(r for r in roles.split("+") if r)))
@@ -486,7 +486,7 @@ def _read(source: Path) -> dict[tuple[str, str], str]:
     except FileNotFoundError:
         raise ConfigError(
             f"config file {str(source)!r} does not exist",
-            hint="pass --config-file, set CELLGATE_CONFIG, or run 'cellgate config sample'",
+            hint=Hint.CONFIG_FILE,
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {str(source)!r}: {exc}") from None
@@ -502,7 +502,7 @@ def _read(source: Path) -> dict[tuple[str, str], str]:
             if (section, name) not in known:
                 raise ConfigError(
                     f"{source}: unknown option [{section}] {name}",
-                    hint="see 'cellgate config sample' for every option",
+                    hint=Hint.SAMPLE_CONFIG,
                 )
             values[(section, name)] = value.strip()
     return values
@@ -542,7 +542,12 @@ class _Getter:
         try:
             return parse(raw)
         except CellgateError as exc:
-            raise ConfigError(f"{self._where(section, name)}: {exc}") from None
+            # Keep the hint key: each edge renders it (str() would drop it).
+            raise ConfigError(
+                f"{self._where(section, name)}: {exc.message}",
+                hint=exc.hint,
+                hint_args=exc.hint_args,
+            ) from None
 
     def choice(self, section: str, name: str, choices: tuple[str, ...]) -> str:
         value = self.text(section, name) or ""

@@ -46,18 +46,93 @@ whose ``exc_type`` is their class name.
 API database can be unreachable too, and that is not a routing problem.
 Exit codes and HTTP statuses are not attributes of these classes: they belong
 to the edges (``cellgate.cli.exit_codes``).
+
+Text at the edges
+-----------------
+An error carries data, not advice for one audience: ``str(exc)`` is the
+plain message, ``kind`` its class name, and ``hint`` a :class:`Hint` key with
+the data it needs in ``hint_args`` (a cell's label, say). Each edge renders
+the key in its own words: the CLI as a shell hint (``cellgate.cli.hints``:
+"see 'cellgate cell list'"), the REST API as its own text or none
+(``cellgate.service.hints``), so a REST client never reads a shell command.
+
+For a transition, a raise site may still pass ``hint="free text"``: that text
+is CLI-only (the REST API never shows it) and, so that CLI output is
+unchanged until those sites are converted, ``str(exc)`` still appends it.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping
+
+
+class Hint(enum.Enum):
+    """What to do next, as a key; the edges hold the words (see the module docstring)."""
+
+    LIST_CELLS = "list_cells"  # which cells exist
+    CHOOSE_OTHER_NAME = "choose_other_name"  # a name or uuid is taken
+    SHOW_CELL_AND_RETRY = "show_cell_and_retry"  # the cell changed meanwhile
+    TARGET_CELL = "target_cell"  # library misuse: no target cell
+    START_SERVER = "start_server"  # no RPC server answered
+    UPGRADE_SERVER = "upgrade_server"  # RPC version too new for the server
+    SYNC_API_DB = "sync_api_db"  # the API database is behind
+    SYNC_CELL_DB = "sync_cell_db"  # a cell database is behind (hint_args: cell)
+    USE_SYNC_COMMANDS = "use_sync_commands"  # Alembic run outside cellgate
+    CONFIG_FILE = "config_file"  # no config file found
+    SAMPLE_CONFIG = "sample_config"  # an unknown option
+    TOKEN_NOT_SHOWN = "token_not_shown"  # a bad auth_tokens entry, not echoed
+    ASCII_PASSWORD = "ascii_password"  # MySQL needs latin-1
+    NAME_UUID_DIFFER = "name_uuid_differ"  # a name that is another cell's uuid
+    TRANSPORT_SCHEME = "transport_scheme"  # not a transport URL
+    FORCE_DELETE_CELL0 = "force_delete_cell0"  # deleting cell0
+    MOVE_INSTANCES = "move_instances"  # the cell still has instances
+    FORCE_UNMAP_HOSTS = "force_unmap_hosts"  # the cell still has hosts
+    CELL0_KEEPS_FAILED_BUILDS = (
+        "cell0_keeps_failed_builds"  # cell0 has no hosts, cannot be disabled
+    )
+    CELL0_HAS_NO_QUEUE = "cell0_has_no_queue"  # workers need a transport
+    CHOOSE_OTHER_PORT = "choose_other_port"  # the listen port is taken
+    ENCODE_AT_SIGN = "encode_at_sign"  # a raw '@' in a password
+    ESCAPE_BRACES = "escape_braces"  # a literal brace in a template
+    SET_TEMPLATE_OPTION = "set_template_option"  # hint_args: option
+    ADD_TEMPLATE_FIELD = "add_template_field"  # hint_args: field, option
+    LOCK_DIR_WRITABLE = "lock_dir_writable"  # SQLite lock file
+    SET_ENCRYPTION_KEYS = "set_encryption_keys"  # no keys configured
+    ADD_OLD_KEY = "add_old_key"  # a row sealed with a key no longer configured
+    RESTORE_ROW = "restore_row"  # an altered or corrupt sealed row
+    KEY_FORMAT = "key_format"  # what a key looks like
+    USE_PYMYSQL = "use_pymysql"  # a mysql:// URL without the driver
+    CELL0_CANNOT_BE_DISABLED = "cell0_cannot_be_disabled"  # it holds failed builds
+
 
 class CellgateError(Exception):
-    """Root of every error cellgate raises deliberately."""
+    """Root of every error cellgate raises deliberately.
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    ``hint`` is a :class:`Hint` (rendered by each edge, with ``hint_args``),
+    or for now a free-text CLI-only string (see the module docstring).
+    """
+
+    #: The cell the error is about (a label), where the raiser knows it.
+    cell: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: Hint | str | None = None,
+        hint_args: Mapping[str, str] | None = None,
+    ) -> None:
         self.message = message
         self.hint = hint
-        super().__init__(f"{message}; {hint}" if hint else message)
+        self.hint_args: Mapping[str, str] = dict(hint_args or {})
+        legacy = hint if isinstance(hint, str) and hint else None
+        super().__init__(f"{message}; {legacy}" if legacy else message)
+
+    @property
+    def kind(self) -> str:
+        """The error's class name, as API bodies name it (``code``)."""
+        return type(self).__name__
 
 
 class ConfigError(CellgateError):
@@ -70,10 +145,17 @@ class InvalidURL(ConfigError):
     ``url`` is the *masked* rendering of the offending value.
     """
 
-    def __init__(self, *, url: str, reason: str, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        reason: str,
+        hint: Hint | str | None = None,
+        hint_args: Mapping[str, str] | None = None,
+    ) -> None:
         self.url = url
         self.reason = reason
-        super().__init__(f"invalid URL {url!r}: {reason}", hint=hint)
+        super().__init__(f"invalid URL {url!r}: {reason}", hint=hint, hint_args=hint_args)
 
 
 class EncryptionKeyError(ConfigError):
@@ -93,7 +175,8 @@ class CellNotFound(MappingError):
 
     def __init__(self, *, ident: str) -> None:
         self.ident = ident
-        super().__init__(f"no cell named or with uuid {ident!r}", hint="see 'cellgate cell list'")
+        self.cell = ident
+        super().__init__(f"no cell named or with uuid {ident!r}", hint=Hint.LIST_CELLS)
 
 
 class HostNotMapped(MappingError):
@@ -111,16 +194,16 @@ class DuplicateCell(MappingError):
         self.field = field
         self.value = value
         super().__init__(
-            f"a cell with {field} {value!r} already exists",
-            hint="choose another, or update the existing cell",
+            f"a cell with {field} {value!r} already exists", hint=Hint.CHOOSE_OTHER_NAME
         )
 
 
 class CellInUse(MappingError):
     """The requested change would orphan hosts or instances, or break cell0."""
 
-    def __init__(self, *, ident: str, reason: str, hint: str | None = None) -> None:
+    def __init__(self, *, ident: str, reason: str, hint: Hint | str | None = None) -> None:
         self.ident = ident
+        self.cell = ident
         self.reason = reason
         super().__init__(f"cell {ident!r} {reason}", hint=hint)
 
@@ -130,9 +213,9 @@ class StaleCell(MappingError):
 
     def __init__(self, *, ident: str, expected: int, found: int | None) -> None:
         now = f" (it is now at version {found})" if found is not None else ""
+        self.cell = ident
         super().__init__(
-            f"cell {ident} changed since version {expected}{now}",
-            hint="run 'cellgate cell show' to see the change, then retry",
+            f"cell {ident} changed since version {expected}{now}", hint=Hint.SHOW_CELL_AND_RETRY
         )
 
 
@@ -173,7 +256,7 @@ class BackendError(CellgateError):
         *,
         component: str,
         reason: str,
-        hint: str | None = None,
+        hint: Hint | str | None = None,
         address: str | None = None,
         public_reason: str | None = None,
     ) -> None:
@@ -224,8 +307,7 @@ class UntargetedContext(RoutingError):
     def __init__(self, *, what: str) -> None:
         self.what = what
         super().__init__(
-            f"{what} needs a target cell but the context has none",
-            hint="wrap the call in target_cell(ctx, cell)",
+            f"{what} needs a target cell but the context has none", hint=Hint.TARGET_CELL
         )
 
 
@@ -250,7 +332,8 @@ class SchemaMismatch(MigrationError):
         component: str,
         current: str | None,
         expected: str,
-        hint: str,
+        hint: Hint | str,
+        hint_args: Mapping[str, str] | None = None,
         address: str | None = None,
     ) -> None:
         self.component = component
@@ -258,7 +341,7 @@ class SchemaMismatch(MigrationError):
         self.current = current
         self.expected = expected
         where = f"{component} {address}" if address else component
-        super().__init__(f"{where} {self._state}", hint=hint)
+        super().__init__(f"{where} {self._state}", hint=hint, hint_args=hint_args)
 
     @property
     def _state(self) -> str:
@@ -282,8 +365,7 @@ class RPCTimeout(RPCError):
         self.target = target
         self.timeout = timeout
         super().__init__(
-            f"no reply to {method!r} from {target} within {timeout:g}s",
-            hint="is a server for this topic running in that cell?",
+            f"no reply to {method!r} from {target} within {timeout:g}s", hint=Hint.START_SERVER
         )
 
 
@@ -309,7 +391,7 @@ class UnsupportedVersion(RPCError):
         self.supported = supported
         super().__init__(
             f"requested RPC version {requested} is not supported (server has {supported})",
-            hint="upgrade the server, or pin the client to an older version",
+            hint=Hint.UPGRADE_SERVER,
         )
 
 
@@ -358,4 +440,12 @@ class MigrationLocked(MigrationError):
             f"of the {line} line (waited {waited:g}s)",
             hint="let it finish, then run this command again, or wait longer with "
             "--lock-timeout; if no sync is running, see 'Migration lock' in docs/reliability.md",
+        )
+
+    @property
+    def public_message(self) -> str:
+        """Without the database's address or the command that holds the lock."""
+        return (
+            f"another run holds the migration lock of the {self.line} line "
+            f"(waited {self.waited:g}s)"
         )

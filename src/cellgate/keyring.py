@@ -35,7 +35,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from cellgate.errors import EncryptionKeyError
+from cellgate.errors import EncryptionKeyError, Hint
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -44,10 +44,6 @@ if TYPE_CHECKING:
 PREFIX: Final = "fernet:"
 #: The ``Session.info`` key under which an API database session carries its KeyRing.
 SESSION_INFO_KEY: Final = "cellgate.keyring"
-_KEY_HINT: Final = (
-    "each key is 32 random bytes, url-safe base64 encoded (44 characters); "
-    "'cellgate cell generate-key' prints a new one"
-)
 
 
 def key_id(key: str) -> str:
@@ -110,7 +106,7 @@ class KeyRing:
         if primary is None:
             raise EncryptionKeyError(
                 "no encryption key is configured",
-                hint="set [api_database] encryption_keys (" + _KEY_HINT + ")",
+                hint=Hint.SET_ENCRYPTION_KEYS,
             )
         token = self._fernets[primary].encrypt(plaintext.encode("utf-8")).decode("ascii")
         return f"{PREFIX}{primary}:{token}"
@@ -130,8 +126,7 @@ class KeyRing:
             raise EncryptionKeyError(
                 f"{what} is encrypted with key {kid or '?'}, which is not configured "
                 f"(configured key ids: {configured})",
-                hint="add that key to [api_database] encryption_keys "
-                "(keep old keys until 'cellgate cell rotate-key' has run)",
+                hint=Hint.ADD_OLD_KEY,
             )
         from cryptography.fernet import InvalidToken  # loaded with the Fernet in the ring
 
@@ -141,8 +136,7 @@ class KeyRing:
             raise EncryptionKeyError(
                 f"{what} does not decrypt with key {kid}: the stored value was altered "
                 "or a different key has the same id",
-                hint="restore the row from a backup, or set the URL again with "
-                "'cellgate cell update'",
+                hint=Hint.RESTORE_ROW,
             ) from None
 
     def needs_rotation(self, stored: str) -> bool:
@@ -158,9 +152,9 @@ def _fernet(key: str, index: int) -> Fernet:
     try:
         raw = base64.urlsafe_b64decode(key.encode("ascii"))
     except (binascii.Error, UnicodeError, ValueError):
-        raise EncryptionKeyError(f"{where} is not url-safe base64", hint=_KEY_HINT) from None
+        raise EncryptionKeyError(f"{where} is not url-safe base64", hint=Hint.KEY_FORMAT) from None
     if len(raw) != 32:
         raise EncryptionKeyError(
-            f"{where} decodes to {len(raw)} bytes, not 32", hint=_KEY_HINT
+            f"{where} decodes to {len(raw)} bytes, not 32", hint=Hint.KEY_FORMAT
         ) from None
     return Fernet(key)

@@ -7,8 +7,9 @@ values, raw exceptions and sentinels in one dict (Nova's
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cellgate.errors import CellgateError
 
@@ -22,7 +23,14 @@ class Ok(Generic[T]):
 
 @dataclass(frozen=True)
 class Failed:
-    error: CellgateError
+    """The work raised ``error``, kept as raised (never re-labelled).
+
+    A :class:`~cellgate.errors.BackendError` means the cell could not be
+    used; another :class:`~cellgate.errors.CellgateError` is an answer or a
+    refusal; anything else is a bug in the caller's code, not an outage.
+    """
+
+    error: Exception
 
 
 @dataclass(frozen=True)
@@ -31,3 +39,15 @@ class TimedOut:
 
 
 CellResult = Ok[T] | Failed | TimedOut
+
+
+def raise_bugs(results: Iterable[CellResult[Any]]) -> None:
+    """Raise the first ``Failed`` error that is not a ``CellgateError``.
+
+    For callers that turn failed cells into "down" reports: an exception
+    cellgate did not raise on purpose is a bug in the work itself, and must
+    surface as one (a 500, a traceback), not as a cell outage.
+    """
+    for result in results:
+        if isinstance(result, Failed) and not isinstance(result.error, CellgateError):
+            raise result.error

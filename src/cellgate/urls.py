@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote
 import sqlalchemy.engine
 import sqlalchemy.exc
 
-from cellgate.errors import ConfigError, InvalidURL
+from cellgate.errors import ConfigError, Hint, InvalidURL
 
 MASK: Final = "***"
 
@@ -285,9 +285,7 @@ class DatabaseURL:
         except ValueError:  # make_url's only ValueError is int(port)
             raise InvalidURL(url=masked, reason="the port is not a number") from None
         if url.drivername not in DATABASE_SCHEMES:
-            hint = (
-                "use mysql+pymysql://" if url.get_backend_name() in {"mysql", "mariadb"} else None
-            )
+            hint = Hint.USE_PYMYSQL if url.get_backend_name() in {"mysql", "mariadb"} else None
             supported = ", ".join(sorted(DATABASE_SCHEMES))
             raise InvalidURL(
                 url=masked,
@@ -298,7 +296,7 @@ class DatabaseURL:
             raise InvalidURL(
                 url=masked,
                 reason="the password contains an unencoded '@'",
-                hint="percent-encode it as %40",
+                hint=Hint.ENCODE_AT_SIGN,
             )
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
@@ -451,7 +449,7 @@ def _parse_format(template: str) -> list[tuple[str, str | None, str | None, str 
         raise InvalidURL(
             url=mask_url(template),
             reason="unbalanced '{' or '}' in URL template",
-            hint="write a literal brace as '{{' or '}}'",
+            hint=Hint.ESCAPE_BRACES,
         ) from None
 
 
@@ -481,7 +479,8 @@ def expand(template: str, default: str | None, *, option: str) -> str:
     if default is None:
         raise ConfigError(
             f"URL template {masked!r} needs a default URL, but {option} is not set",
-            hint=f"set {option} in this host's config file",
+            hint=Hint.SET_TEMPLATE_OPTION,
+            hint_args={"option": option},
         )
     parts = _split(default)
     if parts is None:
@@ -501,7 +500,8 @@ def expand(template: str, default: str | None, *, option: str) -> str:
         if values[field] is None or (values[field] == "" and field not in _OPTIONAL_FIELDS):
             raise ConfigError(
                 f"URL template {masked!r} uses {{{field}}} but {option} has no {field}",
-                hint=f"add a {field} to {option}, or remove the placeholder",
+                hint=Hint.ADD_TEMPLATE_FIELD,
+                hint_args={"field": field, "option": option},
             )
     return template.format(**{k: v or "" for k, v in values.items()})
 

@@ -5,6 +5,7 @@ Workers run in-process on the same ``App``, exactly as ``all-in-one`` does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from cellgate import App, RequestContext, load_settings
 from cellgate.apidb.mappings import create_cell, map_cell0
@@ -374,3 +376,69 @@ def test_cell_errors_count_only_failures_of_the_cell(service: Service) -> None:
     shown = service.client.get(f"/v1/instances/{booted['uuid']}", headers=DEMO)
     assert shown.status_code == 503, shown.text
     assert _errors(service, "cell2", "show") == 1.0
+
+
+def test_a_bug_in_a_cells_work_is_a_500_not_a_down_cell(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error cellgate did not raise on purpose is ours, not the cell's (issue 11 part 4).
+
+    cell2 still answers, but its ``instances`` table is gone: SQLite's "no
+    such table" is not a failure to reach the cell, so neither the list nor
+    show calls the cell down, and its breaker and error count do not move.
+    """
+    booted = _until_active(service, _boot(service, "vm", cell="cell2")["uuid"])
+    url = DatabaseURL.parse(f"sqlite:///{service.tmp}/cell2.db")
+    engine = make_engine(url, connect_timeout=2, query_timeout=5)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE instances"))
+    engine.dispose()
+    caplog.set_level(logging.ERROR, logger="cellgate.service.http")
+    headers = {**DEMO, "X-Request-Id": "req-bug"}
+    internal = {
+        "status": 500,
+        "code": "InternalError",
+        "message": "unexpected error; see the API's log",
+    }
+
+    # In process: uvicorn resets the connection after any 500 it is told about
+    # (Starlette re-raises after the handler's response), which is not the subject here.
+    asgi = httpx.ASGITransport(
+        create_api(service.app, service.app.settings.service), raise_app_exceptions=False
+    )
+
+    async def get(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=asgi, base_url="http://api") as client:
+            return await client.get(path, headers=headers)
+
+    listed = asyncio.run(get("/v1/instances"))
+    assert listed.status_code == 500, listed.text
+    assert listed.json()["error"] == internal
+    shown = asyncio.run(get(f"/v1/instances/{booted['uuid']}"))
+    assert shown.status_code == 500, shown.text
+    assert shown.json()["error"] == internal
+
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    mine = [line for line in logged if "req-bug" in line]
+    assert len(mine) == 2, logged
+    assert all("OperationalError" in line and "no such table" in line for line in mine)
+    cell2 = service.app.cells.get(CTX, "cell2")
+    status = service.app.breakers.status(cell2.uuid)
+    assert (status.state.value, status.consecutive_failures) == ("closed", 0)
+    assert _errors(service, "cell2", "show") == 0.0
+
+
+def test_rest_errors_carry_no_cli_hint(service: Service) -> None:
+    """A REST client reads the API's own hint, never a shell command (issue 11 part 4)."""
+    missing = service.client.get("/v1/cells/nope", headers=ADMIN)
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {
+        "status": 404,
+        "code": "CellNotFound",
+        "message": "no cell named or with uuid 'nope'; GET /v1/cells lists the cells",
+    }
+    refused = service.client.get("/v1/instances", headers={"Authorization": "Bearer wrong"})
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "Unauthorized"
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    assert "cellgate " not in missing.text + refused.text

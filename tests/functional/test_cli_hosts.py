@@ -103,6 +103,10 @@ def test_list_by_cell_and_unknown_cell(cells: Cells) -> None:
     unknown = cells.d.run("host", "list", "--cell", "nope", ok=False)
     assert unknown.exit_code == ExitCode.NOT_FOUND
     assert "no cell named or with uuid 'nope'" in unknown.stderr
+    # The CLI renders the hint key in its own words, as it always printed it.
+    assert unknown.stderr.endswith(
+        "cellgate: error: no cell named or with uuid 'nope'; see 'cellgate cell list'\n"
+    )
 
 
 def test_delete_then_rediscover(cells: Cells) -> None:

@@ -27,6 +27,7 @@ from cellgate import (
 from cellgate.apidb.mappings import create_cell, delete_cell, map_cell0
 from cellgate.apidb.updates import update_cell
 from cellgate.celldb.schema import InstanceRow
+from cellgate.errors import Hint
 from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.sql.api_database import ApiDatabase
 from cellgate.sql.engines import make_engine
@@ -131,10 +132,12 @@ def test_target_cell_yields_a_copy(cells: Cells) -> None:
 
 def test_untargeted_context_never_falls_back(cells: Cells) -> None:
     with (
-        pytest.raises(UntargetedContext, match="target_cell"),
+        pytest.raises(UntargetedContext, match="needs a target cell") as info,
         cells.app.db.session(RequestContext()),
     ):
         pass
+    # The advice is a hint key now; str() is the plain message (issue 11 part 4).
+    assert info.value.hint is Hint.TARGET_CELL
 
 
 def test_updated_mapping_takes_effect_without_restart(cells: Cells, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cellgate.cli.hints import cli_hint
 from cellgate.config import (
     CONFIG_ENV,
     DEFAULT_CACHE_TTL,
@@ -215,7 +216,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path, home: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist") as info:
         load_settings(missing, {"HOME": str(home)})
     assert str(missing) in str(info.value)
-    assert info.value.hint is not None and CONFIG_ENV in info.value.hint
+    assert CONFIG_ENV in (cli_hint(info.value) or "")
 
 
 def test_missing_file_named_by_environ_is_a_config_error(tmp_path: Path, home: Path) -> None:

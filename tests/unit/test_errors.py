@@ -1,7 +1,10 @@
 """Unit tests for :mod:`cellgate.errors` and the CLI's exit-code table.
 
-Each error class builds its message from keyword arguments, keeps those
-arguments as attributes, and appends its hint after ``"; "``. The class tree
+Each error class builds its message from keyword arguments and keeps those
+arguments as attributes; ``str()`` is the plain message (a free-text hint,
+the transition path, is still appended), and a :class:`Hint` key is rendered
+by each edge: the CLI's words (``cellgate.cli.hints``) or the REST API's,
+which never contain a shell command. The class tree
 must match the one drawn in the ``cellgate.errors`` docstring, because callers
 catch branches of it; and every branch must map to the exit code documented in
 ``cellgate.cli.exit_codes``.
@@ -9,10 +12,13 @@ catch branches of it; and every branch must map to the exit code documented in
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from cellgate import errors
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.hints import CLI_HINTS, cli_hint, cli_message
 from cellgate.errors import (
     BackendError,
     BackendTimeout,
@@ -25,6 +31,7 @@ from cellgate.errors import (
     ConfigError,
     DuplicateCell,
     EncryptionKeyError,
+    Hint,
     HostNotMapped,
     InstanceNotFound,
     InvalidURL,
@@ -45,6 +52,8 @@ from cellgate.errors import (
     UntargetedContext,
     WrongCell,
 )
+from cellgate.service import http
+from cellgate.service.hints import REST_HINTS, rest_hint, rest_message
 
 # --------------------------------------------------------------------------
 # The class tree
@@ -173,8 +182,11 @@ def test_cell_not_found() -> None:
     err = CellNotFound(ident="cell1")
     assert err.ident == "cell1"
     assert err.message == "no cell named or with uuid 'cell1'"
-    assert err.hint == "see 'cellgate cell list'"
-    assert str(err) == "no cell named or with uuid 'cell1'; see 'cellgate cell list'"
+    assert (err.hint, err.cell, err.kind) == (Hint.LIST_CELLS, "cell1", "CellNotFound")
+    # str() is the plain message; each edge renders the hint in its own words.
+    assert str(err) == "no cell named or with uuid 'cell1'"
+    assert cli_message(err) == "no cell named or with uuid 'cell1'; see 'cellgate cell list'"
+    assert rest_message(err) == "no cell named or with uuid 'cell1'; GET /v1/cells lists the cells"
 
 
 def test_host_not_mapped() -> None:
@@ -188,7 +200,8 @@ def test_duplicate_cell() -> None:
     err = DuplicateCell(field="name", value="cell1")
     assert (err.field, err.value) == ("name", "cell1")
     assert err.message == "a cell with name 'cell1' already exists"
-    assert str(err) == (
+    assert str(err) == "a cell with name 'cell1' already exists"
+    assert cli_message(err) == (
         "a cell with name 'cell1' already exists; choose another, or update the existing cell"
     )
 
@@ -266,7 +279,9 @@ def test_schema_mismatch_keeps_the_address_out_of_the_public_message() -> None:
 def test_untargeted_context() -> None:
     err = UntargetedContext(what="instance_get")
     assert err.message == "instance_get needs a target cell but the context has none"
-    assert err.hint == "wrap the call in target_cell(ctx, cell)"
+    assert err.hint is Hint.TARGET_CELL
+    assert cli_hint(err) == "wrap the call in target_cell(ctx, cell)"
+    assert rest_hint(err) is None
     assert str(err).startswith("instance_get needs a target cell")
 
 
@@ -403,3 +418,101 @@ def test_rpc_errors_keep_their_fields() -> None:
     assert NoSuchMethod(method="x").method == "x"
     wrong = WrongCell(expected="a", got="b")
     assert (wrong.expected, wrong.got) == ("a", "b")
+
+
+# --------------------------------------------------------------------------
+# Hints: keys in the domain, words at the edges
+# --------------------------------------------------------------------------
+
+#: One instance of every class, with a hint wherever the class takes one.
+SAMPLES: list[CellgateError] = [
+    CellgateError("m", hint=Hint.LIST_CELLS),
+    ConfigError("m", hint=Hint.CONFIG_FILE),
+    InvalidURL(
+        url="x", reason="r", hint=Hint.ADD_TEMPLATE_FIELD, hint_args={"field": "f", "option": "o"}
+    ),
+    EncryptionKeyError("m", hint=Hint.ADD_OLD_KEY),
+    MappingError("m", hint=Hint.MOVE_INSTANCES),
+    CellNotFound(ident="c"),
+    HostNotMapped(host="h"),
+    DuplicateCell(field="name", value="c"),
+    CellInUse(ident="c", reason="r", hint=Hint.FORCE_DELETE_CELL0),
+    StaleCell(ident="c", expected=1, found=2),
+    InstanceNotFound(uuid="u"),
+    BackendError(component="c", reason="r", hint=Hint.ASCII_PASSWORD),
+    BackendUnavailable(component="c", reason="r"),
+    CellUnavailable(component="c", reason="r"),
+    BackendTimeout(component="c", reason="r"),
+    CellTimeout(component="c", reason="r"),
+    RoutingError("m", hint=Hint.TARGET_CELL),
+    UntargetedContext(what="w"),
+    NoValidCell(reason="r"),
+    MigrationError("m", hint=Hint.USE_SYNC_COMMANDS),
+    SchemaMismatch(
+        component="c", current=None, expected="e", hint=Hint.SYNC_CELL_DB, hint_args={"cell": "c"}
+    ),
+    MigrationLocked(component="c", line="cell", waited=1.0),
+    RPCError("m", hint=Hint.START_SERVER),
+    RPCTimeout(method="m", target="t", timeout=1.0),
+    RemoteError(exc_type="E", message="m", method="m"),
+    UnsupportedVersion(requested="1.1", supported="1.0"),
+    NoTransport(cell="cell0"),
+    MalformedMessage("m"),
+    NoSuchMethod(method="m"),
+    WrongCell(expected="a", got="b"),
+]
+
+
+def _no_shell(text: str) -> None:
+    assert "cellgate " not in text and "--" not in text, text
+
+
+def test_the_samples_cover_every_class() -> None:
+    assert {type(e) for e in SAMPLES} == set(TREE)
+
+
+def test_every_hint_key_has_cli_words_and_rest_words_without_a_shell_command() -> None:
+    assert set(CLI_HINTS) == set(Hint)
+    assert set(REST_HINTS) <= set(Hint)
+    for hint in Hint:
+        err = CellgateError("m", hint=hint, hint_args={"cell": "c", "field": "f", "option": "o"})
+        assert cli_hint(err)  # every key renders on the CLI
+        _no_shell(rest_message(err))
+
+
+@pytest.mark.parametrize("err", SAMPLES, ids=lambda e: type(e).__name__)
+def test_rest_rendering_of_every_error_has_no_shell_command(err: CellgateError) -> None:
+    _no_shell(rest_message(err))
+    # str() is free of CLI words too, except a free-text hint (the transition
+    # path), which only the CLI may show.
+    if not isinstance(err.hint, str):
+        _no_shell(str(err))
+
+
+def test_a_free_text_hint_is_cli_only() -> None:
+    err = CellInUse(ident="c", reason="is busy", hint="pass --force to do it anyway")
+    assert cli_message(err) == "cell 'c' is busy; pass --force to do it anyway"
+    assert rest_message(err) == "cell 'c' is busy"
+    assert rest_hint(err) is None
+
+
+def test_hint_args_fill_the_cli_words() -> None:
+    err = SchemaMismatch(
+        component="cell cell3 database",
+        current=None,
+        expected="e",
+        hint=Hint.SYNC_CELL_DB,
+        hint_args={"cell": "cell3"},
+    )
+    assert cli_hint(err) == "run 'cellgate db sync --cell cell3'"
+    assert rest_message(err) == "cell cell3 database is at revision none (empty), expected e"
+
+
+def test_rest_error_classes_are_not_domain_errors() -> None:
+    rest = [
+        obj
+        for obj in vars(http).values()
+        if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == http.__name__
+    ]
+    assert rest  # Unauthorized, Forbidden
+    assert not any(issubclass(cls, CellgateError) for cls in rest)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from cellgate.apidb import audit
 from cellgate.apidb.mappings import CELL0_UUID, get_cell
 from cellgate.apidb.schema import CellMappingRow, HostMappingRow
-from cellgate.errors import CellNotFound, ConfigError, HostNotMapped
+from cellgate.errors import CellNotFound, ConfigError, Hint, HostNotMapped
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def map_host(
     if cell_uuid == CELL0_UUID:
         raise ConfigError(
             f"cannot map host {host!r} to cell0",
-            hint="cell0 only keeps instances that failed to build",
+            hint=Hint.CELL0_KEEPS_FAILED_BUILDS,
         )
     cell_id = session.scalar(
         select(CellMappingRow.id)

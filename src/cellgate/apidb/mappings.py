@@ -41,7 +41,7 @@ from cellgate.apidb.schema import (
     MappingGenerationRow,
 )
 from cellgate.dbtypes import utcnow
-from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell, StaleCell
+from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell, Hint, StaleCell
 from cellgate.keyring import SESSION_INFO_KEY, KeyRing, stored_key_id
 from cellgate.urls import NO_TRANSPORT, StoredURL, TemplateDefaults
 
@@ -155,7 +155,7 @@ def check_name(name: str) -> str:
     if normalize_uuid(name) is not None:
         raise ConfigError(
             f"cell name {name!r} looks like a uuid",
-            hint="names and uuids are both accepted wherever a cell is named, so they must differ",
+            hint=Hint.NAME_UUID_DIFFER,
         )
     return name
 
@@ -169,7 +169,7 @@ def check_urls(
     if transport.is_none and not cell0:
         raise ConfigError(
             f"{NO_TRANSPORT} is reserved for cell0",
-            hint="give the cell a rabbit://, amqp:// or memory:// transport URL",
+            hint=Hint.TRANSPORT_SCHEME,
         )
     if cell0 and not transport.is_none:
         raise ConfigError(f"cell0 has no message queue; its transport URL must be {NO_TRANSPORT}")
@@ -338,7 +338,7 @@ def delete_cell(
         raise CellInUse(
             ident=ident,
             reason="is cell0, which keeps the records of instances that failed to build",
-            hint="pass --force to delete it anyway; 'cell map-cell0' re-creates it",
+            hint=Hint.FORCE_DELETE_CELL0,
         )
     hosts = _count(session, HostMappingRow, HostMappingRow.cell_id == row.id)
     mapped = InstanceMappingRow.cell_id == row.id
@@ -349,13 +349,13 @@ def delete_cell(
         raise CellInUse(
             ident=ident,
             reason=f"still has {live} instance(s) mapped to it",
-            hint="delete or move its instances first",
+            hint=Hint.MOVE_INSTANCES,
         )
     if (hosts or queued) and not force:
         raise CellInUse(
             ident=ident,
             reason=f"still has {hosts} host(s) and {queued} deleted instance(s) mapped to it",
-            hint="pass --force to remove those mappings with the cell",
+            hint=Hint.FORCE_UNMAP_HOSTS,
         )
     changes: dict[str, audit.Change] = {"deleted": (False, True)}
     if force:

@@ -34,7 +34,7 @@ from cellgate.apidb.mappings import (
     seal,
 )
 from cellgate.apidb.schema import CellMappingRow
-from cellgate.errors import ConfigError, StaleCell
+from cellgate.errors import ConfigError, Hint, StaleCell
 from cellgate.keyring import KeyRing, stored_key_id
 from cellgate.urls import TemplateDefaults
 
@@ -102,9 +102,7 @@ def _plan_update(
             raise ConfigError(f"cell0 must keep the name {CELL0_NAME!r}")
         refuse_duplicates(session, name=name, uuid=row.uuid, exclude_id=row.id)
     if disabled and is_cell0:
-        raise ConfigError(
-            "cell0 cannot be disabled", hint="it holds instances that failed to build"
-        )
+        raise ConfigError("cell0 cannot be disabled", hint=Hint.CELL0_CANNOT_BE_DISABLED)
     old_transport = current.transport_url.reveal()
     old_database = current.database_connection.reveal()
     if transport_url is not None or database_connection is not None:

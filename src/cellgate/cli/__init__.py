@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.hints import cli_message
 from cellgate.cli.lazy import LazyGroup
 from cellgate.cli.state import CliState
 from cellgate.errors import CellgateError
@@ -59,7 +60,7 @@ def _report(exc: Exception, *, debug: bool) -> None:
     if debug:
         click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
     if isinstance(exc, CellgateError):
-        click.echo(f"cellgate: error: {redact(str(exc))}", err=True)
+        click.echo(f"cellgate: error: {redact(cli_message(exc))}", err=True)
     else:
         message = redact(f"{type(exc).__name__}: {exc}")
         hint = "" if debug else " (re-run with --debug for the traceback)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cellgate.errors import MigrationError
+from cellgate.errors import Hint, MigrationError
 
 
 def run_migrations(context: Any) -> None:
@@ -19,7 +19,7 @@ def run_migrations(context: Any) -> None:
     if connection is None or line is None:
         raise MigrationError(
             "cellgate migrations run only through cellgate",
-            hint="use 'cellgate api-db sync' or 'cellgate db sync'",
+            hint=Hint.USE_SYNC_COMMANDS,
         )
     tables = set(line.metadata.tables)
 

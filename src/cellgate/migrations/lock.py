@@ -47,7 +47,7 @@ from pathlib import Path
 import sqlalchemy.exc
 from sqlalchemy import Connection, text
 
-from cellgate.errors import BackendUnavailable, MigrationLocked
+from cellgate.errors import BackendUnavailable, Hint, MigrationLocked
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _sqlite_lock(conn: Connection, line: str, timeout: float, component: str) ->
         raise BackendUnavailable(
             component=component,
             reason=f"cannot open the migration lock file {sidecar}: {exc.strerror}",
-            hint="the database's directory must be writable by the user running sync",
+            hint=Hint.LOCK_DIR_WRITABLE,
         ) from exc
     try:
 

@@ -4,13 +4,32 @@
 :data:`~cellgate.results.CellResult` per key, in the order of the input:
 
 - ``Ok(value)`` when the function returned;
-- ``Failed(error)`` when it raised a :class:`~cellgate.errors.CellgateError`
-  (kept as-is) or any other ``Exception``, which is wrapped in
-  :class:`~cellgate.errors.CellUnavailable` with a redacted one-line reason
-  and the original chained as ``__cause__`` (the seam translation of
-  STYLE B.4);
+- ``Failed(error)`` when it raised an ``Exception``, which is kept exactly
+  as raised;
 - ``TimedOut(deadline)`` when it had not finished by the deadline, including
   work that was still queued and therefore never started.
+
+Wrap only what you mean
+-----------------------
+The pool never re-labels an error. A cell that cannot be used already
+arrives as a :class:`~cellgate.errors.BackendError` (``CellUnavailable``,
+``CellTimeout``): driver and transport errors are translated where they
+happen (``cellgate.engines``, ``cellgate.amqp``, the RPC client), and only
+there does anyone know that a connection, not a query, failed. Anything else
+``fn`` raises (a ``KeyError`` in the caller's own code, bad SQL, a domain
+error such as ``InstanceNotFound``) says nothing about the cell's reachability.
+Calling it "cannot be reached" would hide a bug behind a fake outage and,
+wherever such a result is re-raised under a circuit breaker, count against a
+healthy cell. So the caller decides by type:
+
+- a ``BackendError`` in ``Failed`` (or a ``TimedOut``) is an outage: report
+  the cell as down (the REST list puts it in ``down_cells`` with its
+  ``public_message``);
+- another :class:`~cellgate.errors.CellgateError` is an answer or a refusal
+  the caller knows how to render;
+- any other exception is a bug on this side of the wire: the REST API raises
+  it, so the request is a 500 whose log line carries the request id, and
+  never a down cell (``cellgate.service.instances``, ``.health``).
 
 Nova's ``scatter_gather_cells`` (nova/context.py) returns a dict whose values
 are a cell's result, ``raised_exception_sentinel`` (or, later, the raw
@@ -48,7 +67,12 @@ work and count themselves idle under that lock, so "is a thread free for this
 item?" is answered exactly. Results travel in ``concurrent.futures.Future``
 objects, so the caller can use ``concurrent.futures.wait`` with a timeout
 computed from one monotonic deadline, and ``Future.cancel`` for work that
-never started.
+never started. Every change of a future's state (running, cancelled, result
+set) happens under the pool's lock, and the caller decides "answered" or
+"overdue" under it too: a worker that has answered is never written off, and
+an answer is never reported as ``TimedOut`` (an earlier version published the
+result before taking the lock, and a caller that got the lock first saw the
+answered work as running).
 """
 
 from __future__ import annotations
@@ -66,9 +90,8 @@ from typing import Any, Final, Generic, TypeVar
 
 from cellgate import forksafe
 from cellgate.closing import Closing
-from cellgate.errors import CellgateError, CellUnavailable, RoutingError
+from cellgate.errors import RoutingError
 from cellgate.results import CellResult, Failed, Ok, TimedOut
-from cellgate.urls import redact
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -81,14 +104,18 @@ _pool_numbers = itertools.count(1)  # only for readable thread names
 
 
 class _Work(Generic[T]):
-    """One call of ``fn(item)``; its flags are guarded by the pool's lock."""
+    """One call of ``fn(item)``; its future and flag change only under the pool's lock.
 
-    __slots__ = ("abandoned", "call", "finished", "future")
+    ``future.done()`` is the one "finished" state: set with the result (or by
+    a cancel), so the caller's settling can never see an answered call as
+    still running.
+    """
+
+    __slots__ = ("abandoned", "call", "future")
 
     def __init__(self, call: Callable[[], T]) -> None:
         self.call = call
         self.future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self.finished = False  # the worker is done with it (result set or not run)
         self.abandoned = False  # its caller gave up while it was running
 
 
@@ -156,9 +183,7 @@ class FanoutPool(Closing):
         with self._cond:
             self._closed = True
             while self._pending:
-                work = self._pending.popleft()
-                work.future.cancel()
-                work.finished = True
+                self._pending.popleft().future.cancel()
             self._cond.notify_all()
 
     def _reserve_threads(self) -> int:
@@ -190,17 +215,18 @@ class FanoutPool(Closing):
     def _settle(self, works: Iterable[_Work[Any]]) -> set[_Work[Any]]:
         """At the deadline: cancel queued work and write off running work.
 
-        Returns the work that did not finish in time.
+        Returns the work that did not finish in time. A done future (answered,
+        failed, or cancelled by :meth:`close`) is never overdue: every change
+        of a future's state happens under the lock held here.
         """
         overdue: set[_Work[Any]] = set()
         with self._cond:
             for work in works:
-                if work.finished:
+                if work.future.done():
                     continue
                 overdue.add(work)
                 if work.future.cancel():  # still queued: it will never run
                     self._pending.remove(work)
-                    work.finished = True
                 else:  # running: its thread no longer counts as a worker
                     work.abandoned = True
                     self._workers -= 1
@@ -223,9 +249,11 @@ class FanoutPool(Closing):
                 work = self._pending.popleft()
                 # Under the lock, so _settle sees "queued" or "running", never between.
                 work.future.set_running_or_notify_cancel()
-            _run(work)
+            publish = _run(work)
             with self._cond:
-                work.finished = True
+                # Published under the lock: _settle sees "done" or "running",
+                # never an answer it would write off (issue 14: false TimedOut).
+                publish()
                 if work.abandoned:
                     if self._closed or self._workers >= self._max_workers:
                         return  # replaced while it hung; the pool is full again
@@ -233,13 +261,13 @@ class FanoutPool(Closing):
                 self._idle += 1
 
 
-def _run(work: _Work[Any]) -> None:
+def _run(work: _Work[Any]) -> Callable[[], None]:
+    """Run the call; return what publishes its outcome (the caller holds the lock)."""
     try:
         result = work.call()
     except BaseException as exc:  # delivered to the caller, never to this thread
-        work.future.set_exception(exc)
-    else:
-        work.future.set_result(result)
+        return functools.partial(work.future.set_exception, exc)
+    return functools.partial(work.future.set_result, result)
 
 
 def _result(
@@ -252,20 +280,6 @@ def _result(
     exc = work.future.exception()
     if exc is None:
         return Ok(work.future.result())
-    if isinstance(exc, CellgateError):
-        return Failed(exc)
     if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not a cell failure
         raise exc
-    # Any exception's text, which may name a host: it has no address to keep
-    # apart and is never public, so API clients read only the generic reason.
-    wrapped = CellUnavailable(component=f"cell {key}", reason=_one_line(exc))
-    wrapped.__cause__ = exc
-    wrapped.__suppress_context__ = True
-    return Failed(wrapped)
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of the message``, with any URL password masked."""
-    lines = redact(str(exc)).strip().splitlines()
-    name = type(exc).__name__
-    return f"{name}: {lines[0].strip()}" if lines else name
+    return Failed(exc)  # as raised: see "Wrap only what you mean"

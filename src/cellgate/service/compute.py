@@ -17,7 +17,7 @@ from cellgate.apidb.mappings import CellMapping
 from cellgate.app import App
 from cellgate.celldb import queries
 from cellgate.context import RequestContext
-from cellgate.errors import CellgateError, ConfigError
+from cellgate.errors import CellgateError, ConfigError, Hint
 from cellgate.rpc.server import RPCServer
 from cellgate.rpc.target import Target
 
@@ -108,7 +108,7 @@ class Worker:
         if self.app.rpc.url_for(self.cell).is_none:
             raise ConfigError(
                 f"cell {self.cell.label!r} has no message queue (none:///)",
-                hint="workers serve cells with a transport; cell0 has none",
+                hint=Hint.CELL0_HAS_NO_QUEUE,
             )
         try:
             return [Target(TOPIC, server=s, version=VERSION) for s in (None, self.host)]

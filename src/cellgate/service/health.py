@@ -2,7 +2,8 @@
 
 Every check of every cell runs inside one scatter-gather with the API's cell
 deadline, so a dead cell costs at most that deadline and is reported, never
-waited on.
+waited on. An exception that is not a cellgate error is a bug in a check, not
+a sign that the cell is down: it is raised (a 500 for the request).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cellgate.context import RequestContext
 from cellgate.dbtypes import utcnow
 from cellgate.errors import CellgateError
 from cellgate.migrations.runner import MigrationLine, current_on, head
-from cellgate.results import Failed, Ok
+from cellgate.results import Failed, Ok, TimedOut, raise_bugs
 from cellgate.rpc.amqp.broker import broker_label, probe_broker
 
 
@@ -33,13 +34,15 @@ def cell_health(
         }
 
     results = app.scatter_gather(ctx, cells, check, timeout=timeout)
+    raise_bugs(results.values())  # a bug in a check is a 500, not an unreachable cell
     report: dict[str, dict[str, Any]] = {}
     for cell in cells:
         result = results[cell.uuid]
         if isinstance(result, Ok):
             report[cell.uuid] = {"reachable": True, **result.value}
         else:
-            reason = str(result.error) if isinstance(result, Failed) else "no answer in time"
+            # The message without any CLI hint: this report goes to API clients.
+            reason = _text(result)
             report[cell.uuid] = {"reachable": False, "error": reason}
     return report
 
@@ -68,7 +71,7 @@ def _transport(app: App, cell: CellMapping, timeout: float) -> dict[str, Any]:
     try:
         url = app.rpc.url_for(cell)
     except CellgateError as exc:
-        return {"ok": False, "detail": str(exc)}
+        return {"ok": False, "detail": exc.message}
     if url.is_none:
         return {"ok": True, "detail": "none (no message queue)"}
     if url.scheme == "memory":
@@ -84,3 +87,10 @@ def _transport(app: App, cell: CellMapping, timeout: float) -> dict[str, Any]:
                 {"broker": label, "ok": False, "detail": getattr(exc, "reason", str(exc))}
             )
     return {"ok": any(b["ok"] for b in brokers), "brokers": brokers}
+
+
+def _text(result: Failed | TimedOut) -> str:
+    if isinstance(result, TimedOut):
+        return "no answer in time"
+    error = result.error
+    return error.message if isinstance(error, CellgateError) else str(error)

@@ -50,6 +50,7 @@ from cellgate.errors import (
     UnsupportedVersion,
 )
 from cellgate.service.health import cell_health
+from cellgate.service.hints import rest_message
 from cellgate.service.instances import MAX_LIMIT, InstanceService
 from cellgate.service.metrics import CONTENT_TYPE, Metrics
 from cellgate.urls import redact
@@ -74,11 +75,25 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
 REMOTE_STATUS = {"InvalidState": 409, "UnknownInstance": 404}
 
 
-class Unauthorized(CellgateError):
+class ApiError(Exception):
+    """An answer of the REST layer itself (auth), not a domain error.
+
+    Not a :class:`CellgateError`: the domain tree is about cells, mappings and
+    backends, and knows nothing of HTTP. ``message`` is what the client reads.
+    """
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class Unauthorized(ApiError):
     status = 401
 
 
-class Forbidden(CellgateError):
+class Forbidden(ApiError):
     status = 403
 
 
@@ -174,7 +189,7 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
             )
         if grant is None:
             raise Unauthorized(
-                "a valid bearer token is required", hint="send Authorization: Bearer TOKEN"
+                "a valid bearer token is required; send Authorization: Bearer TOKEN"
             )
         ctx = RequestContext(project_id=grant.project_id, roles=grant.roles)
         if x_request_id:  # keep the caller's id for log correlation, bounded
@@ -190,9 +205,16 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     Ctx = Annotated[RequestContext, Depends(context)]
     Admin = Annotated[RequestContext, Depends(admin)]
 
+    @api.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        response = error_body(exc.status, type(exc).__name__, exc.message)
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
     @api.exception_handler(CellgateError)
     async def _cellgate_error(request: Request, exc: CellgateError) -> JSONResponse:
-        status = getattr(exc, "status", None) or _status(exc)
+        status = _status(exc)
         if isinstance(exc, RemoteError):
             status = REMOTE_STATUS.get(exc.exc_type, 502)
             return error_body(status, exc.exc_type, exc.remote_message)
@@ -208,10 +230,8 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
                 redact(str(exc)),
             )
             return error_body(status, type(exc).__name__, exc.public_message)
-        response = error_body(status, type(exc).__name__, str(exc))
-        if isinstance(exc, Unauthorized):
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        # The REST API's own words: no CLI hint, no shell command (service.hints).
+        return error_body(status, type(exc).__name__, rest_message(exc))
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,7 +12,9 @@ The whole request path of the spec lives here:
 - ``list``: scatter-gather over every enabled cell, merged and paged by
   ``(sort key, uuid)``; a cell that fails or misses the deadline is listed in
   ``down_cells`` and its instances appear as minimal records from the API
-  database (Nova's microversion 2.69).
+  database (Nova's microversion 2.69). Only a cellgate error or a timeout
+  makes a cell "down": any other exception from the per-cell work is a bug
+  here, raised so that the request is a 500 logged with its request id.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from cellgate.errors import (
     InstanceNotFound,
     NoValidCell,
 )
-from cellgate.results import Failed, Ok
+from cellgate.results import Failed, Ok, raise_bugs
 from cellgate.rpc.target import Target
 from cellgate.service.compute import TOPIC, VERSION
+from cellgate.service.hints import rest_message
 from cellgate.service.metrics import Metrics
 from cellgate.urls import redact
 
@@ -301,6 +304,7 @@ class InstanceService:
                 return queries.count_instances(session)
 
         results = self.app.scatter_gather(ctx, cells, count, timeout=self.settings.cell_timeout)
+        raise_bugs(results.values())
         counts = {c.uuid: r.value for c in cells if isinstance(r := results[c.uuid], Ok)}
         if not counts:
             raise NoValidCell(reason="no enabled cell answered")
@@ -343,6 +347,7 @@ class InstanceService:
                 )
 
         results = self.app.scatter_gather(ctx, cells, page_of, timeout=self.settings.cell_timeout)
+        raise_bugs(results.values())  # a 500 for this request, not a down cell
         by_uuid = {c.uuid: c for c in cells}
         rows: list[tuple[tuple[str, str], dict[str, Any]]] = []
         down: list[CellMapping] = []
@@ -415,6 +420,8 @@ def _reason(result: object, ctx: RequestContext) -> str:
     if isinstance(error, BackendError):  # a page goes to clients: no address
         log.warning("request %s: cell down in a listing: %s", ctx.request_id, redact(str(error)))
         return error.public_message
+    if isinstance(error, CellgateError):  # its REST words: no CLI hint
+        return rest_message(error)
     if error is not None:
         return str(error)
     return "no answer within the deadline"

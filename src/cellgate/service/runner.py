@@ -19,7 +19,7 @@ from typing import Any
 
 import uvicorn
 
-from cellgate.errors import BackendUnavailable, ConfigError
+from cellgate.errors import BackendUnavailable, ConfigError, Hint
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(
             f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="choose another --port, or stop what is using it",
+            hint=Hint.CHOOSE_OTHER_PORT,
         ) from None
     sock.listen(128)
     return sock

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cellgate import forksafe
 from cellgate.config import ApiDatabaseSettings
-from cellgate.errors import SchemaMismatch
+from cellgate.errors import Hint, SchemaMismatch
 from cellgate.keyring import SESSION_INFO_KEY, KeyRing
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
 from cellgate.migrations.runner import Applied, MigrationLine, apply, current, head
@@ -127,7 +127,7 @@ class ApiDatabase:
                 address=self.address,
                 current=found,
                 expected=expected,
-                hint="run 'cellgate api-db sync'",
+                hint=Hint.SYNC_API_DB,
             )
 
     def close(self) -> None:

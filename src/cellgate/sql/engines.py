@@ -26,7 +26,7 @@ import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from cellgate.errors import BackendTimeout, BackendUnavailable
+from cellgate.errors import BackendTimeout, BackendUnavailable, Hint
 from cellgate.urls import DatabaseURL, redact
 
 
@@ -217,7 +217,7 @@ def translate_errors(
             address=address,
             reason=reason,
             public_reason=reason,  # ours, and it names nothing
-            hint="use a password of ASCII characters",
+            hint=Hint.ASCII_PASSWORD,
         ) from None
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         if not is_backend_failure(exc):
