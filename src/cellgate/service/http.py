@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cellgate.apidb.hosts import list_hosts
@@ -53,6 +53,7 @@ from cellgate.service.health import cell_health
 from cellgate.service.instances import MAX_LIMIT, InstanceService
 from cellgate.service.metrics import CONTENT_TYPE, Metrics
 from cellgate.urls import redact
+from cellgate.validation import control_character
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,24 @@ class Forbidden(CellgateError):
     status = 403
 
 
+class InvalidRequest(CellgateError):
+    status = 400
+
+
+def _plain_text(value: str) -> str:
+    found = control_character(value)
+    if found is not None:
+        raise ValueError(f"contains {found}")
+    return value
+
+
+#: Any string a client sends in a body: no NUL, newline, ESC or other control.
+Text = Annotated[str, AfterValidator(_plain_text)]
+
+
 class CreateInstance(BaseModel):
-    name: str = Field(min_length=1, max_length=255)
-    cell: str | None = Field(default=None, max_length=255)
+    name: Text = Field(min_length=1, max_length=255)
+    cell: Text | None = Field(default=None, max_length=255)
 
 
 class InstanceAction(BaseModel):
@@ -176,6 +192,11 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
             raise Unauthorized(
                 "a valid bearer token is required", hint="send Authorization: Bearer TOKEN"
             )
+        for where, values in (("path", request.path_params), ("query", request.query_params)):
+            for key, value in values.items():
+                found = isinstance(value, str) and control_character(value)
+                if found:
+                    raise InvalidRequest(f"{where}.{key}: contains {found}")
         ctx = RequestContext(project_id=grant.project_id, roles=grant.roles)
         if x_request_id:  # keep the caller's id for log correlation, bounded
             ctx = replace(ctx, request_id=x_request_id[:64])
