@@ -1347,3 +1347,22 @@ def test_password_forms_through_the_cli(tmp_path: Path, scanner: Scanner) -> Non
         w.every_way("cell", "history", f"f{i}")
     w.every_way("cell", "list")
     scanner.assert_clean()
+
+
+def test_usage_errors_never_echo_a_password(tmp_path: Path, scanner: Scanner) -> None:
+    """A URL as a stray argument, a password in a numeric option (issue 12.8)."""
+    w = build_world(tmp_path, scanner)
+    url = f"mysql+pymysql://{TYPO.user}:{TYPO.q}@127.0.0.1/x"
+    for args in (
+        ("cell", "update", "good1", url),
+        ("cell", "update", "good1", unquote(url)),
+        ("cell", "update", "good1", "--expected-version", TYPO.password),
+        ("cell", "update", "good1", f"--expected-version={TYPO.q}"),
+        ("cell", "list", f"--password={TYPO.password}"),
+        ("cell", "create", "--name", "x", TYPO.password),
+        ("cell", TYPO.password),
+        ("host", "list", "--cell"),
+    ):
+        w.cli(*args, expect=2)
+        w.cli("--debug", *args, expect=2)
+    scanner.assert_clean()
