@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from cellgate.apidb.hosts import list_hosts
 from cellgate.apidb.mappings import CellMapping
@@ -185,8 +186,11 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         scheme, _, token = (authorization or "").partition(" ")
         grant = None
         if scheme.lower() == "bearer" and token:
+            # As bytes: compare_digest refuses a str with a non-ASCII character.
+            sent = token.encode("utf-8", "replace")
             grant = next(
-                (g for t, g in tokens.items() if pysecrets.compare_digest(t, token)), None
+                (g for t, g in tokens.items() if pysecrets.compare_digest(t.encode(), sent)),
+                None,
             )
         if grant is None:
             raise Unauthorized(
@@ -248,6 +252,8 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         )
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
+        if exc.status_code == 405:  # every method of the path, not just one route's
+            response.headers["Allow"] = ", ".join(sorted(_allowed(api, request)))
         return response
 
     @api.exception_handler(Exception)
@@ -264,6 +270,10 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     @api.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.head("/healthz", include_in_schema=False)  # load balancers' health checks
+    def healthz_head() -> Response:
+        return Response(status_code=200)
 
     @api.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> Response:
@@ -325,6 +335,15 @@ def _request_id(request: Request) -> str:
     if isinstance(found, str):
         return found
     return (request.headers.get("x-request-id") or "-")[:64]
+
+
+def _allowed(api: FastAPI, request: Request) -> set[str]:
+    """The methods some route takes on this request's path (for a 405's ``Allow``)."""
+    allowed: set[str] = set()
+    for route in api.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            allowed |= route.methods or set()
+    return allowed
 
 
 def _status(exc: Exception) -> int:
