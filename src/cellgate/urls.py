@@ -20,7 +20,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_plus
 
 import sqlalchemy.engine
 import sqlalchemy.exc
@@ -100,9 +100,9 @@ class _Parts:
     tail: str  # "/path?query#fragment", unchanged
 
     def render(self, hide_password: bool) -> str:
-        netloc = ",".join(h.render(hide_password) for h in self.hosts)
-        tail = _mask_query(self.tail) if hide_password else self.tail
-        return f"{self.scheme}://{netloc}{tail}"
+        netloc = ",".join(h.render(False) for h in self.hosts)
+        raw = f"{self.scheme}://{netloc}{self.tail}"
+        return mask_url(raw) if hide_password else raw
 
     @property
     def path(self) -> str:
@@ -120,14 +120,15 @@ class _Parts:
 
 #: Query parameters that drivers accept as a password (PyMySQL, libpq).
 SECRET_QUERY_KEYS: Final = frozenset({"password", "passwd", "sslpassword"})
-_SECRET_QUERY_RE: Final = re.compile(
-    r"(?i)([?&;](?:" + "|".join(sorted(SECRET_QUERY_KEYS)) + r")=)[^&;#]*"
-)
+# Any query key that looks like one is masked too: PASSWORD, db_password, token...
+_SECRET_KEY_RE: Final = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+# A query (or fragment) item "key=": its value runs to the next "&".
+_QUERY_ITEM_RE: Final = re.compile(r"(?=[?&;#]([^?&;#=]*)=([^&]*))")
 
 
-def _mask_query(tail: str) -> str:
-    """Mask ``password=...`` (and its kin) in a URL's ``?query``."""
-    return _SECRET_QUERY_RE.sub(lambda m: m.group(1) + MASK, tail)
+def is_secret_key(key: str) -> bool:
+    """True if a (percent-decoded) query key may carry a password."""
+    return bool(_SECRET_KEY_RE.search(unquote_plus(key)))
 
 
 def _is_placeholder(value: str) -> bool:
@@ -137,40 +138,94 @@ def _is_placeholder(value: str) -> bool:
 def _split(raw: str) -> _Parts | None:
     """Split ``scheme://[user[:pass]@]host[,...]/tail``; ``None`` if not URL-shaped.
 
-    The netloc runs to the first ``/``, ``?`` or ``#`` *after the last* ``@``,
-    so an unencoded ``/`` in a password cannot cut it short. Hosts are split
-    on the first comma after each ``@``, so a comma in a password only ever
-    over-masks.
+    The userinfo ends at the last ``@`` before the first ``?`` or ``#`` (an
+    ``@`` after them belongs to the query or fragment, as in
+    ``?password=p@ss``), so an unencoded ``@`` or ``/`` in a password cannot
+    cut it short. Hosts are split on the first comma after each ``@``, so a
+    comma in a password only ever over-masks.
     """
+    found = _split_spans(raw, legacy=False)
+    return found[0] if found else None
+
+
+def _delimiter(rest: str, *, legacy: bool) -> int:
+    """Index of the ``@`` ending the userinfo in ``rest`` (``-1``: none)."""
+    if legacy:  # the last "@" anywhere: how a password with a raw "?" or "#" reads
+        return rest.rfind("@")
+    stop = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
+    return rest.rfind("@", 0, stop)
+
+
+def _split_spans(raw: str, *, legacy: bool) -> tuple[_Parts, list[tuple[int, int]]] | None:
+    """:func:`_split`, plus where in ``raw`` each secret (password, query secret) is."""
     scheme, sep, rest = raw.partition("://")
     if not sep or not _SCHEME_RE.match(scheme):
         return None
-    at = rest.rfind("@")
+    base = len(scheme) + 3
+    at = _delimiter(rest, legacy=legacy)
     end = len(rest)
     for stop in "/?#":
         found = rest.find(stop, at + 1)
         if found != -1:
             end = min(end, found)
     netloc, tail = rest[:end], rest[end:]
+    spans = [
+        (base + end + m.start(2), base + end + m.end(2))
+        for m in _QUERY_ITEM_RE.finditer(tail)
+        if is_secret_key(m.group(1))
+    ]
     if not netloc:
-        return _Parts(scheme, (), tail)
+        return _Parts(scheme, (), tail), spans
     segments = netloc.split("@")
     hosts: list[_Host] = []
     userinfo: str | None = segments[0] if len(segments) > 1 else None
-    middle = segments[1:-1]
-    for seg in middle:
+    start = 0  # where userinfo starts in rest
+    pos = len(segments[0]) + 1  # where the next segment starts in rest
+    for seg in segments[1:-1]:
         hostport, comma, next_userinfo = seg.partition(",")
         if comma and _HOSTPORT_RE.match(hostport) and ":" in next_userinfo:
             # "host[:port],user:password": the end of one broker, the start of the next
+            spans.extend(_password_span(userinfo, base + start))
             hosts.append(_host(userinfo, hostport))
-            userinfo = next_userinfo
+            userinfo, start = next_userinfo, pos + len(hostport) + 1
         else:  # an unencoded "@" (and maybe ",") inside the password: keep it whole
             userinfo = f"{userinfo}@{seg}"
-    last = segments[-1]
-    first, *others = last.split(",")
+        pos += len(seg) + 1
+    spans.extend(_password_span(userinfo, base + start))
+    first, *others = segments[-1].split(",")
     hosts.append(_host(userinfo, first))
     hosts.extend(_Host(None, None, h) for h in others)
-    return _Parts(scheme, tuple(hosts), tail)
+    return _Parts(scheme, tuple(hosts), tail), spans
+
+
+def _password_span(userinfo: str | None, start: int) -> list[tuple[int, int]]:
+    if userinfo is None or ":" not in userinfo:
+        return []
+    colon = userinfo.index(":")
+    if _is_placeholder(userinfo[colon + 1 :]):
+        return []
+    return [(start + colon + 1, start + len(userinfo))]
+
+
+def secret_spans(raw: str) -> list[tuple[int, int]] | None:
+    """Every ``(start, end)`` of ``raw`` that may be a secret; ``None`` if not a URL.
+
+    The union of two readings: the userinfo ending before any ``?`` or ``#``
+    (what RFC 3986 and the query-string password form need), and ending at
+    the last ``@`` (a password holding a raw ``?`` or ``#``, which SQLAlchemy
+    and libpq read as part of it). Where they disagree, both are masked.
+    """
+    found = _split_spans(raw, legacy=False)
+    if found is None:
+        return None
+    spans = list(found[1])
+    scheme_len = len(raw.partition("://")[0]) + 3
+    rest = raw[scheme_len:]
+    if _delimiter(rest, legacy=True) != _delimiter(rest, legacy=False):
+        other = _split_spans(raw, legacy=True)
+        if other is not None:
+            spans.extend(other[1])
+    return spans
 
 
 def _host(userinfo: str | None, hostport: str) -> _Host:
@@ -185,11 +240,23 @@ def mask_url(raw: str) -> str:
 
     Never raises. Placeholders such as ``{password}`` are kept, since they are
     not secrets. A value that is not URL-shaped is shown only by its length.
+    Query secrets (``?password=``, ``?pass%77ord=``, ``?PASSWD=``...) are masked
+    by their decoded key; where two readings of the URL disagree, every part
+    either reading takes for a secret is masked.
     """
-    parts = _split(raw)
-    if parts is None:
+    spans = secret_spans(raw)
+    if spans is None:
         return f"<unparseable URL, {len(raw)} characters>"
-    return parts.render(hide_password=True)
+    out: list[str] = []
+    pos = 0
+    for start, end in sorted(spans):
+        if start < pos:  # overlaps (or equals) the span just masked
+            pos = max(pos, end)
+            continue
+        out += [raw[pos:start], MASK]
+        pos = end
+    out.append(raw[pos:])
+    return "".join(out)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -208,16 +275,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def url_passwords(raw: str) -> list[str]:
     """Every password in ``raw`` (for :func:`redact`); empty if none."""
-    parts = _split(raw)
-    if parts is None:
-        return []
-    found = [h.password for h in parts.hosts if h.password and not _is_placeholder(h.password)]
-    query = parts.query
-    for item in query.split("&") if query else []:
-        key, _, value = item.partition("=")
-        if key.lower() in SECRET_QUERY_KEYS and value:
-            found.append(unquote(value))
-    return found
+    spans = dict.fromkeys(secret_spans(raw) or [])  # the two readings may repeat one
+    return [raw[start:end] for start, end in spans if end > start]
 
 
 class StoredURL:
@@ -298,6 +357,12 @@ class DatabaseURL:
                 reason="the password contains an unencoded '@'",
                 hint=Hint.ENCODE_AT_SIGN,
             )
+        if "@" in (url.username or ""):  # "u@h:1/db?password=p@ss" reads as user "u@h"
+            raise InvalidURL(
+                url=masked,
+                reason="an unencoded '@' after the host",
+                hint="percent-encode '@' in the query string as %40",
+            )
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
         if url.get_backend_name() != "sqlite" and not url.host:
@@ -327,10 +392,9 @@ class DatabaseURL:
         if hide_password and self._masked is not None:
             return self._masked
         url = self._url
-        if hide_password and SECRET_QUERY_KEYS & set(url.query):
-            url = url.update_query_dict(
-                {k: MASK for k in SECRET_QUERY_KEYS if k in url.query}, append=False
-            )
+        secret_keys = [k for k in url.query if is_secret_key(k)]  # decoded by make_url
+        if hide_password and secret_keys:
+            url = url.update_query_dict({k: MASK for k in secret_keys}, append=False)
         rendered = url.render_as_string(hide_password=hide_password)
         if hide_password:
             self._masked = rendered
@@ -391,6 +455,13 @@ class TransportURL:
             supported = ", ".join(f"{s}://" for s in sorted(TRANSPORT_SCHEMES))
             raise InvalidURL(
                 url=masked, reason=f"unsupported scheme {parts.scheme!r} (supported: {supported})"
+            )
+        rest = raw.partition("://")[2]
+        if _delimiter(rest, legacy=True) != _delimiter(rest, legacy=False):
+            raise InvalidURL(
+                url=masked,
+                reason="an '@' after '?' or '#'",
+                hint="percent-encode '@', '?' and '#' in a password (%40, %3F, %23)",
             )
         hosts = tuple(_transport_host(h, masked) for h in parts.hosts)
         if parts.scheme in {"rabbit", "amqp"} and not hosts:

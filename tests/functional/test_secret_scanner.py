@@ -40,6 +40,7 @@ from click.testing import CliRunner, Result
 from kombu.connection import Connection
 from sqlalchemy.orm import Session
 
+from cellgate.apidb import audit
 from cellgate.apidb.updates import update_cell
 from cellgate.app import App
 from cellgate.celldb import queries
@@ -47,7 +48,7 @@ from cellgate.cli import cli
 from cellgate.config import Settings, load_settings, template_defaults
 from cellgate.context import RequestContext
 from cellgate.errors import CellgateError, ConfigError
-from cellgate.logs import configure_logging
+from cellgate.logs import RedactingFilter, configure_logging
 from cellgate.results import Failed
 from cellgate.rpc.amqp.rabbit import _CallChannel
 from cellgate.rpc.target import Target
@@ -1277,4 +1278,90 @@ def _real_servers(
     assert " DEBUG " in err
     scanner.scan("stdout (real servers)", out)
     scanner.scan("stderr (real servers, logs at DEBUG)", err)
+    scanner.assert_clean()
+
+
+# -- every way to write a password (issue 12.1) ---------------------------------------------
+
+QS = Secret("query-string form", "Qp@ss-7Hk2?x", "qs")
+QS2 = Secret("query-string form 2", "Zr@t-9Lm4", "qs2")
+
+
+def password_forms() -> dict[str, str]:
+    """URLs whose password is where a careless masker does not look: name -> URL."""
+    host = CLOSED.format(14)
+    p, p2 = QS.password, QS2.password
+    return {
+        "query, raw @": f"mysql+pymysql://qs@127.0.0.14/db?password={quote(p, safe='@?')}",
+        "query, fully encoded": f"postgresql+psycopg://qs@{host}/db?password={QS.q}",
+        "query, encoded key": f"mysql+pymysql://qs@127.0.0.14/db?pass%77ord={quote(p, safe='@')}",
+        "query, upper-case key": f"mysql+pymysql://qs@{host}/db?PASSWORD={QS.q}",
+        "query, passwd": f"mysql+pymysql://qs@{host}/db?passwd={QS.q}",
+        "query, sslpassword": f"postgresql+psycopg://qs@{host}/db?sslpassword={QS.q}",
+        "query, repeated key": f"mysql+pymysql://qs@{host}/db?password={QS2.q}&password={QS.q}",
+        "query, after others": f"postgresql+psycopg://qs@{host}/db?a=1&password={QS.q}#frag",
+        "query and userinfo": f"mysql+pymysql://qs:{QS2.q}@{host}/db?password={QS.q}",
+        "raw ? and # in userinfo": f"mysql+pymysql://qs:{p}@{host}/db",
+        "raw ? in the second broker": f"rabbit://qs:{QS.q}@h1:1,qs2:{p2}?x@h2:2/vh",
+        "multi-host": f"rabbit://qs:{QS.q}@h1:1,qs2:{QS2.q}@h2:2/vh",
+        "fragment": f"rabbit://qs:{QS.q}@h1:1/vh#frag",
+        "query after a fragment": f"mysql+pymysql://qs@{host}/db#f?password={QS.q}",
+    }
+
+
+@pytest.mark.parametrize("name", list(password_forms()))
+def test_every_password_form_is_masked_by_every_masker(name: str) -> None:
+    url = password_forms()[name]
+    scanner = Scanner([QS, QS2])
+    scanner.scan("mask_url", mask_url(url))
+    scanner.scan("redact", redact(f"cannot reach {url}: refused"))
+    scanner.scan("StoredURL", f"{StoredURL(url)!s} {StoredURL(url)!r}")
+    scanner.scan("audit change", json.dumps(audit.url_change(url, url + "&x=1")))
+    for parse in (DatabaseURL.parse, TransportURL.parse):
+        try:
+            parsed: object = parse(url)
+        except CellgateError as exc:
+            parsed = exc
+        scanner.scan(f"{parse.__qualname__}", f"{parsed!s} {parsed!r}")
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "url %s", (url,), None)
+    RedactingFilter().filter(record)
+    scanner.scan("log record", record.getMessage())
+    scanner.assert_clean()
+
+
+def test_password_forms_through_the_cli(tmp_path: Path, scanner: Scanner) -> None:
+    scanner.secrets += [QS, QS2]
+    w = build_world(tmp_path, scanner)
+    for i, (name, url) in enumerate(password_forms().items()):
+        if url.startswith("rabbit://"):
+            args = ("--transport-url", url, "--database-connection", w.cells["good1"][1])
+        else:
+            args = ("--transport-url", memory_url(PCT, f"f{i}"), "--database-connection", url)
+        created = w.cli("cell", "create", "--name", f"f{i}", *args, expect=None)
+        assert created.exit_code in (0, 2), (name, created.output)
+        if created.exit_code:
+            continue
+        w.every_way("cell", "show", f"f{i}")
+        w.every_way("cell", "update", f"f{i}", *args[:2], "--dry-run")
+        w.every_way("cell", "history", f"f{i}")
+    w.every_way("cell", "list")
+    scanner.assert_clean()
+
+
+def test_usage_errors_never_echo_a_password(tmp_path: Path, scanner: Scanner) -> None:
+    """A URL as a stray argument, a password in a numeric option (issue 12.8)."""
+    w = build_world(tmp_path, scanner)
+    url = f"mysql+pymysql://{TYPO.user}:{TYPO.q}@127.0.0.1/x"
+    for args in (
+        ("cell", "update", "good1", url),
+        ("cell", "update", "good1", unquote(url)),
+        ("cell", "update", "good1", "--expected-version", TYPO.password),
+        ("cell", "update", "good1", f"--expected-version={TYPO.q}"),
+        ("cell", "list", f"--password={TYPO.password}"),
+        ("cell", "create", "--name", "x", TYPO.password),
+        ("cell", TYPO.password),
+        ("host", "list", "--cell"),
+    ):
+        w.cli(*args, expect=2)
+        w.cli("--debug", *args, expect=2)
     scanner.assert_clean()

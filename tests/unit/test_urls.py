@@ -891,3 +891,66 @@ def test_property_redact_hides_explicit_secrets(password: str) -> None:
     out = redact(text, [encoded])
     assert password not in out
     assert encoded not in out
+
+
+# --------------------------------------------------------------------------
+# Passwords in the query string, and an "@" after "?" or "#" (issue 12.1)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "mysql+pymysql://u@127.0.0.1/db?password=Qp@ss-7Hk2",
+            "mysql+pymysql://u@127.0.0.1/db?password=***",
+        ),
+        ("mysql+pymysql://u@h/db?pass%77ord=Qp@ss", "mysql+pymysql://u@h/db?pass%77ord=***"),
+        ("mysql+pymysql://u@h/db?PASSWORD=s3cr3t", "mysql+pymysql://u@h/db?PASSWORD=***"),
+        ("mysql+pymysql://u@h/db?passwd=s3cr3t", "mysql+pymysql://u@h/db?passwd=***"),
+        ("postgresql://u@h/db?sslpassword=s3cr3t", "postgresql://u@h/db?sslpassword=***"),
+        (
+            "postgresql://u@h/db?password=one1&x=1&password=two2",
+            "postgresql://u@h/db?password=***&x=1&password=***",
+        ),
+        ("postgresql://u@h/db?a=1;password=s3cr3t", "postgresql://u@h/db?a=1;password=***"),
+        ("postgresql://u@h/db#f?password=s3cr3t", "postgresql://u@h/db#f?password=***"),
+        ("rabbit://u:p1@h1,u2:p2@h2/vh", "rabbit://u:***@h1,u2:***@h2/vh"),
+    ],
+)
+def test_mask_url_masks_query_secrets_by_decoded_key(raw: str, expected: str) -> None:
+    assert mask_url(raw) == expected
+    assert redact(f"x {raw} y") == f"x {expected} y"
+    assert str(StoredURL(raw)) == expected
+
+
+def test_url_passwords_include_query_secrets() -> None:
+    assert url_passwords("mysql+pymysql://u@h/db?password=Qp@ss") == ["Qp@ss"]
+    assert url_passwords("mysql+pymysql://u@h/db?pass%77ord=a1b&PASSWD=c2d") == ["a1b", "c2d"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "mysql+pymysql://u@127.0.0.1/db?password=Qp@ss-7Hk2",
+        "mysql+pymysql://u@h/db?pass%77ord=Qp%40ss-7Hk2",
+        "mysql+pymysql://u@h/db?PASSWORD=Qp%40ss-7Hk2&password=Qp%40ss-7Hk2",
+    ],
+)
+def test_database_url_masks_query_secrets_by_decoded_key(raw: str) -> None:
+    url = DatabaseURL.parse(raw)
+    for text in (str(url), repr(url)):
+        assert "Qp" not in text and "7Hk2" not in text, text
+
+
+def test_database_url_refuses_an_at_in_the_query_after_a_port() -> None:
+    # SQLAlchemy reads this as user "u@h", password "3306/db?password=Qp", host "ss".
+    with pytest.raises(InvalidURL, match="unencoded '@'") as info:
+        DatabaseURL.parse("mysql+pymysql://u@h:3306/db?password=Qp@ss-7Hk2")
+    assert "7Hk2" not in str(info.value)
+
+
+def test_transport_url_refuses_an_at_after_a_question_mark() -> None:
+    with pytest.raises(InvalidURL, match="after '\\?' or '#'") as info:
+        TransportURL.parse("rabbit://u:pa?ss-7Hk2@h/v")
+    assert "7Hk2" not in str(info.value)

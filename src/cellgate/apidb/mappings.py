@@ -44,6 +44,7 @@ from cellgate.dbtypes import utcnow
 from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell, Hint, StaleCell
 from cellgate.keyring import SESSION_INFO_KEY, KeyRing, stored_key_id
 from cellgate.urls import NO_TRANSPORT, StoredURL, TemplateDefaults
+from cellgate.validation import control_character
 
 CELL0_UUID: Final = "00000000-0000-0000-0000-000000000000"
 CELL0_NAME: Final = "cell0"
@@ -146,10 +147,29 @@ def normalize_uuid(value: str) -> str | None:
         return None
 
 
-def check_name(name: str) -> str:
-    name = name.strip()
-    if not name:
+def check_name(name: str, *, cell0: bool = False) -> str:
+    """``name`` if it may name a cell; else :class:`ConfigError`, one line.
+
+    Printable text only (:func:`~cellgate.validation.control_character`: no
+    newline, ESC, NUL...), with no leading or trailing space (never stripped
+    silently), not a uuid, and not ``cell0`` (any case) unless ``cell0``: the
+    name belongs to the cell ``cell map-cell0`` creates.
+    """
+    if not name.strip():
         raise ConfigError("a cell name must not be empty")
+    found = control_character(name)
+    if found is not None:
+        raise ConfigError(f"a cell name must not contain {found}")
+    if name != name.strip():
+        raise ConfigError(
+            "a cell name must not start or end with a space",
+            hint=f"did you mean {name.strip()!r}?",
+        )
+    if not cell0 and name.casefold() == CELL0_NAME:
+        raise ConfigError(
+            f"the cell name {name!r} is reserved for cell0",
+            hint="'cellgate cell map-cell0' creates cell0; choose another name",
+        )
     if len(name) > 255:
         raise ConfigError("a cell name must be at most 255 characters")
     if normalize_uuid(name) is not None:
@@ -232,10 +252,39 @@ def create_cell(
     Raises :class:`DuplicateCell` if a live cell has the name or uuid, also
     when another process inserts it concurrently (the unique constraints
     decide the race). ``actor`` is who the audit trail names (default: this
-    process's ``user@host``).
+    process's ``user@host``). cell0's name and uuid are refused: only
+    :func:`map_cell0` creates cell0.
     """
-    name = check_name(name)
     cell_uuid = _check_uuid(uuid) if uuid else str(uuidlib.uuid4())
+    if cell_uuid == CELL0_UUID:
+        raise ConfigError(
+            f"the uuid {CELL0_UUID} is reserved for cell0",
+            hint="'cellgate cell map-cell0' creates cell0; omit --uuid for a new one",
+        )
+    return _insert_cell(
+        session,
+        name=check_name(name),
+        uuid=cell_uuid,
+        transport_url=transport_url,
+        database_connection=database_connection,
+        defaults=defaults,
+        disabled=disabled,
+        actor=actor,
+    )
+
+
+def _insert_cell(
+    session: Session,
+    *,
+    name: str,
+    uuid: str,
+    transport_url: str,
+    database_connection: str,
+    defaults: TemplateDefaults,
+    disabled: bool,
+    actor: str | None,
+) -> CellMapping:
+    cell_uuid = uuid
     is_cell0 = cell_uuid == CELL0_UUID
     if is_cell0 and disabled:
         raise ConfigError("cell0 cannot be disabled")
@@ -384,13 +433,14 @@ def map_cell0(
     existing = session.scalars(live_select().where(CellMappingRow.uuid == CELL0_UUID)).first()
     if existing is not None:
         return from_row(existing, keyring(session)), False
-    cell = create_cell(
+    cell = _insert_cell(
         session,
         name=CELL0_NAME,
         uuid=CELL0_UUID,
         transport_url=NO_TRANSPORT,
         database_connection=database_connection,
         defaults=defaults,
+        disabled=False,
         actor=actor,
     )
     return cell, True

@@ -97,7 +97,7 @@ def _plan_update(
         raise StaleCell(ident=ident, expected=expected_version, found=row.version)
     is_cell0 = row.uuid == CELL0_UUID
     if name is not None:
-        name = check_name(name)
+        name = check_name(name, cell0=is_cell0)
         if is_cell0 and name != CELL0_NAME:
             raise ConfigError(f"cell0 must keep the name {CELL0_NAME!r}")
         refuse_duplicates(session, name=name, uuid=row.uuid, exclude_id=row.id)

@@ -8,6 +8,11 @@ adds the (redacted) traceback; nothing else ever prints one.
 
 Commands are loaded when they run (:class:`~cellgate.cli.lazy.LazyGroup`),
 so ``cellgate --version`` imports none of them.
+
+click's own usage errors (an unknown command or option, a bad option value, a
+stray argument) become the same one line, ``cellgate: error: MESSAGE; HINT``
+with exit 2, and their text is redacted: click quotes what was typed, which
+may be a URL or a password pasted in the wrong place.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +47,81 @@ COMMANDS = {
     "demo": "cellgate.cli.serve:demo",
 }
 
+class OneLineError(click.ClickException):
+    """A click error as one redacted line (click calls :meth:`show` to print it)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"cellgate: error: {self.message}", err=True)
+
+
+class OneLineUsageError(OneLineError):
+    """A usage error: exit 2 (``ExitCode.USAGE``)."""
+
+    exit_code = ExitCode.USAGE
+
+
+def _typed_values(args: Iterable[str], commands: set[str]) -> Iterator[str]:
+    """What the operator typed that is not an option or command name: maybe a secret."""
+    for arg in args:
+        if arg.startswith("-"):
+            _, eq, value = arg.partition("=")
+            if eq:
+                yield value
+        elif arg not in commands:
+            yield arg
+
+
+def _command_names(group: click.Group) -> set[str]:
+    names = set(group.commands) | set(getattr(group, "lazy_commands", ()))
+    for sub in group.commands.values():
+        if isinstance(sub, click.Group):
+            names |= _command_names(sub)
+    return names
+
+
+def one_line(
+    exc: click.ClickException, args: Iterable[str], group: click.Group, path: str
+) -> OneLineError:
+    """``exc`` as one line with every typed value masked; exit 2 for usage errors."""
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    message = redact(text, list(_typed_values(args, _command_names(group))))
+    context = exc.ctx if isinstance(exc, click.UsageError) else None
+    if isinstance(exc, click.UsageError):
+        message += f"; see '{context.command_path if context else path} --help'"
+    return (
+        OneLineUsageError(message) if isinstance(exc, click.UsageError) else OneLineError(message)
+    )
+
 
 class CellgateGroup(LazyGroup):
     """A group that renders every error as one line with a documented exit code."""
 
+    _argv: tuple[str, ...] = ()
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        if parent is None:
+            self._argv = tuple(args)
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except OneLineError:
+            raise
+        except click.ClickException as exc:
+            raise one_line(exc, self._argv, self, info_name or "cellgate") from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except OneLineError:
+            raise
+        except click.ClickException as exc:
+            raise one_line(exc, self._argv, self, ctx.command_path) from None
+        except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
             state = ctx.obj if isinstance(ctx.obj, CliState) else None

@@ -26,8 +26,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from cellgate.apidb.hosts import list_hosts
 from cellgate.apidb.mappings import CellMapping
@@ -54,6 +55,7 @@ from cellgate.service.hints import rest_message
 from cellgate.service.instances import MAX_LIMIT, InstanceService
 from cellgate.service.metrics import CONTENT_TYPE, Metrics
 from cellgate.urls import redact
+from cellgate.validation import control_character
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,24 @@ class Forbidden(ApiError):
     status = 403
 
 
+class InvalidRequest(CellgateError):
+    status = 400
+
+
+def _plain_text(value: str) -> str:
+    found = control_character(value)
+    if found is not None:
+        raise ValueError(f"contains {found}")
+    return value
+
+
+#: Any string a client sends in a body: no NUL, newline, ESC or other control.
+Text = Annotated[str, AfterValidator(_plain_text)]
+
+
 class CreateInstance(BaseModel):
-    name: str = Field(min_length=1, max_length=255)
-    cell: str | None = Field(default=None, max_length=255)
+    name: Text = Field(min_length=1, max_length=255)
+    cell: Text | None = Field(default=None, max_length=255)
 
 
 class InstanceAction(BaseModel):
@@ -184,13 +201,21 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         scheme, _, token = (authorization or "").partition(" ")
         grant = None
         if scheme.lower() == "bearer" and token:
+            # As bytes: compare_digest refuses a str with a non-ASCII character.
+            sent = token.encode("utf-8", "replace")
             grant = next(
-                (g for t, g in tokens.items() if pysecrets.compare_digest(t, token)), None
+                (g for t, g in tokens.items() if pysecrets.compare_digest(t.encode(), sent)),
+                None,
             )
         if grant is None:
             raise Unauthorized(
                 "a valid bearer token is required; send Authorization: Bearer TOKEN"
             )
+        for where, values in (("path", request.path_params), ("query", request.query_params)):
+            for key, value in values.items():
+                found = isinstance(value, str) and control_character(value)
+                if found:
+                    raise InvalidRequest(f"{where}.{key}: contains {found}")
         ctx = RequestContext(project_id=grant.project_id, roles=grant.roles)
         if x_request_id:  # keep the caller's id for log correlation, bounded
             ctx = replace(ctx, request_id=x_request_id[:64])
@@ -247,6 +272,8 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         )
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
+        if exc.status_code == 405:  # every method of the path, not just one route's
+            response.headers["Allow"] = ", ".join(sorted(_allowed(api, request)))
         return response
 
     @api.exception_handler(Exception)
@@ -263,6 +290,10 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     @api.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.head("/healthz", include_in_schema=False)  # load balancers' health checks
+    def healthz_head() -> Response:
+        return Response(status_code=200)
 
     @api.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> Response:
@@ -324,6 +355,15 @@ def _request_id(request: Request) -> str:
     if isinstance(found, str):
         return found
     return (request.headers.get("x-request-id") or "-")[:64]
+
+
+def _allowed(api: FastAPI, request: Request) -> set[str]:
+    """The methods some route takes on this request's path (for a 405's ``Allow``)."""
+    allowed: set[str] = set()
+    for route in api.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            allowed |= route.methods or set()
+    return allowed
 
 
 def _status(exc: Exception) -> int:

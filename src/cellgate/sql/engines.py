@@ -161,6 +161,20 @@ def describe_db_error(exc: BaseException) -> str:
 _MYSQL_BACKEND_CODES = frozenset({1040, 1044, 1045, 1049, 1205, 2003, 2006, 2013, 2055, 3024})
 _PG_BACKEND_CLASSES = ("08", "28", "3D", "53", "57")
 _SQLITE_BACKEND_WORDS = ("unable to open", "database is locked", "disk i/o", "readonly database")
+# Errors about the statement or its data (a NUL byte, a bad value, a duplicate):
+# the client's fault, whatever the driver's code says. Never an outage.
+_PG_REQUEST_ERRORS = (
+    psycopg.DataError,
+    psycopg.ProgrammingError,
+    psycopg.IntegrityError,
+    psycopg.NotSupportedError,
+)
+_MYSQL_REQUEST_ERRORS = (
+    pymysql.err.DataError,
+    pymysql.err.ProgrammingError,
+    pymysql.err.IntegrityError,
+    pymysql.err.NotSupportedError,
+)
 
 
 def is_backend_failure(exc: BaseException) -> bool:
@@ -170,13 +184,17 @@ def is_backend_failure(exc: BaseException) -> bool:
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
     orig = getattr(exc, "orig", None)
-    if orig is None:
+    if orig is None or isinstance(orig, ValueError):  # e.g. a driver refusing a NUL byte
         return False
     if isinstance(orig, psycopg.Error):
-        return orig.sqlstate is None or orig.sqlstate.startswith(_PG_BACKEND_CLASSES)
+        if orig.sqlstate is not None:  # 3D (no such database) is a ProgrammingError
+            return orig.sqlstate.startswith(_PG_BACKEND_CLASSES)
+        # No SQLSTATE: the connection failed, unless the driver refused the request
+        # itself (a NUL byte in a string is a DataError without one).
+        return not isinstance(orig, _PG_REQUEST_ERRORS)
     if isinstance(orig, pymysql.err.MySQLError):
         code = orig.args[0] if orig.args else None
-        return code in _MYSQL_BACKEND_CODES
+        return code in _MYSQL_BACKEND_CODES and not isinstance(orig, _MYSQL_REQUEST_ERRORS)
     text = str(orig).lower()
     return any(word in text for word in _SQLITE_BACKEND_WORDS)
 
