@@ -23,6 +23,7 @@ from cellgate.errors import CellTimeout as CellTimeout
 from cellgate.errors import CellUnavailable as CellUnavailable
 from cellgate.errors import ConfigError as ConfigError
 from cellgate.errors import DuplicateCell as DuplicateCell
+from cellgate.errors import EndpointInUse as EndpointInUse
 from cellgate.errors import HostNotMapped as HostNotMapped
 from cellgate.errors import InvalidURL as InvalidURL
 from cellgate.errors import MappingError as MappingError
@@ -62,6 +63,7 @@ __all__ = [
     "ConfigError",
     "DatabaseURL",
     "DuplicateCell",
+    "EndpointInUse",
     "Failed",
     "HostNotMapped",
     "InvalidURL",

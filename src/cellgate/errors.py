@@ -11,6 +11,7 @@ passed in already masked.
     CellgateError
      ├── ConfigError                 a setting, URL or template is invalid
      │    ├── InvalidURL
+     │    ├── EndpointInUse          another cell (or the API DB) has this database or queue
      │    └── EncryptionKeyError     credentials cannot be (de)crypted with the keys
      ├── MappingError                the API database says no
      │    ├── CellNotFound
@@ -29,7 +30,8 @@ passed in already masked.
      │    └── NoValidCell            no enabled cell can take a new instance
      ├── MigrationError
      │    ├── SchemaMismatch         a database is not at the expected revision
-     │    └── MigrationLocked        another run holds the migration lock past the wait
+     │    ├── MigrationLocked        another run holds the migration lock past the wait
+     │    └── MigrationInterrupted   asked to stop (SIGINT/SIGTERM): stopped between revisions
      └── RPCError
           ├── RPCTimeout             no reply within the call's timeout
           ├── RemoteError            the remote method raised (type name + message)
@@ -74,6 +76,24 @@ class InvalidURL(ConfigError):
         self.url = url
         self.reason = reason
         super().__init__(f"invalid URL {url!r}: {reason}", hint=hint)
+
+
+class EndpointInUse(ConfigError):
+    """A cell's database or message queue is already another cell's (or the API database).
+
+    ``endpoint`` is where, without credentials (``127.0.0.1:3306/cell1``);
+    ``other`` names who has it (``cell cell1`` or ``the API database``).
+    """
+
+    def __init__(self, *, kind: str, endpoint: str, other: str, cell: str) -> None:
+        self.kind = kind
+        self.endpoint = endpoint
+        self.other = other
+        self.cell = cell
+        super().__init__(
+            f"cell {cell}: the {kind} {endpoint} is already used by {other}",
+            hint=f"every cell needs a {kind} of its own",
+        )
 
 
 class EncryptionKeyError(ConfigError):
@@ -358,4 +378,22 @@ class MigrationLocked(MigrationError):
             f"of the {line} line (waited {waited:g}s)",
             hint="let it finish, then run this command again, or wait longer with "
             "--lock-timeout; if no sync is running, see 'Migration lock' in docs/reliability.md",
+        )
+
+
+class MigrationInterrupted(MigrationError):
+    """A sync was asked to stop and stopped cleanly after revision ``reached``.
+
+    Nothing is half-applied: the next sync carries on from ``reached``.
+    """
+
+    def __init__(self, *, component: str, line: str, reached: str, target: str) -> None:
+        self.component = component
+        self.line = line
+        self.reached = reached
+        self.target = target
+        super().__init__(
+            f"{component}: stopped on request after revision {reached} of the {line} line "
+            f"(head is {target}); nothing is half-applied",
+            hint="run the same command again to finish",
         )

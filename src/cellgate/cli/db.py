@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.interrupts import stop_on_signals
 from cellgate.cli.render import emit_fields, emit_json, emit_table, progress
 from cellgate.cli.state import CliState, pass_state
 from cellgate.manage.migrate import (
@@ -42,7 +43,8 @@ def api_db() -> None:
 @pass_state
 def api_db_sync(state: CliState, revision: str, lock_timeout: float, as_json: bool) -> None:
     """Upgrade the API database schema."""
-    info = sync_api(state.api, revision, lock_timeout=lock_timeout)
+    with stop_on_signals("the API database sync") as stop:
+        info = sync_api(state.api, revision, lock_timeout=lock_timeout, stop=stop)
     if info.unchanged:
         progress(f"API database already at {info.current or 'none (empty)'}; nothing to do")
     _show_version(info, as_json)
@@ -128,9 +130,10 @@ def _run_cells(
         else:
             progress(f"{target.label}: FAILED")
 
-    action = cell_action(settings, verb, revision, lock_timeout=lock_timeout)
-    results = for_each_cell(settings, targets, action, report)
-    rows = [_row(t, results[t.key]) for t in targets]
+    with stop_on_signals("the cell database sync") as stop:
+        action = cell_action(settings, verb, revision, lock_timeout=lock_timeout, stop=stop)
+        results = for_each_cell(settings, targets, action, report)
+    rows = [_row(t, results.get(t.key)) for t in targets]
     if as_json:
         emit_json(rows)
     else:
@@ -150,9 +153,11 @@ def _run_cells(
     click.get_current_context().exit(ExitCode.OK)
 
 
-def _row(target: Target, result: CellResult[VersionInfo]) -> dict[str, object]:
+def _row(target: Target, result: CellResult[VersionInfo] | None) -> dict[str, object]:
     row: dict[str, object] = {"cell": target.label, "uuid": target.key}
-    if isinstance(result, Ok):
+    if result is None:  # not started: an earlier cell's sync was interrupted
+        row.update(status="not started", current=None, head=None, error=None)
+    elif isinstance(result, Ok):
         info = result.value
         status = "ok" if info.at_head else "behind head"
         row.update(status=status, current=info.current, head=info.head, error=None)

@@ -8,6 +8,7 @@ the others from being upgraded.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from cellgate.apidb.database import ApiDatabase
 from cellgate.apidb.mappings import CellMapping, get_cell, list_cells
 from cellgate.config import Settings
 from cellgate.engines import make_engine, translate_errors
-from cellgate.errors import CellgateError, ConfigError
+from cellgate.errors import CellgateError, ConfigError, MigrationInterrupted
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
 from cellgate.migrations.runner import MigrationLine, apply, current, head
 from cellgate.results import CellResult, Failed, Ok
@@ -86,7 +87,11 @@ def _unique(cells: list[CellMapping]) -> list[CellMapping]:
 
 
 def sync_api(
-    api: ApiDatabase, revision: str = "head", *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    api: ApiDatabase,
+    revision: str = "head",
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    stop: threading.Event | None = None,
 ) -> VersionInfo:
     api.create_file()
     with translate_errors(api.component):
@@ -97,6 +102,7 @@ def sync_api(
             revision,
             lock_timeout=lock_timeout,
             component=api.component,
+            stop=stop,
         )
     return VersionInfo(applied.reached, head(MigrationLine.API), unchanged=not applied.changed)
 
@@ -113,7 +119,9 @@ def for_each_cell(
 ) -> dict[str, CellResult[VersionInfo]]:
     """Run ``action(url, component)`` on each target's database, one at a time.
 
-    Errors are captured per cell; the loop never stops early.
+    Errors are captured per cell and the loop goes on, unless a sync was
+    asked to stop (:class:`MigrationInterrupted`): then the cells not yet
+    started are left alone.
     """
     defaults = template_defaults(settings)
     results: dict[str, CellResult[VersionInfo]] = {}
@@ -128,6 +136,8 @@ def for_each_cell(
         results[target.key] = result
         if on_progress is not None:
             on_progress(target, result)
+        if isinstance(result, Failed) and isinstance(result.error, MigrationInterrupted):
+            break
     return results
 
 
@@ -137,6 +147,7 @@ def cell_action(
     revision: str = "head",
     *,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    stop: threading.Event | None = None,
 ) -> Callable[[DatabaseURL, str], VersionInfo]:
     """``sync`` (upgrade to ``revision``) or ``version`` (read only) of the cell line.
 
@@ -165,6 +176,7 @@ def cell_action(
                     revision,
                     lock_timeout=lock_timeout,
                     component=component,
+                    stop=stop,
                 )
         finally:
             engine.dispose()
