@@ -14,7 +14,10 @@ transactional and an interrupted revision was rolled back whole, the checks
 find nothing done and cost one catalogue query each.
 
 Each function is the ``alembic.op`` call of the same name, guarded; the
-checks ask SQLAlchemy's inspector, so they work on every backend alike.
+checks ask SQLAlchemy's inspector, so they work on every backend alike. A
+guard never takes a *different* object for the one it would create: a table
+that exists with other columns than the revision gives it is a conflict
+(:class:`~cellgate.errors.MigrationError`), not something to build on.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+
+from cellgate.errors import MigrationError
 
 
 def _inspector() -> sa.Inspector:
@@ -46,7 +51,14 @@ def has_index(table: str, name: str) -> bool:
 def create_table(name: str, *elements: Any) -> sa.Table:
     """``op.create_table`` unless the table exists; the table either way (for inserts)."""
     if has_table(name):
-        return sa.Table(name, sa.MetaData(), *elements)
+        table = sa.Table(name, sa.MetaData(), *elements)
+        found = {c["name"] for c in _inspector().get_columns(name)}
+        if found != set(table.c.keys()):
+            raise MigrationError(
+                f"table {name} already exists with other columns than this revision creates "
+                f"(found {', '.join(sorted(found))})"
+            )
+        return table
     table = op.create_table(name, *elements)
     assert table is not None
     return table

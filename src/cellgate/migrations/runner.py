@@ -208,8 +208,8 @@ def _run(conn: Connection, line: MigrationLine, verb: str, revision: str, label:
         getattr(command, verb)(config, revision)
     except CommandError as exc:
         raise MigrationError(f"{label}: {line.value} line: {exc}") from None
-    except sqlalchemy.exc.SQLAlchemyError as exc:  # a driver error, or one in a revision's ops
-        if is_backend_failure(exc):
+    except (sqlalchemy.exc.SQLAlchemyError, MigrationError) as exc:  # driver, ops or guards
+        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError) and is_backend_failure(exc):
             raise  # the server went away: the caller translates this
         conn.rollback()
         reached = current_on(conn, line)
@@ -254,8 +254,8 @@ def _repair_hint(conn: Connection, failed: str) -> str:
         # DDL commits as it runs here: nothing of the failed revision was rolled back.
         return (
             f"MariaDB/MySQL cannot roll back DDL, so part of {failed} may be applied: "
-            f"undo what {failed} changed by hand (see 'A revision failed half-way' "
-            "in docs/reliability.md), fix the cause, then run the same command again"
+            "fix the cause, then run the same command again, which applies the rest "
+            "(see 'A revision failed half-way' in docs/reliability.md)"
         )
     return f"{failed} was rolled back; fix the cause and run the same command again"
 
