@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from cellgate.errors import CellUnavailable as CellUnavailable
     from cellgate.errors import ConfigError as ConfigError
     from cellgate.errors import DuplicateCell as DuplicateCell
+    from cellgate.errors import EndpointInUse as EndpointInUse
     from cellgate.errors import HostNotMapped as HostNotMapped
     from cellgate.errors import InvalidURL as InvalidURL
     from cellgate.errors import MappingError as MappingError
@@ -78,6 +79,7 @@ _EXPORTS: dict[str, str] = {
     "CellUnavailable": "cellgate.errors",
     "ConfigError": "cellgate.errors",
     "DuplicateCell": "cellgate.errors",
+    "EndpointInUse": "cellgate.errors",
     "HostNotMapped": "cellgate.errors",
     "InvalidURL": "cellgate.errors",
     "MappingError": "cellgate.errors",
@@ -118,6 +120,7 @@ __all__ = [
     "ConfigError",
     "DatabaseURL",
     "DuplicateCell",
+    "EndpointInUse",
     "Failed",
     "HostNotMapped",
     "InvalidURL",

@@ -11,6 +11,7 @@ passed in already masked.
     CellgateError
      ├── ConfigError                 a setting, URL or template is invalid
      │    ├── InvalidURL
+     │    ├── EndpointInUse          another cell (or the API DB) has this database or queue
      │    └── EncryptionKeyError     credentials cannot be (de)crypted with the keys
      ├── MappingError                the API database says no
      │    ├── CellNotFound
@@ -29,7 +30,8 @@ passed in already masked.
      │    └── NoValidCell            no enabled cell can take a new instance
      ├── MigrationError
      │    ├── SchemaMismatch         a database is not at the expected revision
-     │    └── MigrationLocked        another run holds the migration lock past the wait
+     │    ├── MigrationLocked        another run holds the migration lock past the wait
+     │    └── MigrationInterrupted   asked to stop (SIGINT/SIGTERM): stopped between revisions
      └── RPCError
           ├── RPCTimeout             no reply within the call's timeout
           ├── RemoteError            the remote method raised (type name + message)
@@ -104,6 +106,7 @@ class Hint(enum.Enum):
     KEY_FORMAT = "key_format"  # what a key looks like
     USE_PYMYSQL = "use_pymysql"  # a mysql:// URL without the driver
     CELL0_CANNOT_BE_DISABLED = "cell0_cannot_be_disabled"  # it holds failed builds
+    OWN_ENDPOINT = "own_endpoint"  # hint_args: resource (a cell needs its own)
 
 
 class CellgateError(Exception):
@@ -156,6 +159,26 @@ class InvalidURL(ConfigError):
         self.url = url
         self.reason = reason
         super().__init__(f"invalid URL {url!r}: {reason}", hint=hint, hint_args=hint_args)
+
+
+class EndpointInUse(ConfigError):
+    """A cell's database or message queue is already another cell's (or the API database).
+
+    ``resource`` is ``database`` or ``message queue``; ``endpoint`` is where,
+    without credentials (``127.0.0.1:3306/cell1``); ``other`` names who has it
+    (``cell cell1`` or ``the API database``).
+    """
+
+    def __init__(self, *, resource: str, endpoint: str, other: str, cell: str) -> None:
+        self.resource = resource
+        self.endpoint = endpoint
+        self.other = other
+        self.cell = cell
+        super().__init__(
+            f"cell {cell}: the {resource} {endpoint} is already used by {other}",
+            hint=Hint.OWN_ENDPOINT,
+            hint_args={"resource": resource},
+        )
 
 
 class EncryptionKeyError(ConfigError):
@@ -448,4 +471,22 @@ class MigrationLocked(MigrationError):
         return (
             f"another run holds the migration lock of the {self.line} line "
             f"(waited {self.waited:g}s)"
+        )
+
+
+class MigrationInterrupted(MigrationError):
+    """A sync was asked to stop and stopped cleanly after revision ``reached``.
+
+    Nothing is half-applied: the next sync carries on from ``reached``.
+    """
+
+    def __init__(self, *, component: str, line: str, reached: str, target: str) -> None:
+        self.component = component
+        self.line = line
+        self.reached = reached
+        self.target = target
+        super().__init__(
+            f"{component}: stopped on request after revision {reached} of the {line} line "
+            f"(head is {target}); nothing is half-applied",
+            hint="run the same command again to finish",
         )

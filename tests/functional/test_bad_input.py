@@ -18,10 +18,10 @@ import pytest
 import sqlalchemy
 import sqlalchemy.exc
 
-from cellgate.engines import is_backend_failure, translate_errors
 from cellgate.routing.breaker import BreakerState
 from cellgate.service.http import create_api
 from cellgate.service.runner import HttpServer
+from cellgate.sql.engines import is_backend_failure, translate_errors
 from tests.functional.test_breaker import CTX, DEMO, _deployment
 from tests.support import Server
 

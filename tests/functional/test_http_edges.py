@@ -15,9 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cellgate import App, load_settings
-from cellgate.apidb.database import ApiDatabase
-from cellgate.manage.migrate import sync_api
+from cellgate import App, admin, load_settings
 from cellgate.service.http import create_api
 from cellgate.service.runner import HttpServer
 
@@ -31,10 +29,8 @@ def api(tmp_path: Path) -> Iterator[str]:
         encoding="utf-8",
     )
     settings = load_settings(conf)
-    db = ApiDatabase(settings.api_database)
-    sync_api(db)
-    db.close()
     with App(settings) as app:
+        admin.sync_api(app)
         server = HttpServer(create_api(app, settings.service), "127.0.0.1", 0).start()
         try:
             yield server.url

@@ -90,9 +90,8 @@ def _cells(server: Server, tmp_path: Path) -> Iterator[Cells]:
                 database_connection=url.render(hide_password=False),
                 defaults=DEFAULTS,
             )
-        map_cell0(
-            s, database_connection=urls["alpha"].render(hide_password=False), defaults=DEFAULTS
-        )
+        cell0_url = _migrated(server.new_database(), MigrationLine.CELL)  # its own: no sharing
+        map_cell0(s, database_connection=cell0_url.render(hide_password=False), defaults=DEFAULTS)
     api.close()
     app = App(load_settings(_config(tmp_path, api_url, max_engines="8")))
     yield Cells(app, urls, server, api_url)

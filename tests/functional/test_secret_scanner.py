@@ -1097,9 +1097,12 @@ def _url_secret(name: str, url: str) -> Secret:
 
 
 def _wrong_password(url: str) -> str:
-    """``url`` with ``-Kq7w`` appended to its (first) password."""
+    """``url`` with ``-Kq7w`` appended to its (first) password, and another database/vhost.
+
+    Another place, since no two cells may share one: the login fails either way.
+    """
     userinfo, at, rest = url.partition("@")
-    return f"{userinfo}-Kq7w{at}{rest}"
+    return f"{userinfo}-Kq7w{at}{rest}_wrongpw"
 
 
 @pytest.mark.backends

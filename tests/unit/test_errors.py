@@ -31,6 +31,7 @@ from cellgate.errors import (
     ConfigError,
     DuplicateCell,
     EncryptionKeyError,
+    EndpointInUse,
     Hint,
     HostNotMapped,
     InstanceNotFound,
@@ -38,6 +39,7 @@ from cellgate.errors import (
     MalformedMessage,
     MappingError,
     MigrationError,
+    MigrationInterrupted,
     MigrationLocked,
     NoSuchMethod,
     NoTransport,
@@ -64,6 +66,7 @@ TREE: dict[type[Exception], type[Exception]] = {
     CellgateError: Exception,
     ConfigError: CellgateError,
     InvalidURL: ConfigError,
+    EndpointInUse: ConfigError,
     EncryptionKeyError: ConfigError,
     MappingError: CellgateError,
     CellNotFound: MappingError,
@@ -81,6 +84,7 @@ TREE: dict[type[Exception], type[Exception]] = {
     MigrationError: CellgateError,
     SchemaMismatch: MigrationError,
     MigrationLocked: MigrationError,
+    MigrationInterrupted: MigrationError,
     RPCError: CellgateError,
     RPCTimeout: RPCError,
     RemoteError: RPCError,
@@ -358,6 +362,7 @@ def test_exit_code_values_are_the_documented_ones() -> None:
         "CONFLICT": 4,
         "UNAVAILABLE": 5,
         "SCHEMA": 6,
+        "INTERRUPTED": 130,
     }
 
 
@@ -431,6 +436,8 @@ SAMPLES: list[CellgateError] = [
     InvalidURL(
         url="x", reason="r", hint=Hint.ADD_TEMPLATE_FIELD, hint_args={"field": "f", "option": "o"}
     ),
+    EndpointInUse(resource="database", endpoint="h:1/d", other="cell c1", cell="c2"),
+    MigrationInterrupted(component="c", line="api", reached="api_0002", target="api_0004"),
     EncryptionKeyError("m", hint=Hint.ADD_OLD_KEY),
     MappingError("m", hint=Hint.MOVE_INSTANCES),
     CellNotFound(ident="c"),
@@ -475,7 +482,11 @@ def test_every_hint_key_has_cli_words_and_rest_words_without_a_shell_command() -
     assert set(CLI_HINTS) == set(Hint)
     assert set(REST_HINTS) <= set(Hint)
     for hint in Hint:
-        err = CellgateError("m", hint=hint, hint_args={"cell": "c", "field": "f", "option": "o"})
+        err = CellgateError(
+            "m",
+            hint=hint,
+            hint_args={"cell": "c", "field": "f", "option": "o", "resource": "database"},
+        )
         assert cli_hint(err)  # every key renders on the CLI
         _no_shell(rest_message(err))
 

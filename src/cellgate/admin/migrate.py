@@ -11,6 +11,7 @@ engine.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from cellgate.apidb.mappings import CellMapping, get_cell, list_cells
 from cellgate.app import App
-from cellgate.errors import CellgateError, ConfigError
+from cellgate.errors import CellgateError, ConfigError, MigrationInterrupted
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
 from cellgate.migrations.runner import MigrationLine, apply, current, head
 from cellgate.results import CellResult, Failed, Ok
@@ -82,14 +83,19 @@ OnDatabase = Callable[[DatabaseOutcome], None]
 
 
 def sync_api(
-    app: App, revision: str = "head", *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    app: App,
+    revision: str = "head",
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    stop: threading.Event | None = None,
 ) -> VersionInfo:
     """Upgrade the API database to ``revision``; a missing SQLite file is created.
 
     Waits up to ``lock_timeout`` seconds for another run's migration lock
-    (then :class:`~cellgate.errors.MigrationLocked`).
+    (then :class:`~cellgate.errors.MigrationLocked`). Setting ``stop`` ends the
+    run after the revision in progress (:class:`~cellgate.errors.MigrationInterrupted`).
     """
-    applied = app.api.upgrade(revision, lock_timeout=lock_timeout)
+    applied = app.api.upgrade(revision, lock_timeout=lock_timeout, stop=stop)
     return VersionInfo(applied.reached, head(MigrationLine.API), unchanged=not applied.changed)
 
 
@@ -135,16 +141,24 @@ def sync_cells(
     revision: str = "head",
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     on_progress: OnDatabase | None = None,
+    stop: threading.Event | None = None,
 ) -> list[DatabaseOutcome]:
     """Upgrade cell databases to ``revision``, one at a time, continuing past failures.
 
     Chooses databases as :func:`select_databases`; each sync waits up to
     ``lock_timeout`` seconds for another run's migration lock on it. A
-    missing SQLite file is created.
+    missing SQLite file is created. Setting ``stop`` ends the sync in progress
+    after its current revision and starts no further database: the outcomes
+    then end with that database's :class:`~cellgate.errors.MigrationInterrupted`.
     """
     databases = select_databases(app, cells=cells, all_cells=all_cells, local=local)
     return sync_databases(
-        app, databases, revision=revision, lock_timeout=lock_timeout, on_progress=on_progress
+        app,
+        databases,
+        revision=revision,
+        lock_timeout=lock_timeout,
+        on_progress=on_progress,
+        stop=stop,
     )
 
 
@@ -155,6 +169,7 @@ def sync_databases(
     revision: str = "head",
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     on_progress: OnDatabase | None = None,
+    stop: threading.Event | None = None,
 ) -> list[DatabaseOutcome]:
     """:func:`sync_cells` on databases already chosen (e.g. a cell just created)."""
 
@@ -166,6 +181,7 @@ def sync_databases(
             revision,
             lock_timeout=lock_timeout,
             component=component,
+            stop=stop,
         )
         return VersionInfo(
             applied.reached, head(MigrationLine.CELL), unchanged=not applied.changed
@@ -216,4 +232,6 @@ def _for_each(
         outcomes.append(outcome)
         if on_progress is not None:
             on_progress(outcome)
+        if isinstance(result, Failed) and isinstance(result.error, MigrationInterrupted):
+            break  # asked to stop: start no further database
     return outcomes

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from cellgate.apidb import audit
+from cellgate.apidb.endpoints import refuse_shared_endpoints
 from cellgate.apidb.schema import (
     ApiBase,
     CellMappingRow,
@@ -205,6 +206,7 @@ def find_row(session: Session, ident: str, *, for_update: bool = False) -> CellM
         CellMappingRow.uuid == as_uuid if as_uuid else CellMappingRow.name == ident
     )
     if for_update:
+        lock_mappings(session)
         stmt = stmt.with_for_update()
     row = session.scalars(stmt).first()
     if row is None:
@@ -251,9 +253,10 @@ def create_cell(
 
     Raises :class:`DuplicateCell` if a live cell has the name or uuid, also
     when another process inserts it concurrently (the unique constraints
-    decide the race). ``actor`` is who the audit trail names (default: this
-    process's ``user@host``). cell0's name and uuid are refused: only
-    :func:`map_cell0` creates cell0.
+    decide the race), and :class:`EndpointInUse` if another cell or the API
+    database already has its database or message queue. ``actor`` is who the
+    audit trail names (default: this process's ``user@host``). cell0's name and
+    uuid are refused: only :func:`map_cell0` creates cell0.
     """
     cell_uuid = _check_uuid(uuid) if uuid else str(uuidlib.uuid4())
     if cell_uuid == CELL0_UUID:
@@ -289,8 +292,17 @@ def _insert_cell(
     if is_cell0 and disabled:
         raise ConfigError("cell0 cannot be disabled")
     check_urls(transport_url, database_connection, defaults, cell0=is_cell0)
+    lock_mappings(session)
     refuse_duplicates(session, name=name, uuid=cell_uuid)
     ring = keyring(session)
+    refuse_shared_endpoints(
+        session,
+        label=name,
+        transport_url=transport_url,
+        database_connection=database_connection,
+        defaults=defaults,
+        ring=ring,
+    )
     row = CellMappingRow(
         uuid=cell_uuid,
         name=name,
@@ -465,6 +477,21 @@ def cell_history(session: Session, ident: str) -> list[audit.AuditEntry]:
 
 def _count(session: Session, model: type[ApiBase], *where: ColumnElement[bool]) -> int:
     return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def lock_mappings(session: Session) -> None:
+    """Wait for, then hold until commit, the right to write cell mappings.
+
+    Every writer of ``cell_mapping`` takes this row lock first (the write bumps
+    the same row anyway), so writers never take row locks in different orders
+    (no deadlock) and checks that read other cells, such as
+    :func:`~cellgate.apidb.endpoints.refuse_shared_endpoints`, cannot race.
+    Readers are never blocked. On SQLite it is a no-op: ``BEGIN IMMEDIATE``
+    already serialises writers.
+    """
+    session.execute(
+        select(MappingGenerationRow.id).where(MappingGenerationRow.id == 1).with_for_update()
+    )
 
 
 def bump_generation(session: Session) -> None:

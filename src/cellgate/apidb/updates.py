@@ -17,6 +17,7 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from cellgate.apidb import audit
+from cellgate.apidb.endpoints import refuse_shared_endpoints
 from cellgate.apidb.mappings import (
     CELL0_NAME,
     CELL0_UUID,
@@ -29,6 +30,7 @@ from cellgate.apidb.mappings import (
     from_row,
     keyring,
     live_select,
+    lock_mappings,
     record_write,
     refuse_duplicates,
     seal,
@@ -112,6 +114,17 @@ def _plan_update(
             defaults,
             cell0=is_cell0,
         )
+        refuse_shared_endpoints(
+            session,
+            label=current.label,
+            transport_url=old_transport if transport_url is None else transport_url,
+            database_connection=old_database
+            if database_connection is None
+            else database_connection,
+            defaults=defaults,
+            ring=keyring(session),
+            exclude_id=row.id,
+        )
     changes: dict[str, audit.Change | None] = {
         "name": None if name in (None, row.name) else (row.name, name),
         "transport_url": None
@@ -190,6 +203,7 @@ def reseal_cell(
     The row is locked and re-checked here, so runs that overlap, or resume
     after an interruption, never redo or undo each other's work.
     """
+    lock_mappings(session)
     row = session.scalars(
         live_select().where(CellMappingRow.uuid == uuid).with_for_update()
     ).first()

@@ -47,6 +47,7 @@ COMMANDS = {
     "demo": "cellgate.cli.serve:demo",
 }
 
+
 class OneLineError(click.ClickException):
     """A click error as one redacted line (click calls :meth:`show` to print it)."""
 

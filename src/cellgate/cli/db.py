@@ -6,6 +6,7 @@ import click
 
 from cellgate import admin
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.interrupts import stop_on_signals
 from cellgate.cli.render import emit_fields, emit_json, emit_table, progress
 from cellgate.cli.state import CliState, pass_state
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
@@ -34,7 +35,8 @@ def api_db() -> None:
 @pass_state
 def api_db_sync(state: CliState, revision: str, lock_timeout: float, as_json: bool) -> None:
     """Upgrade the API database schema."""
-    info = admin.sync_api(state.app, revision, lock_timeout=lock_timeout)
+    with stop_on_signals("the API database sync") as stop:
+        info = admin.sync_api(state.app, revision, lock_timeout=lock_timeout, stop=stop)
     if info.unchanged:
         progress(f"API database already at {info.current or 'none (empty)'}; nothing to do")
     _show_version(info, as_json)
@@ -85,15 +87,17 @@ def db_sync(
     as_json: bool,
 ) -> None:
     """Upgrade cell databases, one at a time, continuing past failures."""
-    outcomes = admin.sync_cells(
-        state.app,
-        cells=cells,
-        all_cells=all_cells,
-        local=local,
-        revision=revision,
-        lock_timeout=lock_timeout,
-        on_progress=_report,
-    )
+    with stop_on_signals("the cell database sync") as stop:
+        outcomes = admin.sync_cells(
+            state.app,
+            cells=cells,
+            all_cells=all_cells,
+            local=local,
+            revision=revision,
+            lock_timeout=lock_timeout,
+            on_progress=_report,
+            stop=stop,
+        )
     _finish(outcomes, as_json)
 
 

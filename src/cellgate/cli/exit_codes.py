@@ -17,6 +17,7 @@ from cellgate.errors import (
     DuplicateCell,
     HostNotMapped,
     MigrationError,
+    MigrationInterrupted,
     RPCTimeout,
     StaleCell,
 )
@@ -30,6 +31,7 @@ class ExitCode(enum.IntEnum):
     CONFLICT = 4  # duplicate name/uuid, the cell is still in use, or it changed meanwhile
     UNAVAILABLE = 5  # a database or broker is unreachable or timed out (RPC timeouts too)
     SCHEMA = 6  # a schema is not at the expected revision, or a migration failed
+    INTERRUPTED = 130  # stopped by SIGINT/SIGTERM (a sync stops between revisions)
 
 
 _TABLE: tuple[tuple[type[CellgateError], ExitCode], ...] = (
@@ -41,6 +43,7 @@ _TABLE: tuple[tuple[type[CellgateError], ExitCode], ...] = (
     (StaleCell, ExitCode.CONFLICT),
     (BackendError, ExitCode.UNAVAILABLE),
     (RPCTimeout, ExitCode.UNAVAILABLE),
+    (MigrationInterrupted, ExitCode.INTERRUPTED),
     (MigrationError, ExitCode.SCHEMA),
 )
 

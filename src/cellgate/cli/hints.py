@@ -57,6 +57,7 @@ CLI_HINTS: Final[dict[Hint, str]] = {
     Hint.KEY_FORMAT: _KEY_FORMAT,
     Hint.USE_PYMYSQL: "use mysql+pymysql://",
     Hint.CELL0_CANNOT_BE_DISABLED: "it holds instances that failed to build",
+    Hint.OWN_ENDPOINT: "every cell needs a {resource} of its own",
 }
 
 

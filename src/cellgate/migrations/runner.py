@@ -9,12 +9,21 @@ Every upgrade and downgrade runs under the line's migration lock on that
 database (:mod:`cellgate.migrations.lock`) and reads the current revision
 only once it holds the lock, so concurrent runs take turns and the later ones
 find the work done.
+
+An upgrade applies one revision at a time and commits each, so it can stop
+cleanly between two: set the ``stop`` event (the CLI does on SIGINT/SIGTERM)
+and it raises :class:`~cellgate.errors.MigrationInterrupted` at the next
+revision boundary, naming the revision reached. A run killed *inside* a
+revision resumes too: on MariaDB/MySQL, whose DDL is not transactional, every
+revision's operations are guarded (:mod:`cellgate.migrations.guarded`), so
+the next run completes the half-applied revision.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,7 +39,7 @@ from sqlalchemy.engine import Engine
 
 from cellgate.apidb.schema import ApiBase
 from cellgate.celldb.schema import CellBase
-from cellgate.errors import MigrationError
+from cellgate.errors import MigrationError, MigrationInterrupted
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT, migration_lock
 from cellgate.sql.engines import describe_db_error, is_backend_failure
 
@@ -111,16 +120,24 @@ def upgrade(
     *,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     component: str | None = None,
+    stop: threading.Event | None = None,
 ) -> str | None:
     """Upgrade to ``revision``; return the revision reached.
 
     Each revision commits on its own, so a failure leaves the database at the
     last revision that completed (reported in the :class:`MigrationError`).
     Waits up to ``lock_timeout`` seconds for another run's lock
-    (:class:`~cellgate.errors.MigrationLocked`).
+    (:class:`~cellgate.errors.MigrationLocked`); ``stop`` ends the run at the
+    next revision boundary (see the module docstring).
     """
     return apply(
-        engine, line, "upgrade", revision, lock_timeout=lock_timeout, component=component
+        engine,
+        line,
+        "upgrade",
+        revision,
+        lock_timeout=lock_timeout,
+        component=component,
+        stop=stop,
     ).reached
 
 
@@ -146,10 +163,12 @@ def apply(
     *,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     component: str | None = None,
+    stop: threading.Event | None = None,
 ) -> Applied:
     """Run ``verb`` to ``revision`` under the migration lock; say what changed.
 
     ``component`` labels the database in errors (a masked URL by default).
+    An upgrade goes one revision at a time and checks ``stop`` after each.
     """
     _validate_revision(line, revision)
     label = component or f"database {engine.url.render_as_string(hide_password=True)}"
@@ -163,7 +182,15 @@ def apply(
         if before == _resolve(line, revision):
             log.info("%s: already at %s, nothing to do", label, before or "base")
             return Applied(before, before)
-        _run(conn, line, verb, revision, label)
+        if verb == "upgrade":
+            for step in _steps_up(line, before, revision):
+                _run(conn, line, verb, step, label)
+                if stop is not None and stop.is_set() and step != _resolve(line, revision):
+                    raise MigrationInterrupted(
+                        component=label, line=line.value, reached=step, target=head(line)
+                    )
+        else:
+            _run(conn, line, verb, revision, label)
         reached = current_on(conn, line)
         conn.rollback()
     return Applied(before, reached)
@@ -181,8 +208,8 @@ def _run(conn: Connection, line: MigrationLine, verb: str, revision: str, label:
         getattr(command, verb)(config, revision)
     except CommandError as exc:
         raise MigrationError(f"{label}: {line.value} line: {exc}") from None
-    except sqlalchemy.exc.SQLAlchemyError as exc:  # a driver error, or one in a revision's ops
-        if is_backend_failure(exc):
+    except (sqlalchemy.exc.SQLAlchemyError, MigrationError) as exc:  # driver, ops or guards
+        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError) and is_backend_failure(exc):
             raise  # the server went away: the caller translates this
         conn.rollback()
         reached = current_on(conn, line)
@@ -195,6 +222,15 @@ def _run(conn: Connection, line: MigrationLine, verb: str, revision: str, label:
             hint=_repair_hint(conn, failed),
         ) from exc
     conn.commit()
+
+
+def _steps_up(line: MigrationLine, before: str | None, revision: str) -> list[str]:
+    """The revisions an upgrade from ``before`` to ``revision`` applies, in order."""
+    known = revisions(line)
+    target = _resolve(line, revision)
+    start = known.index(before) + 1 if before in known else 0
+    end = known.index(target) + 1 if target in known else len(known)
+    return known[start:end]
 
 
 def _resolve(line: MigrationLine, revision: str) -> str | None:
@@ -218,8 +254,8 @@ def _repair_hint(conn: Connection, failed: str) -> str:
         # DDL commits as it runs here: nothing of the failed revision was rolled back.
         return (
             f"MariaDB/MySQL cannot roll back DDL, so part of {failed} may be applied: "
-            f"undo what {failed} changed by hand (see 'A revision failed half-way' "
-            "in docs/reliability.md), fix the cause, then run the same command again"
+            "fix the cause, then run the same command again, which applies the rest "
+            "(see 'A revision failed half-way' in docs/reliability.md)"
         )
     return f"{failed} was rolled back; fix the cause and run the same command again"
 

@@ -14,7 +14,7 @@ Wrap only what you mean
 The pool never re-labels an error. A cell that cannot be used already
 arrives as a :class:`~cellgate.errors.BackendError` (``CellUnavailable``,
 ``CellTimeout``): driver and transport errors are translated where they
-happen (``cellgate.engines``, ``cellgate.amqp``, the RPC client), and only
+happen (``cellgate.sql.engines``, ``cellgate.rpc.amqp``, the RPC client), and only
 there does anyone know that a connection, not a query, failed. Anything else
 ``fn`` raises (a ``KeyError`` in the caller's own code, bad SQL, a domain
 error such as ``InstanceNotFound``) says nothing about the cell's reachability.

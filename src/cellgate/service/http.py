@@ -99,7 +99,7 @@ class Forbidden(ApiError):
     status = 403
 
 
-class InvalidRequest(CellgateError):
+class InvalidRequest(ApiError):
     status = 400
 
 

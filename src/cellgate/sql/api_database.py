@@ -10,6 +10,7 @@ handle uses for its schema check.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,11 +93,16 @@ class ApiDatabase:
         return None
 
     def upgrade(
-        self, revision: str = "head", *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+        self,
+        revision: str = "head",
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        stop: threading.Event | None = None,
     ) -> Applied:
         """Migrate the API line to ``revision``, creating a missing SQLite file first.
 
-        Waits up to ``lock_timeout`` seconds for another run's migration lock.
+        Waits up to ``lock_timeout`` seconds for another run's migration lock;
+        ``stop`` ends the run at the next revision boundary.
         """
         self.create_file()
         with translate_errors(self.component):
@@ -107,6 +113,7 @@ class ApiDatabase:
                 revision,
                 lock_timeout=lock_timeout,
                 component=self.component,
+                stop=stop,
             )
 
     def revision(self) -> str | None:

@@ -161,20 +161,27 @@ def describe_db_error(exc: BaseException) -> str:
 _MYSQL_BACKEND_CODES = frozenset({1040, 1044, 1045, 1049, 1205, 2003, 2006, 2013, 2055, 3024})
 _PG_BACKEND_CLASSES = ("08", "28", "3D", "53", "57")
 _SQLITE_BACKEND_WORDS = ("unable to open", "database is locked", "disk i/o", "readonly database")
-# Errors about the statement or its data (a NUL byte, a bad value, a duplicate):
+
+
+# Errors about the statement or its data (a NUL byte, a bad value, a duplicate)
 # the client's fault, whatever the driver's code says. Never an outage.
-_PG_REQUEST_ERRORS = (
-    psycopg.DataError,
-    psycopg.ProgrammingError,
-    psycopg.IntegrityError,
-    psycopg.NotSupportedError,
-)
-_MYSQL_REQUEST_ERRORS = (
-    pymysql.err.DataError,
-    pymysql.err.ProgrammingError,
-    pymysql.err.IntegrityError,
-    pymysql.err.NotSupportedError,
-)
+def _pg_request_errors() -> tuple[type[Exception], ...]:
+    # Built on use, not at import: naming psycopg's classes imports the driver.
+    return (
+        psycopg.DataError,
+        psycopg.ProgrammingError,
+        psycopg.IntegrityError,
+        psycopg.NotSupportedError,
+    )
+
+
+def _mysql_request_errors() -> tuple[type[Exception], ...]:
+    return (
+        pymysql.err.DataError,
+        pymysql.err.ProgrammingError,
+        pymysql.err.IntegrityError,
+        pymysql.err.NotSupportedError,
+    )
 
 
 def is_backend_failure(exc: BaseException) -> bool:
@@ -191,10 +198,10 @@ def is_backend_failure(exc: BaseException) -> bool:
             return orig.sqlstate.startswith(_PG_BACKEND_CLASSES)
         # No SQLSTATE: the connection failed, unless the driver refused the request
         # itself (a NUL byte in a string is a DataError without one).
-        return not isinstance(orig, _PG_REQUEST_ERRORS)
+        return not isinstance(orig, _pg_request_errors())
     if isinstance(orig, pymysql.err.MySQLError):
         code = orig.args[0] if orig.args else None
-        return code in _MYSQL_BACKEND_CODES and not isinstance(orig, _MYSQL_REQUEST_ERRORS)
+        return code in _MYSQL_BACKEND_CODES and not isinstance(orig, _mysql_request_errors())
     text = str(orig).lower()
     return any(word in text for word in _SQLITE_BACKEND_WORDS)
 

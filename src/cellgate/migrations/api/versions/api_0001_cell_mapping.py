@@ -7,9 +7,9 @@ Revises:
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 
 from cellgate.dbtypes import LongText, Timestamp
+from cellgate.migrations import guarded
 
 revision = "api_0001"
 down_revision = None
@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    guarded.create_table(
         "cell_mapping",
         sa.Column("created_at", Timestamp, nullable=True),
         sa.Column("updated_at", Timestamp, nullable=True),
@@ -35,4 +35,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("cell_mapping")
+    guarded.drop_table("cell_mapping")

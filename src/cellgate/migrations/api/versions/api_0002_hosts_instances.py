@@ -7,9 +7,9 @@ Revises: api_0001
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 
 from cellgate.dbtypes import Timestamp
+from cellgate.migrations import guarded
 
 revision = "api_0002"
 down_revision = "api_0001"
@@ -18,11 +18,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column(
+    guarded.add_column(
         "cell_mapping",
         sa.Column("disabled", sa.Boolean(), nullable=False, server_default=sa.false()),
     )
-    op.create_table(
+    guarded.create_table(
         "host_mapping",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("host", sa.String(255), nullable=False),
@@ -34,7 +34,7 @@ def upgrade() -> None:
             ["cell_id"], ["cell_mapping.id"], name="fk_host_mapping_cell_id_cell_mapping"
         ),
     )
-    op.create_table(
+    guarded.create_table(
         "instance_mapping",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("instance_uuid", sa.String(36), nullable=False),
@@ -52,7 +52,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("instance_mapping")
-    op.drop_table("host_mapping")
-    with op.batch_alter_table("cell_mapping") as batch:
-        batch.drop_column("disabled")
+    guarded.drop_table("instance_mapping")
+    guarded.drop_table("host_mapping")
+    guarded.drop_column("cell_mapping", "disabled")

@@ -7,7 +7,8 @@ Revises: api_0002
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from cellgate.migrations import guarded
 
 revision = "api_0003"
 down_revision = "api_0002"
@@ -16,13 +17,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    table = op.create_table(
+    table = guarded.create_table(
         "mapping_generation",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("generation", sa.Integer(), nullable=False, server_default=sa.text("0")),
     )
-    op.bulk_insert(table, [{"id": 1, "generation": 0}])
+    guarded.insert_missing(table, [{"id": 1, "generation": 0}], key="id")
 
 
 def downgrade() -> None:
-    op.drop_table("mapping_generation")
+    guarded.drop_table("mapping_generation")

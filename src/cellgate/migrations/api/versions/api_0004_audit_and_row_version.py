@@ -11,9 +11,9 @@ Revises: api_0003
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 
 from cellgate.dbtypes import LongText, Timestamp
+from cellgate.migrations import guarded
 
 revision = "api_0004"
 down_revision = "api_0003"
@@ -22,11 +22,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column(
+    guarded.add_column(
         "cell_mapping",
         sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("1")),
     )
-    op.create_table(
+    guarded.create_table(
         "cell_mapping_audit",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("created_at", Timestamp, nullable=False),
@@ -37,11 +37,10 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=True),
         sa.Column("changes", LongText, nullable=False),
     )
-    op.create_index("ix_cell_mapping_audit_cell_uuid", "cell_mapping_audit", ["cell_uuid"])
+    guarded.create_index("ix_cell_mapping_audit_cell_uuid", "cell_mapping_audit", ["cell_uuid"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_cell_mapping_audit_cell_uuid", table_name="cell_mapping_audit")
-    op.drop_table("cell_mapping_audit")
-    with op.batch_alter_table("cell_mapping") as batch:
-        batch.drop_column("version")
+    guarded.drop_index("ix_cell_mapping_audit_cell_uuid", "cell_mapping_audit")
+    guarded.drop_table("cell_mapping_audit")
+    guarded.drop_column("cell_mapping", "version")

@@ -7,9 +7,9 @@ Revises:
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 
 from cellgate.dbtypes import Timestamp
+from cellgate.migrations import guarded
 
 revision = "cell_0001"
 down_revision = None
@@ -27,7 +27,7 @@ def _soft_delete_columns() -> list[sa.Column[object]]:
 
 
 def upgrade() -> None:
-    op.create_table(
+    guarded.create_table(
         "instances",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("uuid", sa.String(36), nullable=False),
@@ -40,7 +40,7 @@ def upgrade() -> None:
         *_soft_delete_columns(),
         sa.UniqueConstraint("uuid", name="uq_instances_uuid"),
     )
-    op.create_table(
+    guarded.create_table(
         "services",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("host", sa.String(255), nullable=False),
@@ -55,5 +55,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("services")
-    op.drop_table("instances")
+    guarded.drop_table("services")
+    guarded.drop_table("instances")
