@@ -28,7 +28,8 @@ import pytest
 from cellgate.urls import DatabaseURL, url_passwords
 from tests.support import Broker, Server, TcpProxy
 
-pytestmark = pytest.mark.backends
+# Seven OS processes each: one deployment at a time (xdist), not both backends at once.
+pytestmark = [pytest.mark.backends, pytest.mark.xdist_group("e2e")]
 
 T = TypeVar("T")
 
