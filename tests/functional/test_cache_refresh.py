@@ -48,18 +48,20 @@ def direct(network_server: Server) -> Iterator[ApiDatabase]:
     """The API database, migrated and with two cells, reached without the proxy."""
     url = network_server.new_database()
     api = ApiDatabase(ApiDatabaseSettings(url))
-    api.upgrade()
-    with api.session() as s:
-        for name in ("alpha", "beta"):
-            create_cell(
-                s,
-                name=name,
-                transport_url=f"memory://{name}",
-                database_connection=url.render(hide_password=False),
-                defaults=DEFAULTS,
-            )
-    yield api
-    api.close()
+    try:
+        api.upgrade()
+        with api.session() as s:
+            for name in ("alpha", "beta"):  # each its own (never used) database
+                create_cell(
+                    s,
+                    name=name,
+                    transport_url=f"memory://{name}",
+                    database_connection=network_server.new_database().render(hide_password=False),
+                    defaults=DEFAULTS,
+                )
+        yield api
+    finally:
+        api.close()
 
 
 @pytest.fixture
