@@ -107,6 +107,18 @@ class Hint(enum.Enum):
     USE_PYMYSQL = "use_pymysql"  # a mysql:// URL without the driver
     CELL0_CANNOT_BE_DISABLED = "cell0_cannot_be_disabled"  # it holds failed builds
     OWN_ENDPOINT = "own_endpoint"  # hint_args: resource (a cell needs its own)
+    CELL0_NO_HOSTS = "cell0_no_hosts"  # discovery in cell0
+    GENERATE_KEY = "generate_key"  # no key configured for an encrypting command
+    REAL_DEPLOYMENT = "real_deployment"  # quickstart on a server database
+    STRIP_NAME = "strip_name"  # hint_args: name (the name without its padding)
+    CELL0_NAME_RESERVED = "cell0_name_reserved"  # only map-cell0 makes cell0
+    CELL0_UUID_RESERVED = "cell0_uuid_reserved"  # only map-cell0 makes cell0
+    RUN_AGAIN = "run_again"  # a stopped sync: run it again to finish
+    KNOWN_REVISIONS = "known_revisions"  # hint_args: revisions
+    ENCODE_QUERY_AT = "encode_query_at"  # an '@' in a URL's query string
+    ENCODE_PASSWORD_CHARS = "encode_password_chars"  # '@', '?', '#' in a password
+    REPAIR_MYSQL_REVISION = "repair_mysql_revision"  # hint_args: revision
+    FIX_AND_RERUN = "fix_and_rerun"  # hint_args: revision (rolled back)
 
 
 class CellgateError(Exception):
@@ -461,6 +473,8 @@ class MigrationLocked(MigrationError):
         super().__init__(
             f"{component}: another '{command}' holds the migration lock "
             f"of the {line} line (waited {waited:g}s)",
+            # Free text on purpose: the message names the command too, and the
+            # REST API shows only public_message (which names neither).
             hint="let it finish, then run this command again, or wait longer with "
             "--lock-timeout; if no sync is running, see 'Migration lock' in docs/reliability.md",
         )
@@ -488,5 +502,5 @@ class MigrationInterrupted(MigrationError):
         super().__init__(
             f"{component}: stopped on request after revision {reached} of the {line} line "
             f"(head is {target}); nothing is half-applied",
-            hint="run the same command again to finish",
+            hint=Hint.RUN_AGAIN,
         )

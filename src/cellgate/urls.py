@@ -361,7 +361,7 @@ class DatabaseURL:
             raise InvalidURL(
                 url=masked,
                 reason="an unencoded '@' after the host",
-                hint="percent-encode '@' in the query string as %40",
+                hint=Hint.ENCODE_QUERY_AT,
             )
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
@@ -461,7 +461,7 @@ class TransportURL:
             raise InvalidURL(
                 url=masked,
                 reason="an '@' after '?' or '#'",
-                hint="percent-encode '@', '?' and '#' in a password (%40, %3F, %23)",
+                hint=Hint.ENCODE_PASSWORD_CHARS,
             )
         hosts = tuple(_transport_host(h, masked) for h in parts.hosts)
         if parts.scheme in {"rabbit", "amqp"} and not hosts:

@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import Engine
 
+from cellgate.cli.hints import cli_hint
 from cellgate.errors import MigrationError
 from cellgate.migrations import runner
 from cellgate.migrations.runner import MigrationLine
@@ -63,8 +64,9 @@ def test_both_lines_share_one_database_without_confusion(server: Server) -> None
 
 def test_unknown_revision_is_a_clear_error(tmp_path: object) -> None:
     engine = _engine(DatabaseURL.parse(f"sqlite:///{tmp_path}/x.sqlite"))
-    with pytest.raises(MigrationError, match="unknown api revision 'nope'.*api_0001"):
+    with pytest.raises(MigrationError, match="unknown api revision 'nope'") as caught:
         runner.upgrade(engine, MigrationLine.API, "nope")
+    assert "api_0001" in (cli_hint(caught.value) or "")
     assert runner.current(engine, MigrationLine.API) is None
 
 

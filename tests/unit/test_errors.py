@@ -485,7 +485,15 @@ def test_every_hint_key_has_cli_words_and_rest_words_without_a_shell_command() -
         err = CellgateError(
             "m",
             hint=hint,
-            hint_args={"cell": "c", "field": "f", "option": "o", "resource": "database"},
+            hint_args={
+                "cell": "c",
+                "field": "f",
+                "option": "o",
+                "resource": "database",
+                "name": "n",
+                "revision": "r",
+                "revisions": "r1",
+            },
         )
         assert cli_hint(err)  # every key renders on the CLI
         _no_shell(rest_message(err))

@@ -26,7 +26,7 @@ from cellgate.apidb.mappings import (
 )
 from cellgate.apidb.updates import ResealMode, reseal_cell, reseal_needed
 from cellgate.app import App
-from cellgate.errors import EncryptionKeyError
+from cellgate.errors import EncryptionKeyError, Hint
 from cellgate.keyring import generate_key as _new_key
 
 #: Called with one line per cell rewritten, e.g. to print progress.
@@ -110,7 +110,7 @@ def reseal_cells(
     if mode != "decrypt" and not ring:
         raise EncryptionKeyError(
             f"'cell {mode}' needs an encryption key, and none is configured",
-            hint="set [api_database] encryption_keys; 'cellgate cell generate-key' makes a key",
+            hint=Hint.GENERATE_KEY,
         )
     report = ResealReport(
         mode=mode, key_id=ring.primary_id if mode != "decrypt" else None, dry_run=dry_run

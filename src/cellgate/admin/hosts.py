@@ -31,7 +31,7 @@ from cellgate.apidb.mappings import CellMapping, get_cell
 from cellgate.apidb.mappings import list_cells as list_cell_rows
 from cellgate.app import App
 from cellgate.celldb.schema import ServiceRow
-from cellgate.errors import CellgateError, ConfigError, SchemaMismatch
+from cellgate.errors import CellgateError, ConfigError, Hint, SchemaMismatch
 from cellgate.migrations.runner import MigrationLine, current, head
 from cellgate.results import CellResult, Failed, Ok
 
@@ -49,14 +49,15 @@ class HostDiscovery:
     def mapped(self) -> list[str]:
         return self.result.value if isinstance(self.result, Ok) else []
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, describe: Callable[[BaseException], str] = str) -> dict[str, Any]:
+        """``describe`` renders a failure (the CLI passes its own words for hints)."""
         error = self.result.error if isinstance(self.result, Failed) else None
         return {
             "cell": self.cell.label,
             "uuid": self.cell.uuid,
             "status": "ok" if isinstance(self.result, Ok) else "failed",
             "mapped": self.mapped,
-            "error": None if error is None else str(error),
+            "error": None if error is None else describe(error),
         }
 
 
@@ -117,7 +118,7 @@ def select_cells(app: App, idents: Sequence[str] = ()) -> list[CellMapping]:
             if cell.is_cell0:
                 raise ConfigError(
                     "cell0 has no hosts to discover",
-                    hint="it only keeps instances that failed to build",
+                    hint=Hint.CELL0_NO_HOSTS,
                 )
             chosen.setdefault(cell.uuid, cell)
     return list(chosen.values())
@@ -158,7 +159,8 @@ def service_hosts(app: App, cell: CellMapping) -> list[str]:
                 component=f"cell {cell.label} database",
                 current=None,
                 expected=head(MigrationLine.CELL),
-                hint=f"run 'cellgate db sync --cell {cell.label}'",
+                hint=Hint.SYNC_CELL_DB,
+                hint_args={"cell": cell.label},
             )
         stmt = select(ServiceRow.host).where(ServiceRow.deleted == 0).distinct()
         with engine.connect() as conn:

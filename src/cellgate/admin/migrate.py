@@ -65,7 +65,8 @@ class DatabaseOutcome:
     database: CellDatabase
     result: CellResult[VersionInfo]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, describe: Callable[[BaseException], str] = str) -> dict[str, Any]:
+        """``describe`` renders a failure (the CLI passes its own words for hints)."""
         row: dict[str, Any] = {"cell": self.database.label, "uuid": self.database.key}
         result = self.result
         if isinstance(result, Ok):
@@ -74,7 +75,8 @@ class DatabaseOutcome:
             row.update(status=status, current=info.current, head=info.head, error=None)
         else:
             error = result.error if isinstance(result, Failed) else None
-            row.update(status="failed", current=None, head=None, error=str(error))
+            text = describe(error) if error is not None else str(error)
+            row.update(status="failed", current=None, head=None, error=text)
         return row
 
 

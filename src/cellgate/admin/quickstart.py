@@ -13,7 +13,7 @@ from cellgate.admin.migrate import cell_database, sync_api, sync_databases
 from cellgate.apidb.mappings import CellMapping, create_cell, list_cells, map_cell0
 from cellgate.app import App
 from cellgate.config import Settings, template_defaults
-from cellgate.errors import ConfigError
+from cellgate.errors import ConfigError, Hint
 from cellgate.results import Failed
 
 EMBEDDED_CELLS = ("cell1", "cell2")
@@ -37,7 +37,7 @@ def quickstart(app: App, on_step: Callable[[str], None] = lambda _: None) -> lis
         raise ConfigError(
             "this sets up the embedded SQLite deployment only, "
             "but [api_database] connection is not SQLite",
-            hint="use 'cellgate api-db sync' and 'cellgate cell create' for a real deployment",
+            hint=Hint.REAL_DEPLOYMENT,
         )
     info = sync_api(app, "head")
     on_step(f"API database {settings.api_database.connection}: at {info.current}")

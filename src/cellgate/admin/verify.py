@@ -16,10 +16,13 @@ from typing import Any
 
 from cellgate.apidb.mappings import CellMapping, get_cell, list_cells
 from cellgate.app import App
-from cellgate.errors import BackendError, CellgateError, SchemaMismatch
+from cellgate.errors import BackendError, CellgateError, Hint, SchemaMismatch
 from cellgate.migrations.runner import MigrationLine, current, head
 from cellgate.rpc.amqp.broker import broker_label, probe_broker
 from cellgate.urls import TransportHost, TransportURL
+
+#: Renders an error's hint in an edge's words (``cellgate.cli.hints.cli_hint``).
+HintText = Callable[[CellgateError], str | None]
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,16 @@ class Check:
     detail: str
     error: CellgateError | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"component": self.component, "ok": self.ok, "detail": self.detail}
+    def to_dict(self, hint: HintText | None = None) -> dict[str, Any]:
+        return {"component": self.component, "ok": self.ok, "detail": self.text(hint)}
+
+    def text(self, hint: HintText | None = None) -> str:
+        """The detail, followed by the failure's hint in the words ``hint`` gives it.
+
+        The domain holds no CLI words: the CLI passes its hint renderer.
+        """
+        words = hint(self.error) if hint is not None and self.error is not None else None
+        return f"{self.detail}; {words}" if words else self.detail
 
 
 @dataclass(frozen=True)
@@ -50,12 +61,12 @@ class CellReport:
     def errors(self) -> list[CellgateError]:
         return [c.error for c in self.checks if c.error is not None]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, hint: HintText | None = None) -> dict[str, Any]:
         return {
             "uuid": self.cell.uuid,
             "name": self.cell.name,
             "ok": self.ok,
-            "checks": [c.to_dict() for c in self.checks],
+            "checks": [c.to_dict(hint) for c in self.checks],
         }
 
 
@@ -85,8 +96,7 @@ def _guard(component: str, check: Callable[[], Check]) -> Check:
     try:
         return check()
     except BackendError as exc:  # the component is already in the row
-        detail = f"{exc.reason}; {exc.hint}" if exc.hint else exc.reason
-        return Check(component, False, detail, exc)
+        return Check(component, False, exc.reason, exc)
     except CellgateError as exc:
         return Check(component, False, str(exc), exc)
 
@@ -100,7 +110,8 @@ def _check_database(app: App, cell: CellMapping) -> Check:
             component=f"cell {cell.label} database",
             current=found,
             expected=expected,
-            hint=f"run 'cellgate db sync --cell {cell.label}'",
+            hint=Hint.SYNC_CELL_DB,
+            hint_args={"cell": cell.label},
         )
         return Check("database", False, str(error), error)
     return Check("database", True, f"reachable, cell schema at {found}")

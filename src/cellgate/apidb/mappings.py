@@ -164,12 +164,13 @@ def check_name(name: str, *, cell0: bool = False) -> str:
     if name != name.strip():
         raise ConfigError(
             "a cell name must not start or end with a space",
-            hint=f"did you mean {name.strip()!r}?",
+            hint=Hint.STRIP_NAME,
+            hint_args={"name": name.strip()},
         )
     if not cell0 and name.casefold() == CELL0_NAME:
         raise ConfigError(
             f"the cell name {name!r} is reserved for cell0",
-            hint="'cellgate cell map-cell0' creates cell0; choose another name",
+            hint=Hint.CELL0_NAME_RESERVED,
         )
     if len(name) > 255:
         raise ConfigError("a cell name must be at most 255 characters")
@@ -262,7 +263,7 @@ def create_cell(
     if cell_uuid == CELL0_UUID:
         raise ConfigError(
             f"the uuid {CELL0_UUID} is reserved for cell0",
-            hint="'cellgate cell map-cell0' creates cell0; omit --uuid for a new one",
+            hint=Hint.CELL0_UUID_RESERVED,
         )
     return _insert_cell(
         session,

@@ -14,6 +14,7 @@ from cellgate import admin
 from cellgate.apidb.audit import local_actor
 from cellgate.apidb.updates import CellUpdate
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.hints import cli_hint
 from cellgate.cli.keys import KEY_COMMANDS
 from cellgate.cli.misc import CELL_COLUMNS
 from cellgate.cli.render import change_text, emit_fields, emit_json, emit_table
@@ -209,7 +210,7 @@ def cell_verify(state: CliState, ident: str | None, all_cells: bool, as_json: bo
         raise click.UsageError("give a cell NAME|UUID or --all, not both")
     reports = admin.verify_cells(state.app, (ident,) if ident else (), all_cells=all_cells)
     if as_json:
-        emit_json([r.to_dict() for r in reports])
+        emit_json([r.to_dict(cli_hint) for r in reports])
     else:
         emit_table(
             [_check_row(r, i) for r in reports for i in range(len(r.checks))],
@@ -230,7 +231,7 @@ def _check_row(report: admin.CellReport, index: int) -> dict[str, object]:
         "cell": report.cell.label,
         "component": check.component,
         "status": "ok" if check.ok else "FAILED",
-        "detail": check.detail,
+        "detail": check.text(cli_hint),
     }
 
 

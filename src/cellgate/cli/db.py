@@ -6,6 +6,7 @@ import click
 
 from cellgate import admin
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.hints import error_text
 from cellgate.cli.interrupts import stop_on_signals
 from cellgate.cli.render import emit_fields, emit_json, emit_table, progress
 from cellgate.cli.state import CliState, pass_state
@@ -125,7 +126,7 @@ def _report(outcome: admin.DatabaseOutcome) -> None:
 
 
 def _finish(outcomes: list[admin.DatabaseOutcome], as_json: bool) -> None:
-    rows = [o.to_dict() for o in outcomes]
+    rows = [o.to_dict(error_text) for o in outcomes]
     if as_json:
         emit_json(rows)
     else:

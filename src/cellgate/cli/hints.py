@@ -40,6 +40,7 @@ CLI_HINTS: Final[dict[Hint, str]] = {
     Hint.MOVE_INSTANCES: "delete or move its instances first",
     Hint.FORCE_UNMAP_HOSTS: "pass --force to remove those mappings with the cell",
     Hint.CELL0_KEEPS_FAILED_BUILDS: "cell0 only keeps instances that failed to build",
+    Hint.CELL0_NO_HOSTS: "it only keeps instances that failed to build",
     Hint.CELL0_HAS_NO_QUEUE: "workers serve cells with a transport; cell0 has none",
     Hint.CHOOSE_OTHER_PORT: "choose another --port, or stop what is using it",
     Hint.ENCODE_AT_SIGN: "percent-encode it as %40",
@@ -58,6 +59,21 @@ CLI_HINTS: Final[dict[Hint, str]] = {
     Hint.USE_PYMYSQL: "use mysql+pymysql://",
     Hint.CELL0_CANNOT_BE_DISABLED: "it holds instances that failed to build",
     Hint.OWN_ENDPOINT: "every cell needs a {resource} of its own",
+    Hint.GENERATE_KEY: "set [api_database] encryption_keys; 'cellgate cell generate-key' makes a key",
+    Hint.REAL_DEPLOYMENT: "use 'cellgate api-db sync' and 'cellgate cell create' for a real deployment",
+    Hint.STRIP_NAME: "did you mean {name!r}?",
+    Hint.CELL0_NAME_RESERVED: "'cellgate cell map-cell0' creates cell0; choose another name",
+    Hint.CELL0_UUID_RESERVED: "'cellgate cell map-cell0' creates cell0; omit --uuid for a new one",
+    Hint.RUN_AGAIN: "run the same command again to finish",
+    Hint.KNOWN_REVISIONS: "known revisions: {revisions}",
+    Hint.ENCODE_QUERY_AT: "percent-encode '@' in the query string as %40",
+    Hint.ENCODE_PASSWORD_CHARS: "percent-encode '@', '?' and '#' in a password (%40, %3F, %23)",
+    Hint.REPAIR_MYSQL_REVISION: (
+        "MariaDB/MySQL cannot roll back DDL, so part of {revision} may be applied: "
+        "fix the cause, then run the same command again, which applies the rest "
+        "(see 'A revision failed half-way' in docs/reliability.md)"
+    ),
+    Hint.FIX_AND_RERUN: "{revision} was rolled back; fix the cause and run the same command again",
 }
 
 
@@ -67,6 +83,11 @@ def cli_hint(exc: CellgateError) -> str | None:
     if isinstance(hint, Hint):
         return CLI_HINTS[hint].format_map(dict(exc.hint_args))
     return hint or None
+
+
+def error_text(exc: BaseException) -> str:
+    """A failure in a per-cell row as the CLI shows it: :func:`cli_message`, or ``str``."""
+    return cli_message(exc) if isinstance(exc, CellgateError) else str(exc)
 
 
 def cli_message(exc: CellgateError) -> str:

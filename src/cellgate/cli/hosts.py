@@ -6,6 +6,7 @@ import click
 
 from cellgate import admin
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
+from cellgate.cli.hints import error_text
 from cellgate.cli.render import emit_json, emit_table, progress
 from cellgate.cli.state import CliState, pass_state
 from cellgate.results import Failed, Ok
@@ -52,10 +53,10 @@ def host_discover(state: CliState, cells: tuple[str, ...], as_json: bool) -> Non
     if not done:
         progress("no cells to discover")
     if as_json:
-        emit_json([o.to_dict() for o in done])
+        emit_json([o.to_dict(error_text) for o in done])
     else:
         emit_table(
-            [{**o.to_dict(), "mapped": ", ".join(o.mapped) or None} for o in done],
+            [{**o.to_dict(error_text), "mapped": ", ".join(o.mapped) or None} for o in done],
             [("cell", "CELL"), ("status", "STATUS"), ("mapped", "NEW HOSTS"), ("error", "ERROR")],
         )
     failures = [o.result.error for o in done if isinstance(o.result, Failed)]

@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 
 from cellgate.apidb.schema import ApiBase
 from cellgate.celldb.schema import CellBase
-from cellgate.errors import MigrationError, MigrationInterrupted
+from cellgate.errors import Hint, MigrationError, MigrationInterrupted
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT, migration_lock
 from cellgate.sql.engines import describe_db_error, is_backend_failure
 
@@ -219,7 +219,8 @@ def _run(conn: Connection, line: MigrationLine, verb: str, revision: str, label:
             f"{label}: revision {failed} of the {line.value} line failed ({verb}): "
             f"{describe_db_error(exc)}; "
             f"the database is left at revision {reached or 'none (empty)'}",
-            hint=_repair_hint(conn, failed),
+            hint=_repair_hint(conn),
+            hint_args={"revision": failed},
         ) from exc
     conn.commit()
 
@@ -249,15 +250,11 @@ def _failed_revision(line: MigrationLine, verb: str, reached: str | None) -> str
     return known[step] if step < len(known) else "head"
 
 
-def _repair_hint(conn: Connection, failed: str) -> str:
+def _repair_hint(conn: Connection) -> Hint:
     if conn.dialect.name in ("mysql", "mariadb"):
         # DDL commits as it runs here: nothing of the failed revision was rolled back.
-        return (
-            f"MariaDB/MySQL cannot roll back DDL, so part of {failed} may be applied: "
-            "fix the cause, then run the same command again, which applies the rest "
-            "(see 'A revision failed half-way' in docs/reliability.md)"
-        )
-    return f"{failed} was rolled back; fix the cause and run the same command again"
+        return Hint.REPAIR_MYSQL_REVISION
+    return Hint.FIX_AND_RERUN
 
 
 def _validate_revision(line: MigrationLine, revision: str) -> None:
@@ -267,5 +264,6 @@ def _validate_revision(line: MigrationLine, revision: str) -> None:
     if revision not in known:
         raise MigrationError(
             f"unknown {line.value} revision {revision!r}",
-            hint=f"known revisions: {', '.join(known)}",
+            hint=Hint.KNOWN_REVISIONS,
+            hint_args={"revisions": ", ".join(known)},
         )

@@ -19,6 +19,8 @@ REST_HINTS: Final[dict[Hint, str]] = {
     Hint.CHOOSE_OTHER_NAME: "choose another",
     Hint.START_SERVER: "the cell's workers may be down",
     Hint.USE_PYMYSQL: "use mysql+pymysql://",
+    Hint.ENCODE_QUERY_AT: "percent-encode '@' in the query string as %40",
+    Hint.ENCODE_PASSWORD_CHARS: "percent-encode '@', '?' and '#' in a password (%40, %3F, %23)",
 }
 
 
