@@ -124,6 +124,10 @@ class CellgateGroup(LazyGroup):
             raise one_line(exc, self._argv, self, ctx.command_path) from None
         except (click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C: one line and a shell's exit code, not click's "Aborted!" and 1.
+            click.echo("cellgate: interrupted", err=True)
+            ctx.exit(ExitCode.INTERRUPTED)
         except Exception as exc:
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
             _report(exc, debug=bool(state and state.debug))

@@ -35,7 +35,9 @@ def serve() -> None:
 
 @serve.command("api")
 @click.option("--host", help="Listen address. Default: [api] listen.")
-@click.option("--port", type=int, help="Listen port. Default: [api] port.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="Listen port (1-65535). Default: [api] port."
+)
 @pass_state
 def serve_api(state: CliState, host: str | None, port: int | None) -> None:
     """Serve the REST API until SIGTERM; SIGHUP reloads cell mappings."""
@@ -82,7 +84,12 @@ def serve_worker(state: CliState, cell_ident: str, host_name: str) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the SQLite files live. Default: state_path.",
 )
-@click.option("--port", type=int, default=0, help="API port (default: any free port).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="API port, 1-65535 (default 0: any free port).",
+)
 @pass_state
 def all_in_one(state: CliState, data_dir: Path | None, port: int) -> None:
     """API, cell0, two cells and their workers in one process, on SQLite and memory://."""
