@@ -18,6 +18,7 @@ from cellgate.apidb.mappings import CELL0_UUID, SCRUBBED_URL, get_cell
 from cellgate.apidb.schema import CellMappingRow, HostMappingRow, InstanceMappingRow
 from cellgate.cli import cli
 from cellgate.cli.exit_codes import ExitCode
+from cellgate.migrations.runner import MigrationLine, head
 from tests.functional.conftest import Deployment
 
 CLOSED_PORT_DB = "mysql+pymysql://cg:hunter2secret@127.0.0.1:1/nowhere"
@@ -269,17 +270,17 @@ def test_db_sync_all_cells_keeps_going_past_a_broken_cell(synced: Deployment) ->
     assert result.exit_code == ExitCode.UNAVAILABLE
     rows = {r["cell"]: r for r in json.loads(result.stdout)}
     assert rows["good1"]["status"] == rows["good2"]["status"] == "ok"
-    assert rows["good2"]["current"] == "cell_0001"
+    assert rows["good2"]["current"] == head(MigrationLine.CELL)
     assert rows["broken"]["status"] == "failed"
     assert "127.0.0.1" in rows["broken"]["error"]
     assert "broken: FAILED" in result.stderr
     versions = synced.json("db", "version", "--cell", "good1", "--cell", "good2")
-    assert {v["current"] for v in versions} == {"cell_0001"}
+    assert {v["current"] for v in versions} == {head(MigrationLine.CELL)}
 
 
 def test_db_sync_local_is_the_default(synced: Deployment) -> None:
     rows = synced.json("db", "sync")
-    assert rows[0]["uuid"] == "local" and rows[0]["current"] == "cell_0001"
+    assert rows[0]["uuid"] == "local" and rows[0]["current"] == head(MigrationLine.CELL)
     assert synced.json("db", "version", "--local")[0]["status"] == "ok"
     both = synced.run("db", "sync", "--local", "--all-cells", ok=False)
     assert both.exit_code == ExitCode.USAGE

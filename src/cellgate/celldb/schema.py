@@ -1,15 +1,21 @@
 """Tables of a cell database, the target of the ``cell`` migration line.
 
-Deliberately minimal: instances that live in the cell and the services
-(hosts) that report from it. The reference service extends it through new
-revisions of the cell line.
+Deliberately minimal: instances that live in the cell, the actions taken on
+each, and the services (hosts) that report from it. The reference service
+extends it through new revisions of the cell line.
+
+:data:`PER_INSTANCE` is the one place that says which tables hold rows that
+belong to an instance: moving an instance to another cell copies them and
+archiving a deleted instance moves them with it. A new per-instance table is
+added there, or ``tests/unit/test_cell_schema.py`` fails.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Final
 
-from sqlalchemy import Boolean, Integer, String, UniqueConstraint, false, text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, false, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cellgate.dbtypes import Timestamp, new_metadata, utcnow
@@ -35,6 +41,30 @@ class InstanceRow(CellBase):
     updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     deleted: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    #: True while the row is a copy that is not (yet, or any more) the live
+    #: instance: the target of a move before the mapping flips, or the source
+    #: after it. Hidden rows are never listed or shown.
+    hidden: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+
+
+class InstanceActionRow(CellBase):
+    """One action taken on an instance (create, reboot, ...), kept with it."""
+
+    __tablename__ = "instance_actions"
+    __table_args__ = (Index("ix_instance_actions_instance_uuid", "instance_uuid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_uuid: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("instances.uuid", name="fk_instance_actions_instance"),
+        nullable=False,
+    )
+    action: Mapped[str] = mapped_column(String(255), nullable=False)
+    request_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    deleted: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
 
 
 class ServiceRow(CellBase):
@@ -48,7 +78,18 @@ class ServiceRow(CellBase):
     report_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     last_seen_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    #: The RPC/service version the worker on this host runs, written with
+    #: every heartbeat (0: a worker older than the column).
+    version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     created_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     deleted: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+
+
+#: Tables whose rows belong to one instance, parent first, each with the
+#: column that names the instance. Moves copy and archives move exactly these.
+PER_INSTANCE: Final[tuple[tuple[type[CellBase], str], ...]] = (
+    (InstanceRow, "uuid"),
+    (InstanceActionRow, "instance_uuid"),
+)
