@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks import api, capacity, routing, rpc, scatter, startup
+from benchmarks import api, capacity, listing, routing, rpc, scatter, startup
 from benchmarks.deploy import MAIN_CELLS, MAX_CELLS, SCATTER_CELLS, Deployment
 from benchmarks.report import Report
 from benchmarks.routing import FULL, QUICK, Plan
 from benchmarks.stats import Series
-from cellgate import App
+from cellgate import App, CellMapping
 from cellgate.urls import redact
 
 T = TypeVar("T")
@@ -121,6 +121,7 @@ class Phases:
         self.progress = progress
         self.series_too = bool(args.plot) or not args.quick
         self.failures: list[str] = []
+        self.listed: list[CellMapping] = []  # cells benchmarks.listing has filled
 
     def step(self, what: str, names: tuple[str, ...], fn: Callable[[], None]) -> None:
         self.progress.step(what)
@@ -393,6 +394,36 @@ class Phases:
             "scatter-gather, one cell hung", ("scatter_hung_overrun_ms", "scatter_hung_ok"), hung
         )
 
+        self.listing(app, d)
+
+    def listing(self, app: App, d: Deployment) -> None:
+        """A sorted page of 100 over 10 and 100 cells (``benchmarks.listing``)."""
+        rows = 1_000 if self.args.quick else 10_000
+        for count in (10, 100):
+            names = (
+                f"list_page100_rows_read_{count}_cells",
+                f"list_page100_rows_read_over_nova_{count}_cells",
+                f"list_page100_{count}_cells_over_single",
+            )
+            if count > MAIN_CELLS and self.backend != "sqlite":
+                for name in names:
+                    self.report.put(
+                        name, None, note=f"only {MAIN_CELLS} cells are migrated on {self.backend}"
+                    )
+                continue
+
+            def measure(count: int = count, names: tuple[str, ...] = names) -> None:
+                cells = d.cells[:count]
+                listing.fill(app, cells[len(self.listed) :], rows)
+                self.listed = cells
+                cost = listing.page_cost(app, cells, self.plan)
+                note = f"{rows} rows in each cell; Nova reads {listing.PAGE * count}"
+                self.report.put(names[0], cost.rows_read, note=f"{note}; {cost.fetches} fetches")
+                self.report.put(names[1], cost.rows_read / (listing.PAGE * count), note=note)
+                self.report.put(names[2], cost.latency.ratio, note="page over one of the cells")
+
+            self.step(f"listing: a page of 100 over {count} cells", names, measure)
+
     def tuned(self, d: Deployment) -> None:
         """What-ifs: room for every engine (a setting), and more threads (a code change)."""
         r, plan = self.report, self.plan
@@ -535,6 +566,10 @@ def set_goals(report: Report) -> None:
     report.goal("lookup_speedup", ">= 50", lambda v: v >= 50)
     report.goal("show_routed_over_direct", "<= 1.15", lambda v: v <= 1.15)
     report.goal("scatter_100_over_single", "<= 3", lambda v: v <= 3)
+    for count in (10, 100):
+        report.goal(
+            f"list_page100_rows_read_over_nova_{count}_cells", "<= 0.5", lambda v: v <= 0.5
+        )
     report.goal("scatter_100_over_single_engines256", "<= 3 (what-if)", lambda v: v <= 3)
     report.goal("scatter_100_over_single_workers128", "<= 3 (what-if)", lambda v: v <= 3)
     report.goal("scatter_hung_overrun_ms_engines256", "<= 50 (what-if)", lambda v: v <= 50)

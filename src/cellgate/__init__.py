@@ -49,11 +49,13 @@ if TYPE_CHECKING:
     from cellgate.errors import SchemaMismatch as SchemaMismatch
     from cellgate.errors import UnsupportedVersion as UnsupportedVersion
     from cellgate.errors import UntargetedContext as UntargetedContext
+    from cellgate.keyset import SortKey as SortKey
     from cellgate.migrations.runner import MigrationLine as MigrationLine
     from cellgate.results import CellResult as CellResult
     from cellgate.results import Failed as Failed
     from cellgate.results import Ok as Ok
     from cellgate.results import TimedOut as TimedOut
+    from cellgate.routing.listing import Listing as Listing
     from cellgate.rpc.client import RPCClient as RPCClient
     from cellgate.rpc.server import RPCServer as RPCServer
     from cellgate.rpc.target import Target as Target
@@ -97,6 +99,8 @@ _EXPORTS: dict[str, str] = {
     "Failed": "cellgate.results",
     "Ok": "cellgate.results",
     "TimedOut": "cellgate.results",
+    "SortKey": "cellgate.keyset",
+    "Listing": "cellgate.routing.listing",
     "RPCClient": "cellgate.rpc.client",
     "RPCServer": "cellgate.rpc.server",
     "Target": "cellgate.rpc.target",
@@ -124,6 +128,7 @@ __all__ = [
     "Failed",
     "HostNotMapped",
     "InvalidURL",
+    "Listing",
     "MappingError",
     "MigrationError",
     "MigrationLine",
@@ -138,6 +143,7 @@ __all__ = [
     "RoutingError",
     "SchemaMismatch",
     "Settings",
+    "SortKey",
     "Target",
     "TimedOut",
     "TransportURL",

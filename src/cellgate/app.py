@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from cellgate.apidb import instances as instance_mappings
 from cellgate.apidb.mappings import CellMapping
 from cellgate.cellaccess import CellDatabases, CellRPC
 from cellgate.closing import Closing
 from cellgate.config import RPCSettings, Settings, template_defaults
 from cellgate.context import RequestContext
+from cellgate.keyset import SortKey
 from cellgate.results import CellResult
 from cellgate.routing.breaker import BreakerRegistry
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.fanout import FanoutPool
+from cellgate.routing.listing import Listing, list_across_cells
 from cellgate.routing.locator import InstanceLocator
 from cellgate.rpc.transport import Transport, TransportFactory, TransportRegistry
 from cellgate.sql.api_database import ApiDatabase
@@ -123,6 +126,55 @@ class App(Closing):
         targets = {c.uuid: ctx.for_cell(c) for c in cells}
         deadline = timeout if timeout is not None else self.settings.cells.scatter_timeout
         return self._fanout.scatter_gather(targets, fn, timeout=deadline)
+
+    def list_across_cells(
+        self,
+        ctx: RequestContext,
+        fetch: Callable[[RequestContext, int, Sequence[Any] | None], Sequence[T]],
+        *,
+        values: Callable[[T], Sequence[Any]],
+        sort: Sequence[SortKey],
+        limit: int,
+        after: Sequence[Any] | None = None,
+        cells: Iterable[CellMapping] | None = None,
+        prune_to_project: str | None = None,
+        timeout: float | None = None,
+    ) -> Listing[T]:
+        """One page of rows sorted by ``sort`` across cells, merged as they stream.
+
+        ``fetch(cell_ctx, limit, after)`` returns at most ``limit`` rows of
+        that cell, sorted by ``sort`` (build the query with
+        ``cellgate.keyset.order_by`` and ``after``), strictly after the key
+        values ``after``; ``values(row)`` gives a row's key values in the
+        order of ``sort``, whose last key must be unique (a uuid). Cells are
+        queried concurrently, each for a small batch first and more only if
+        the page needs it (``cellgate.routing.listing``); cells that fail or
+        miss the one deadline are in ``Listing.down``. ``prune_to_project``
+        asks only the cells that hold that project's instances (from the
+        instance mappings). ``cells=None``: every enabled cell but cell0.
+        """
+        chosen = list(cells) if cells is not None else self.cells.list(ctx, include_cell0=False)
+        if prune_to_project is not None:
+            with self.db.api_session() as session:
+                holding = instance_mappings.cells_holding(session, prune_to_project)
+            chosen = [c for c in chosen if c.uuid in holding]
+        contexts = {c.uuid: ctx.for_cell(c) for c in chosen}
+
+        def scatter(
+            work: Mapping[str, Callable[[], Sequence[T]]], remaining: float
+        ) -> Mapping[str, CellResult[Sequence[T]]]:
+            return self._fanout.scatter_gather(work, lambda call: call(), timeout=remaining)
+
+        return list_across_cells(
+            scatter,
+            chosen,
+            lambda cell, size, marker: fetch(contexts[cell.uuid], size, marker),
+            values=values,
+            keys=sort,
+            limit=limit,
+            after=after,
+            timeout=timeout if timeout is not None else self.settings.cells.scatter_timeout,
+        )
 
     def reload(self) -> None:
         """Drop cached cell mappings; the next lookup re-reads the API database.

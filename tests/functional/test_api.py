@@ -148,6 +148,28 @@ def test_instances_spread_over_cells_and_list_pages_across_them(service: Service
     assert seen == [f"vm{i:02d}" for i in range(7)]
 
 
+def test_list_sorts_by_several_keys_and_refuses_bad_ones(service: Service) -> None:
+    for name in ("b", "a", "B", "a"):
+        _boot(service, name)
+    seen: list[tuple[str, str]] = []
+    marker = None
+    while True:
+        params: dict[str, Any] = {"limit": 1, "sort": "name:desc,created_at:desc"}
+        if marker:
+            params["marker"] = marker
+        page = service.client.get("/v1/instances", params=params, headers=DEMO).json()
+        seen += [(i["name"], i["created_at"]) for i in page["instances"]]
+        marker = page["next_marker"]
+        if marker is None:
+            break
+    assert [name for name, _ in seen] == ["b", "a", "a", "B"]  # by code point
+    assert seen[1][1] >= seen[2][1]
+    for bad in ("password", "name:up", "name,name", "", "name;drop"):
+        response = service.client.get("/v1/instances", params={"sort": bad}, headers=DEMO)
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["error"]["code"] == "InvalidRequest"
+
+
 def test_projects_are_isolated(service: Service) -> None:
     mine = _boot(service, "mine")
     assert service.client.get(f"/v1/instances/{mine['uuid']}", headers=OTHER).status_code == 404

@@ -37,6 +37,7 @@ from cellgate import (
 from cellgate.apidb.mappings import create_cell
 from cellgate.celldb import queries
 from cellgate.errors import InstanceNotFound
+from cellgate.keyset import SortKey
 from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.results import CellResult
 from cellgate.routing.breaker import BreakerState
@@ -280,7 +281,11 @@ def test_application_errors_in_a_session_never_trip_it(server: Server, tmp_path:
             )
         with d.app.db.session(cctx) as session:
             existing = queries.list_instances(
-                session, project_id=None, sort="name", limit=1, after=None
+                session,
+                project_id=None,
+                keys=queries.with_tiebreak([SortKey("name")]),
+                limit=1,
+                after=None,
             )[0].uuid
         for _ in range(THRESHOLD + 2):
             # A real conflict from the real database: the cell answered.

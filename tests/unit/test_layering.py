@@ -33,6 +33,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "cellgate.keyring": (*DATA_LAYER, "cellgate.config", "cellgate.app"),
     "cellgate.urls": (*DATA_LAYER, "cellgate.app"),
     "cellgate.errors": ("cellgate",),
+    "cellgate.keyset": ("cellgate",),
     "cellgate.app": ("cellgate.admin", *EDGES),
     "cellgate.cellaccess": ("cellgate.app", "cellgate.admin", *EDGES),
     "cellgate.admin": ("click", "cellgate.cli", "cellgate.service"),

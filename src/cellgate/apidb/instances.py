@@ -94,6 +94,24 @@ def mappings_in_cells(
     return [InstanceMapping(*row) for row in session.execute(stmt)]
 
 
+def cells_holding(session: Session, project_id: str) -> set[str]:
+    """Uuids of the cells that hold at least one live instance of ``project_id``.
+
+    What a project-scoped listing needs to ask only those cells; one index
+    range scan (``ix_instance_mapping_project_cell``).
+    """
+    stmt = (
+        select(CellMappingRow.uuid)
+        .join(InstanceMappingRow, CellMappingRow.id == InstanceMappingRow.cell_id)
+        .where(
+            InstanceMappingRow.project_id == project_id,
+            InstanceMappingRow.queued_for_delete.is_(False),
+        )
+        .distinct()
+    )
+    return set(session.scalars(stmt))
+
+
 def queue_for_delete(session: Session, instance_uuid: str) -> None:
     session.execute(
         update(InstanceMappingRow)

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, UniqueConstraint, false, text
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cellgate.dbtypes import LongText, Timestamp, new_metadata, utcnow
@@ -57,6 +66,8 @@ class HostMappingRow(ApiBase):
 
 class InstanceMappingRow(ApiBase):
     __tablename__ = "instance_mapping"
+    #: A project-scoped listing asks only the cells this finds (api_0005).
+    __table_args__ = (Index("ix_instance_mapping_project_cell", "project_id", "cell_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     instance_uuid: Mapped[str] = mapped_column(String(36), nullable=False, unique=True)

@@ -7,17 +7,24 @@ Nothing here knows which cell it is in: routing happens before (``app.db
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
+from cellgate import keyset
 from cellgate.celldb.schema import InstanceRow, ServiceRow
 from cellgate.dbtypes import utcnow
+from cellgate.keyset import SortKey
 
 #: Sort keys a listing accepts, each a column of ``instances``.
-SORT_KEYS: Final = ("created_at", "name")
+SORT_KEYS: Final = ("created_at", "updated_at", "name", "uuid")
+
+_SORT_COLUMNS: Final[dict[str, ColumnElement[Any]]] = {
+    name: getattr(InstanceRow, name).expression for name in SORT_KEYS
+}
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,9 @@ class Instance:
             "updated_at": _iso(self.updated_at),
         }
 
-    def sort_key(self, key: str) -> tuple[str, str]:
-        value = getattr(self, key)
-        text = value.isoformat() if isinstance(value, dt.datetime) else str(value or "")
-        return (text, self.uuid)
+    def sort_values(self, keys: Sequence[SortKey]) -> tuple[Any, ...]:
+        """This instance's values for ``keys`` (see :func:`list_instances`)."""
+        return tuple(getattr(self, k.name) for k in keys)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -96,32 +102,34 @@ def get_instance(session: Session, uuid: str, *, project_id: str | None) -> Inst
     return _instance(row) if row else None
 
 
+def with_tiebreak(keys: Sequence[SortKey]) -> tuple[SortKey, ...]:
+    """``keys`` ending in ``uuid``, the unique key that makes page boundaries exact."""
+    if keys and keys[-1].name == "uuid":
+        return tuple(keys)
+    return (*(k for k in keys if k.name != "uuid"), SortKey("uuid"))
+
+
 def list_instances(
     session: Session,
     *,
     project_id: str | None,
-    sort: str,
+    keys: Sequence[SortKey],
     limit: int,
-    after: tuple[str, str] | None = None,
+    after: Sequence[Any] | None = None,
 ) -> list[Instance]:
-    """Live instances ordered by (sort key, uuid), strictly after ``after`` if given."""
-    column = getattr(InstanceRow, sort)
-    stmt = select(InstanceRow).where(InstanceRow.deleted == 0)
+    """Live, visible instances sorted by ``keys``, strictly after the values ``after``.
+
+    ``keys`` must end in ``uuid`` (:func:`with_tiebreak`). The order is
+    :mod:`cellgate.keyset`'s, the same on every backend, so pages of many
+    cells merge correctly.
+    """
+    stmt = select(InstanceRow).where(InstanceRow.deleted == 0, InstanceRow.hidden.is_(False))
     if project_id is not None:
         stmt = stmt.where(InstanceRow.project_id == project_id)
     if after is not None:
-        stmt = stmt.where(_after(column, after))
-    stmt = stmt.order_by(column, InstanceRow.uuid).limit(limit)
+        stmt = stmt.where(keyset.after(_SORT_COLUMNS, keys, after))
+    stmt = stmt.order_by(*keyset.order_by(_SORT_COLUMNS, keys)).limit(limit)
     return [_instance(r) for r in session.scalars(stmt)]
-
-
-def _after(column: Any, after: tuple[str, str]) -> ColumnElement[bool]:
-    value: Any = after[0]
-    if column.key == "created_at":
-        value = dt.datetime.fromisoformat(after[0]) if after[0] else None
-    if value is None:
-        return or_(column.is_not(None), and_(column.is_(None), InstanceRow.uuid > after[1]))
-    return or_(column > value, and_(column == value, InstanceRow.uuid > after[1]))
 
 
 def count_instances(session: Session) -> int:

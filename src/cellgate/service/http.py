@@ -30,9 +30,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
+from cellgate import keyset
 from cellgate.apidb.hosts import list_hosts
 from cellgate.apidb.mappings import CellMapping
 from cellgate.app import App
+from cellgate.celldb.queries import SORT_KEYS
 from cellgate.config import ServiceSettings
 from cellgate.context import RequestContext
 from cellgate.errors import (
@@ -50,6 +52,7 @@ from cellgate.errors import (
     SchemaMismatch,
     UnsupportedVersion,
 )
+from cellgate.keyset import SortKey
 from cellgate.service.health import cell_health
 from cellgate.service.hints import rest_message
 from cellgate.service.instances import MAX_LIMIT, InstanceService
@@ -101,6 +104,21 @@ class Forbidden(ApiError):
 
 class InvalidRequest(ApiError):
     status = 400
+
+
+SORT_HELP = (
+    "Sort keys, comma-separated, each KEY[:asc|desc] with KEY one of "
+    f"{', '.join(SORT_KEYS)}; ties are broken by uuid. NULLs sort first "
+    "ascending and last descending; text compares by code point (case-sensitive)."
+)
+
+
+def parse_sort(spec: str) -> tuple[SortKey, ...]:
+    """``?sort=name:desc,created_at`` -> keys; a 400 if malformed."""
+    try:
+        return keyset.parse(spec, SORT_KEYS)
+    except keyset.BadSortSpec as exc:
+        raise InvalidRequest(f"sort: {exc}") from None
 
 
 def _plain_text(value: str) -> str:
@@ -308,9 +326,9 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         ctx: Ctx,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
         marker: Annotated[str | None, Query(max_length=36)] = None,
-        sort: Literal["created_at", "name"] = "created_at",
+        sort: Annotated[str, Query(max_length=200, description=SORT_HELP)] = "created_at",
     ) -> dict[str, Any]:
-        page = instances.page(ctx, limit=limit, marker=marker, sort=sort)
+        page = instances.page(ctx, limit=limit, marker=marker, sort=parse_sort(sort))
         return {
             "instances": page.instances,
             "down_cells": page.down_cells,

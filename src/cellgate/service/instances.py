@@ -19,13 +19,14 @@ The whole request path of the spec lives here:
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import uuid as uuidlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cellgate import keyset
 from cellgate.apidb import instances as mapping_db
 from cellgate.apidb.mappings import CellMapping, normalize_uuid
 from cellgate.app import App
@@ -40,6 +41,7 @@ from cellgate.errors import (
     InstanceNotFound,
     NoValidCell,
 )
+from cellgate.keyset import SortKey
 from cellgate.results import Failed, Ok, raise_bugs
 from cellgate.rpc.target import Target
 from cellgate.service.compute import TOPIC, VERSION
@@ -335,36 +337,50 @@ class InstanceService:
         return self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).prepare(timeout=timeout)
 
     # -- list -------------------------------------------------------------------
-    def page(self, ctx: RequestContext, *, limit: int, marker: str | None, sort: str) -> Page:
+    def page(
+        self, ctx: RequestContext, *, limit: int, marker: str | None, sort: Sequence[SortKey]
+    ) -> Page:
+        """One page sorted by ``sort`` (then uuid) across cells; see the module docstring."""
+        keys = queries.with_tiebreak(sort)
         project = self._project(ctx)
-        after = self._marker_key(ctx, marker, sort) if marker else None
+        after = self._marker_values(ctx, marker, keys) if marker else None
         cells = self.app.cells.list(ctx, include_cell0=False, include_disabled=True)
 
-        def page_of(cctx: RequestContext) -> list[queries.Instance]:
+        def page_of(
+            cctx: RequestContext, size: int, values: Sequence[Any] | None
+        ) -> list[queries.Instance]:
             with self.app.db.session(cctx) as session:
                 return queries.list_instances(
-                    session, project_id=project, sort=sort, limit=limit, after=after
+                    session, project_id=project, keys=keys, limit=size, after=values
                 )
 
-        results = self.app.scatter_gather(ctx, cells, page_of, timeout=self.settings.cell_timeout)
-        raise_bugs(results.values())  # a 500 for this request, not a down cell
-        by_uuid = {c.uuid: c for c in cells}
-        rows: list[tuple[tuple[str, str], dict[str, Any]]] = []
-        down: list[CellMapping] = []
-        for cell_uuid, result in results.items():
-            cell = by_uuid[cell_uuid]
-            self.metrics.cell_up(cell, isinstance(result, Ok))
-            if isinstance(result, Ok):
-                rows.extend(
-                    (i.sort_key(sort), {**i.to_dict(), "cell": cell.name}) for i in result.value
-                )
-            else:
-                down.append(cell)
-        rows.extend(self._minimal_records(down, project, sort, after))
-        page = [record for _, record in heapq.nsmallest(limit, rows, key=lambda r: r[0])]
+        listing = self.app.list_across_cells(
+            ctx,
+            page_of,
+            values=lambda i: i.sort_values(keys),
+            sort=keys,
+            limit=limit,
+            after=after,
+            cells=cells,
+            prune_to_project=project,
+            timeout=self.settings.cell_timeout,
+        )
+        raise_bugs(listing.down.values())  # a 500 for this request, not a down cell
+        down = [c for c in cells if c.uuid in listing.down]
+        for cell in cells:
+            if cell.uuid in listing.down or any(i.cell.uuid == cell.uuid for i in listing.items):
+                self.metrics.cell_up(cell, cell.uuid not in listing.down)
+        rows = [
+            (keyset.sort_key(keys, item.values), {**item.row.to_dict(), "cell": item.cell.name})
+            for item in listing.items
+        ]
+        rows.extend(self._minimal_records(down, project, keys, after))
+        rows.sort(key=lambda r: r[0])
+        page = [record for _, record in rows[:limit]]
         next_marker = page[-1]["uuid"] if len(page) == limit else None
         down_cells = [
-            {"uuid": c.uuid, "name": c.name, "reason": _reason(results[c.uuid], ctx)} for c in down
+            {"uuid": c.uuid, "name": c.name, "reason": _reason(listing.down[c.uuid], ctx)}
+            for c in down
         ]
         return Page(page, down_cells, next_marker)
 
@@ -372,9 +388,9 @@ class InstanceService:
         self,
         down: list[CellMapping],
         project: str | None,
-        sort: str,
-        after: tuple[str, str] | None,
-    ) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        keys: Sequence[SortKey],
+        after: Sequence[Any] | None,
+    ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         if not down:
             return []
         with self.app.db.api_session() as session:
@@ -382,15 +398,18 @@ class InstanceService:
                 session, [c.uuid for c in down], project_id=project
             )
         names = {c.uuid: c.name for c in down}
+        boundary = keyset.sort_key(keys, after) if after is not None else None
         out = []
         for m in mappings:
-            key = _minimal_key(m, sort)
-            if after is None or key > after:
+            key = keyset.sort_key(keys, _minimal_values(m, keys))
+            if boundary is None or key > boundary:
                 out.append((key, {**m.minimal(), "cell": names.get(m.cell_uuid or "")}))
         return out
 
-    def _marker_key(self, ctx: RequestContext, marker: str, sort: str) -> tuple[str, str]:
-        """The marker's sort key; from its mapping if its cell is down.
+    def _marker_values(
+        self, ctx: RequestContext, marker: str, keys: Sequence[SortKey]
+    ) -> tuple[Any, ...]:
+        """The marker's sort values; from its mapping if its cell is down.
 
         A page may end on a minimal record of a down cell, and that marker must
         still work: it is keyed exactly as the minimal record was.
@@ -403,16 +422,18 @@ class InstanceService:
                 mapping = mapping_db.get_mapping(api_session, canonical)
             if mapping is None:
                 raise InstanceNotFound(uuid=marker) from None
-            return _minimal_key(mapping, sort)
+            return _minimal_values(mapping, keys)
         if found is None:
             raise InstanceNotFound(uuid=marker)
-        return found.sort_key(sort)
+        return found.sort_values(keys)
 
 
-def _minimal_key(mapping: mapping_db.InstanceMapping, sort: str) -> tuple[str, str]:
-    """Down-cell records sort by the mapping's creation time (or first, by name)."""
-    created = mapping.created_at.isoformat() if mapping.created_at and sort == "created_at" else ""
-    return (created, mapping.instance_uuid)
+def _minimal_values(
+    mapping: mapping_db.InstanceMapping, keys: Sequence[SortKey]
+) -> tuple[Any, ...]:
+    """A down cell's record knows only its uuid and the mapping's creation time."""
+    known = {"uuid": mapping.instance_uuid, "created_at": mapping.created_at}
+    return tuple(known.get(k.name) for k in keys)
 
 
 def _reason(result: object, ctx: RequestContext) -> str:
