@@ -32,8 +32,9 @@ from cellgate.cellaccess import CellDatabases, CellRPC
 from cellgate.closing import Closing
 from cellgate.config import RPCSettings, Settings, template_defaults
 from cellgate.context import RequestContext
+from cellgate.errors import BackendError
 from cellgate.keyset import SortKey
-from cellgate.results import CellResult
+from cellgate.results import CellResult, Failed, Ok
 from cellgate.routing.breaker import BreakerRegistry
 from cellgate.routing.cache import MappingCache
 from cellgate.routing.fanout import FanoutPool
@@ -45,6 +46,9 @@ from cellgate.sql.registry import EngineRegistry
 from cellgate.urls import TransportURL
 
 T = TypeVar("T")
+
+#: The share of a listing's deadline that pruning to a project's cells may use.
+PRUNE_SHARE = 0.25
 
 
 def _rabbit_factory(rpc: RPCSettings) -> TransportFactory:
@@ -154,10 +158,13 @@ class App(Closing):
         instance mappings). ``cells=None``: every enabled cell but cell0.
         """
         chosen = list(cells) if cells is not None else self.cells.list(ctx, include_cell0=False)
+        deadline = timeout if timeout is not None else self.settings.cells.scatter_timeout
+        started = time.monotonic()
         if prune_to_project is not None:
-            with self.db.api_session() as session:
-                holding = instance_mappings.cells_holding(session, prune_to_project)
-            chosen = [c for c in chosen if c.uuid in holding]
+            holding = self._cells_holding(prune_to_project, deadline * PRUNE_SHARE)
+            if holding is not None:
+                chosen = [c for c in chosen if c.uuid in holding]
+        remaining = max(deadline - (time.monotonic() - started), 1e-3)
         contexts = {c.uuid: ctx.for_cell(c) for c in chosen}
 
         def scatter(
@@ -173,8 +180,27 @@ class App(Closing):
             keys=sort,
             limit=limit,
             after=after,
-            timeout=timeout if timeout is not None else self.settings.cells.scatter_timeout,
+            timeout=remaining,
         )
+
+    def _cells_holding(self, project_id: str, budget: float) -> set[str] | None:
+        """The cells with ``project_id``'s mappings; ``None`` if the API database can't tell.
+
+        Pruning only saves work, so it must never cost the listing its
+        answer: the query gets a share of the listing's deadline, and when
+        the API database fails or is slow every cell is asked instead.
+        """
+
+        def query(_: object) -> set[str]:
+            with self.db.api_session() as session:
+                return instance_mappings.cells_holding(session, project_id)
+
+        result = self._fanout.scatter_gather({"api": None}, query, timeout=budget)["api"]
+        if isinstance(result, Ok):
+            return result.value
+        if isinstance(result, Failed) and not isinstance(result.error, BackendError):
+            raise result.error  # a bug, not an outage
+        return None
 
     def reload(self) -> None:
         """Drop cached cell mappings; the next lookup re-reads the API database.
