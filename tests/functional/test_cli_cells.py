@@ -55,7 +55,8 @@ def test_commands_refuse_an_unmigrated_api_database(deployment: Deployment) -> N
 
 def test_api_db_sync_and_version(deployment: Deployment) -> None:
     info = deployment.json("api-db", "sync")
-    assert info == {"current": "api_0004", "head": "api_0004", "at_head": True}
+    top = head(MigrationLine.API)
+    assert info == {"current": top, "head": top, "at_head": True}
     assert deployment.json("api-db", "version")["at_head"] is True
 
 
