@@ -118,13 +118,12 @@ def flip_mapping(session: Session, instance_uuid: str, *, from_cell: str, to_cel
     points at ``to_cell`` (flipped here, or by an earlier run of the same
     move); False if it points anywhere else.
     """
-    ids = dict(
-        session.execute(
-            select(CellMappingRow.uuid, CellMappingRow.id).where(
-                CellMappingRow.uuid.in_((from_cell, to_cell)), CellMappingRow.deleted == 0
-            )
-        ).tuples()
+    pairs = session.execute(
+        select(CellMappingRow.uuid, CellMappingRow.id).where(
+            CellMappingRow.uuid.in_((from_cell, to_cell)), CellMappingRow.deleted == 0
+        )
     )
+    ids = {uuid: cell_id for uuid, cell_id in pairs}
     if from_cell not in ids or to_cell not in ids:
         return False
     result = session.execute(

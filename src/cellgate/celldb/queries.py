@@ -174,7 +174,7 @@ def soft_delete_instance(session: Session, uuid: str) -> bool:
     now = utcnow()
     result = session.execute(
         update(InstanceRow)
-        .where(InstanceRow.uuid == uuid, InstanceRow.deleted == 0)
+        .where(InstanceRow.uuid == uuid, *_live())
         .values(deleted=InstanceRow.id, deleted_at=now, vm_state="deleted", updated_at=now)
     )
     return bool(getattr(result, "rowcount", 0))

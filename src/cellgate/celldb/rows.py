@@ -110,9 +110,16 @@ def write_copy(session: Session, uuid: str, rows: InstanceRows) -> None:
 
 
 def set_hidden(session: Session, uuid: str, hidden: bool) -> bool:
-    """Hide or show the instance's row here; False if this cell has no row of it."""
+    """Hide or show the instance's row here; False if this cell has no row of it.
+
+    ``updated_at`` is set to itself: visibility is not a change to the
+    instance, and the column's ``onupdate`` would otherwise make the copy
+    differ from its source.
+    """
     result = session.execute(
-        update(InstanceRow).where(InstanceRow.uuid == uuid).values(hidden=hidden)
+        update(InstanceRow)
+        .where(InstanceRow.uuid == uuid)
+        .values(hidden=hidden, updated_at=InstanceRow.updated_at)
     )
     return bool(getattr(result, "rowcount", 0))
 
