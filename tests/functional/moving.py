@@ -7,7 +7,7 @@ service writes them (``queries.add_instance`` plus a mapping), each with two
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,8 @@ class TwoCells:
     d: Deployment
     names: tuple[str, str] = ("cell1", "cell2")
     seeded: list[str] = field(default_factory=list)
+    #: Makes a transport URL per cell (default: an in-process memory:// broker).
+    transport: Callable[[str], str] = field(default=lambda name: f"memory://{name}")
 
     def setup(self) -> TwoCells:
         self.d.run("api-db", "sync")
@@ -43,7 +45,7 @@ class TwoCells:
                 "--name",
                 name,
                 "--transport-url",
-                f"memory://{name}",
+                self.transport(name),
                 "--database-connection",
                 url,
             )

@@ -263,9 +263,11 @@ def _flip(app: App, job: MoveJob, cells: _Cells, on_progress: Progress) -> MoveJ
             ):
                 raise _Mismatch("its mapping no longer points at the source (deleted or moved)")
             flipped = moves.record(session, job.job_id, step="flipped")
-        app.locator.forget(uuid)
-        on_progress(_event("step", flipped))
         rows.set_hidden(src, uuid, True)
+    # Reported once the source is hidden and unlocked: a slow callback must
+    # not hold the source's rows (on SQLite, its whole database) locked.
+    app.locator.forget(uuid)
+    on_progress(_event("step", flipped))
     return _source_hidden(app, flipped, on_progress)
 
 
