@@ -15,6 +15,7 @@ exactly its original rows, and nothing of it is left in the source.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -99,3 +100,46 @@ def test_a_move_killed_at_every_write_resumes_and_never_shows_two_or_none(
             done = cells.job_of(app, uuid)
             assert done is not None and done.state == "done", (nth, where, done)
         _check_seen_once(cells, uuid, "cell2")
+
+
+@pytest.mark.timeout(900)
+def test_a_rollback_killed_at_every_write_resumes_to_the_source(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The same, for ``--rollback`` of a flipped move (the steps run back, target to source)."""
+    cells = TwoCells(deployment).setup()
+
+    def moved(uuid: str) -> str:
+        job = _lines(cells.d.run("instance", "move", uuid, "--to", "cell2", "--json").stdout)
+        return str(job[-1]["job"])  # waiting out the default grace period: rollback possible
+
+    (first,) = cells.seed(1)
+    counted = tmp_path / "count"
+    proc = _start(deployment, 0, counted, "instance", "move", "--rollback", moved(first))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    writes = int(counted.read_text())
+    assert writes >= 10
+    for nth in range(1, writes + 1):
+        (uuid,) = cells.seed(1)
+        original = snapshot(cells, uuid)
+        job_id = moved(uuid)
+        ready = tmp_path / f"ready-{nth}"
+        proc = _start(deployment, nth, ready, "instance", "move", "--rollback", job_id)
+        where = _wait_for(ready, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        with cells.app() as app:
+            cell = cells.assert_one_visible(app, uuid)
+        _check_seen_once(cells, uuid, cell)
+        cells.d.run("instance", "move", "--rollback", job_id)
+        with cells.app() as app:
+            assert cells.assert_intact(app, uuid, original) == "cell1", (nth, where)
+            done = cells.job_of(app, uuid)
+            assert done is not None and done.state == "rolled_back", (nth, where, done)
+        _check_seen_once(cells, uuid, "cell1")
+
+
+def _lines(stdout: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
