@@ -35,6 +35,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["moves"]:  # instance moves between cells: benchmarks/moves.py
+        from benchmarks import moves
+
+        return moves.main(argv[1:])
     args = parser().parse_args(argv)
     from benchmarks import run
 

@@ -25,6 +25,10 @@ passed in already masked.
      │    │    └── CellUnavailable   ... and it belongs to a cell
      │    └── BackendTimeout         no answer within the deadline
      │         └── CellTimeout
+     ├── MoveError                   an instance move between cells cannot go on
+     │    ├── InstanceMoving         a move of this instance is unfinished
+     │    ├── MoveVerifyFailed       the copy differs from the source: nothing was flipped
+     │    └── MoveJobNotFound        no move job or drain with this id
      ├── RoutingError
      │    ├── UntargetedContext      cell code ran without a target cell
      │    └── NoValidCell            no enabled cell can take a new instance
@@ -119,6 +123,7 @@ class Hint(enum.Enum):
     ENCODE_PASSWORD_CHARS = "encode_password_chars"  # '@', '?', '#' in a password
     REPAIR_MYSQL_REVISION = "repair_mysql_revision"  # hint_args: revision
     FIX_AND_RERUN = "fix_and_rerun"  # hint_args: revision (rolled back)
+    RESUME_MOVE = "resume_move"  # hint_args: job (an unfinished move)
 
 
 class CellgateError(Exception):
@@ -260,6 +265,53 @@ class InstanceNotFound(MappingError):
     def __init__(self, *, uuid: str) -> None:
         self.uuid = uuid
         super().__init__(f"instance {uuid!r} not found")
+
+
+class MoveError(CellgateError):
+    """An instance move (or a drain) between cells cannot go on."""
+
+
+class InstanceMoving(MoveError):
+    """The instance has an unfinished move job: it cannot be acted on or moved again.
+
+    ``job`` is the job's id and ``state`` its state (``moving``, ``waiting``
+    for its grace period, ``rolling_back``).
+    """
+
+    def __init__(self, *, uuid: str, job: str, state: str) -> None:
+        self.uuid = uuid
+        self.job = job
+        self.state = state
+        super().__init__(
+            f"instance {uuid} is being moved between cells (move job {job}, {state})",
+            hint=Hint.RESUME_MOVE,
+            hint_args={"job": job},
+        )
+
+
+class MoveVerifyFailed(MoveError):
+    """The target's copy of an instance differs from its source; the move stopped.
+
+    Nothing was flipped: the instance stays, intact and visible, in its
+    source cell, and the copy was removed. ``reason`` says what differed.
+    """
+
+    def __init__(self, *, uuid: str, job: str, reason: str) -> None:
+        self.uuid = uuid
+        self.job = job
+        self.reason = reason
+        super().__init__(
+            f"move job {job}: the copy of instance {uuid} does not match its source "
+            f"({reason}); the instance stays in its source cell"
+        )
+
+
+class MoveJobNotFound(MoveError):
+    """No move job (or drain) has this id."""
+
+    def __init__(self, *, job: str) -> None:
+        self.job = job
+        super().__init__(f"no move job or drain with id {job!r}")
 
 
 class BackendError(CellgateError):

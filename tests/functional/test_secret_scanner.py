@@ -41,6 +41,7 @@ from kombu.connection import Connection
 from sqlalchemy.orm import Session
 
 from cellgate.apidb import audit
+from cellgate.apidb.instances import add_mapping
 from cellgate.apidb.updates import update_cell
 from cellgate.app import App
 from cellgate.celldb import queries
@@ -384,6 +385,17 @@ def build_world(tmp: Path, scanner: Scanner) -> World:
     return world
 
 
+def seed_instance(w: World, cell: str, uuid: str) -> str:
+    """An instance in ``cell`` and its mapping, as the service's create writes them."""
+    with App(w.settings()) as app:
+        mapping = app.cells.get(RequestContext(), cell)
+        with app.db.session(RequestContext().for_cell(mapping)) as session:
+            queries.add_instance(session, uuid=uuid, name="vm", project_id="demo", user_id=None)
+            with app.db.api_session() as api:
+                add_mapping(api, instance_uuid=uuid, cell=mapping, project_id="demo", user_id=None)
+    return uuid
+
+
 def report_services(url: str, *hosts: str) -> None:
     """Write service rows into a cell database, as a worker's heartbeat would."""
     engine = make_engine(DatabaseURL.parse(url), connect_timeout=2, query_timeout=5)
@@ -492,6 +504,20 @@ def test_every_cli_command_hides_every_password(tmp_path: Path, scanner: Scanner
     w.cli("host", "delete", "h-good2-b", "--json")
     w.cli("--debug", "host", "delete", "h-good2-c", "--json")
     w.every_way("host", "delete", "h-good2-a", expect=3)
+
+    # instance move and cell drain: every step's failure names a dead cell's masked URL
+    moving = seed_instance(w, "nowork", "00000000-0000-4000-8000-00000000a001")
+    w.every_way("instance", "move", moving, "--to", "deadpg", expect=5)
+    w.every_way("instance", "move", moving, "--to", "good2", expect=4)  # one move at a time
+    w.every_way("instance", "move", "--resume", "no-such-job", expect=3)
+    w.every_way("instance", "move", moving, expect=2)
+    seed_instance(w, "good2", "00000000-0000-4000-8000-00000000a002")
+    w.every_way("cell", "drain", "good2", "--to", "deadmy", "--dry-run")
+    w.every_way("cell", "drain", "good2", "--to", "deadmy", expect=5)
+    w.every_way("cell", "drain", "good2", "--to", "nope", expect=3)
+    free = seed_instance(w, "nowork", "00000000-0000-4000-8000-00000000a003")
+    moved = w.cli("instance", "move", free, "--to", "good2", "--grace", "0", "--json")
+    assert '"state": "done"' in moved.stdout  # the scanner read a whole move's output
 
     # cell create: ok, and every way to fail
     for i, prefix in enumerate(((), ("--debug",))):

@@ -34,6 +34,7 @@ from cellgate.errors import (
     EndpointInUse,
     Hint,
     HostNotMapped,
+    InstanceMoving,
     InstanceNotFound,
     InvalidURL,
     MalformedMessage,
@@ -41,6 +42,9 @@ from cellgate.errors import (
     MigrationError,
     MigrationInterrupted,
     MigrationLocked,
+    MoveError,
+    MoveJobNotFound,
+    MoveVerifyFailed,
     NoSuchMethod,
     NoTransport,
     NoValidCell,
@@ -95,6 +99,10 @@ TREE: dict[type[Exception], type[Exception]] = {
     MalformedMessage: RPCError,
     InstanceNotFound: MappingError,
     NoValidCell: RoutingError,
+    MoveError: CellgateError,
+    InstanceMoving: MoveError,
+    MoveVerifyFailed: MoveError,
+    MoveJobNotFound: MoveError,
 }
 
 
@@ -362,6 +370,7 @@ def test_exit_code_values_are_the_documented_ones() -> None:
         "CONFLICT": 4,
         "UNAVAILABLE": 5,
         "SCHEMA": 6,
+        "VERIFY_FAILED": 7,
         "INTERRUPTED": 130,
     }
 
@@ -383,6 +392,11 @@ def test_exit_code_values_are_the_documented_ones() -> None:
         (MigrationError("m"), ExitCode.SCHEMA),
         (SchemaMismatch(component="c", current=None, expected="e", hint="h"), ExitCode.SCHEMA),
         (MigrationLocked(component="c", line="cell", waited=1.0), ExitCode.SCHEMA),
+        (InstanceNotFound(uuid="u"), ExitCode.NOT_FOUND),
+        (MoveJobNotFound(job="j"), ExitCode.NOT_FOUND),
+        (InstanceMoving(uuid="u", job="j", state="moving"), ExitCode.CONFLICT),
+        (MoveVerifyFailed(uuid="u", job="j", reason="r"), ExitCode.VERIFY_FAILED),
+        (MoveError("m"), ExitCode.ERROR),
         # Not in the table: unexpected, i.e. a bug.
         (UntargetedContext(what="w"), ExitCode.ERROR),
         (RoutingError("r"), ExitCode.ERROR),
@@ -467,6 +481,10 @@ SAMPLES: list[CellgateError] = [
     MalformedMessage("m"),
     NoSuchMethod(method="m"),
     WrongCell(expected="a", got="b"),
+    MoveError("m"),
+    InstanceMoving(uuid="u", job="j", state="moving"),
+    MoveVerifyFailed(uuid="u", job="j", reason="r"),
+    MoveJobNotFound(job="j"),
 ]
 
 
@@ -493,6 +511,7 @@ def test_every_hint_key_has_cli_words_and_rest_words_without_a_shell_command() -
                 "name": "n",
                 "revision": "r",
                 "revisions": "r1",
+                "job": "j",
             },
         )
         assert cli_hint(err)  # every key renders on the CLI

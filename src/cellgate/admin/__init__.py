@@ -38,6 +38,8 @@ api-db sync/version    :func:`sync_api`, :func:`api_version`
 db sync/version        :func:`sync_cells`, :func:`cell_versions`
 host discover          :func:`discover_hosts`
 host list/delete       :func:`list_hosts`, :func:`delete_host`
+instance move          :func:`move_instance`, :func:`resume_move`, :func:`rollback_move`
+cell drain             :func:`drain_cell`
 quickstart             :func:`quickstart`
 =====================  ===================================
 """
@@ -60,6 +62,8 @@ from cellgate.admin.credentials import encrypt_cells as encrypt_cells
 from cellgate.admin.credentials import generate_key as generate_key
 from cellgate.admin.credentials import reseal_cells as reseal_cells
 from cellgate.admin.credentials import rotate_key as rotate_key
+from cellgate.admin.drain import DrainReport as DrainReport
+from cellgate.admin.drain import drain_cell as drain_cell
 from cellgate.admin.hosts import DeletedHost as DeletedHost
 from cellgate.admin.hosts import HostDiscovery as HostDiscovery
 from cellgate.admin.hosts import delete_host as delete_host
@@ -72,6 +76,10 @@ from cellgate.admin.migrate import api_version as api_version
 from cellgate.admin.migrate import cell_versions as cell_versions
 from cellgate.admin.migrate import sync_api as sync_api
 from cellgate.admin.migrate import sync_cells as sync_cells
+from cellgate.admin.move import move_instance as move_instance
+from cellgate.admin.move import resume_move as resume_move
+from cellgate.admin.move import rollback_move as rollback_move
+from cellgate.admin.move import show_move as show_move
 from cellgate.admin.quickstart import quickstart as quickstart
 from cellgate.admin.verify import CellReport as CellReport
 from cellgate.admin.verify import Check as Check
@@ -85,6 +93,7 @@ __all__ = [
     "DatabaseOutcome",
     "DeletedCell",
     "DeletedHost",
+    "DrainReport",
     "HostDiscovery",
     "ResealReport",
     "VersionInfo",
@@ -96,16 +105,21 @@ __all__ = [
     "delete_cell",
     "delete_host",
     "discover_hosts",
+    "drain_cell",
     "encrypt_cells",
     "generate_key",
     "list_cells",
     "list_hosts",
     "map_cell0",
+    "move_instance",
     "preview_update",
     "quickstart",
     "reseal_cells",
+    "resume_move",
+    "rollback_move",
     "rotate_key",
     "show_cell",
+    "show_move",
     "sync_api",
     "sync_cells",
     "update_cell",

@@ -125,3 +125,48 @@ def remove_mapping(session: Session, instance_uuid: str) -> None:
     session.query(InstanceMappingRow).filter(
         InstanceMappingRow.instance_uuid == instance_uuid
     ).delete()
+
+
+def flip_mapping(session: Session, instance_uuid: str, *, from_cell: str, to_cell: str) -> bool:
+    """Point the instance's mapping at ``to_cell`` if it still points at ``from_cell``.
+
+    The compare-and-set is the version check of a move: the ``WHERE`` names
+    the cell the mover read, so a mapping changed meanwhile (deleted, or
+    moved by someone else) is not overwritten. True if the mapping now
+    points at ``to_cell`` (flipped here, or by an earlier run of the same
+    move); False if it points anywhere else.
+    """
+    pairs = session.execute(
+        select(CellMappingRow.uuid, CellMappingRow.id).where(
+            CellMappingRow.uuid.in_((from_cell, to_cell)), CellMappingRow.deleted == 0
+        )
+    )
+    ids = {uuid: cell_id for uuid, cell_id in pairs}
+    if from_cell not in ids or to_cell not in ids:
+        return False
+    result = session.execute(
+        update(InstanceMappingRow)
+        .where(
+            InstanceMappingRow.instance_uuid == instance_uuid,
+            InstanceMappingRow.cell_id == ids[from_cell],
+            InstanceMappingRow.queued_for_delete.is_(False),
+        )
+        .values(cell_id=ids[to_cell], updated_at=utcnow())
+    )
+    if getattr(result, "rowcount", 0) == 1:
+        return True
+    found = get_mapping(session, instance_uuid)
+    return found is not None and found.cell_uuid == to_cell
+
+
+def live_in_cell(session: Session, cell_uuid: str, *, limit: int | None = None) -> list[str]:
+    """Uuids of the live (not queued for delete) instances mapped to the cell, sorted."""
+    stmt = (
+        select(InstanceMappingRow.instance_uuid)
+        .join(CellMappingRow, CellMappingRow.id == InstanceMappingRow.cell_id)
+        .where(CellMappingRow.uuid == cell_uuid, InstanceMappingRow.queued_for_delete.is_(False))
+        .order_by(InstanceMappingRow.instance_uuid)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))

@@ -111,3 +111,62 @@ class MappingGenerationRow(ApiBase):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+
+
+class MoveJobRow(ApiBase):
+    """One instance move between cells, its progress recorded step by step.
+
+    See :mod:`cellgate.apidb.moves` for the states and steps, and
+    ``cellgate.admin.move`` for the mover that writes them.
+    """
+
+    __tablename__ = "move_job"
+    __table_args__ = (
+        UniqueConstraint("job_id"),
+        UniqueConstraint("active_instance"),
+        Index("ix_move_job_instance_uuid", "instance_uuid"),
+        Index("ix_move_job_drain_id", "drain_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    instance_uuid: Mapped[str] = mapped_column(String(36), nullable=False)
+    #: The instance's uuid while the job is unfinished, NULL after: at most
+    #: one unfinished move per instance (the unique constraint).
+    active_instance: Mapped[str | None] = mapped_column(String(36))
+    source_cell: Mapped[str] = mapped_column(String(36), nullable=False)
+    target_cell: Mapped[str] = mapped_column(String(36), nullable=False)
+    state: Mapped[str] = mapped_column(String(32), nullable=False)
+    step: Mapped[str] = mapped_column(String(32), nullable=False)
+    rollback: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    rows_copied: Mapped[int | None] = mapped_column(Integer)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    verdict: Mapped[str | None] = mapped_column(LongText)
+    drain_id: Mapped[str | None] = mapped_column(String(36))
+    batch: Mapped[int | None] = mapped_column(Integer)
+    grace_seconds: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    purge_after: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, nullable=False, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+class MoveBatchRow(ApiBase):
+    """One batch of a drain: which cells, how many instances, and its verdict."""
+
+    __tablename__ = "move_batch"
+    __table_args__ = (UniqueConstraint("drain_id", "batch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    drain_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    batch: Mapped[int] = mapped_column(Integer, nullable=False)
+    canary: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    source_cell: Mapped[str] = mapped_column(String(36), nullable=False)
+    target_cell: Mapped[str] = mapped_column(String(36), nullable=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    moved: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    state: Mapped[str] = mapped_column(String(32), nullable=False)
+    verdict: Mapped[str | None] = mapped_column(LongText)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, nullable=False, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)

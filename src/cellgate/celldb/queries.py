@@ -93,9 +93,19 @@ def add_instance(
     return _instance(row)
 
 
+def _live() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """Not deleted and not hidden: a hidden row is a move's copy, not the instance."""
+    return (InstanceRow.deleted == 0, InstanceRow.hidden.is_(False))
+
+
 def get_instance(session: Session, uuid: str, *, project_id: str | None) -> Instance | None:
-    """The live instance ``uuid``; ``None`` if missing or (with a project) not the project's."""
-    stmt = select(InstanceRow).where(InstanceRow.uuid == uuid, InstanceRow.deleted == 0)
+    """The live instance ``uuid``; ``None`` if missing or (with a project) not the project's.
+
+    A hidden row (the copy of an instance moving here, or what is left of one
+    that moved away) answers ``None``, so a caller routed by a stale mapping
+    looks the instance up again.
+    """
+    stmt = select(InstanceRow).where(InstanceRow.uuid == uuid, *_live())
     if project_id is not None:
         stmt = stmt.where(InstanceRow.project_id == project_id)
     row = session.scalars(stmt).first()
@@ -123,7 +133,7 @@ def list_instances(
     :mod:`cellgate.keyset`'s, the same on every backend, so pages of many
     cells merge correctly.
     """
-    stmt = select(InstanceRow).where(InstanceRow.deleted == 0, InstanceRow.hidden.is_(False))
+    stmt = select(InstanceRow).where(*_live())
     if project_id is not None:
         stmt = stmt.where(InstanceRow.project_id == project_id)
     if after is not None:
@@ -133,7 +143,7 @@ def list_instances(
 
 
 def count_instances(session: Session) -> int:
-    stmt = select(func.count()).select_from(InstanceRow).where(InstanceRow.deleted == 0)
+    stmt = select(func.count()).select_from(InstanceRow).where(*_live())
     return session.scalar(stmt) or 0
 
 
@@ -145,17 +155,26 @@ def set_state(
     task_state: str | None = None,
     host: str | None = None,
 ) -> Instance | None:
-    row = session.scalars(
-        select(InstanceRow).where(InstanceRow.uuid == uuid, InstanceRow.deleted == 0)
-    ).first()
+    """Set the live instance's state; ``None`` if it is missing, deleted or hidden.
+
+    One ``UPDATE ... WHERE`` on the row's liveness, not a read then a write:
+    a move that hid the row after a worker read it wins (every backend
+    re-checks the ``WHERE`` of an ``UPDATE`` on the latest committed row), so
+    no change lands on a copy that is no longer the instance.
+    """
+    values: dict[str, Any] = {"vm_state": vm_state, "task_state": task_state}
+    if host is not None:
+        values["host"] = host
+    values["updated_at"] = utcnow()
+    result = session.execute(
+        update(InstanceRow).where(InstanceRow.uuid == uuid, *_live()).values(**values)
+    )
+    if not getattr(result, "rowcount", 0):
+        return None
+    row = session.scalars(select(InstanceRow).where(InstanceRow.uuid == uuid)).first()
     if row is None:
         return None
-    row.vm_state = vm_state
-    row.task_state = task_state
-    if host is not None:
-        row.host = host
-    row.updated_at = utcnow()
-    session.flush()
+    session.refresh(row)
     return _instance(row)
 
 
@@ -163,7 +182,7 @@ def soft_delete_instance(session: Session, uuid: str) -> bool:
     now = utcnow()
     result = session.execute(
         update(InstanceRow)
-        .where(InstanceRow.uuid == uuid, InstanceRow.deleted == 0)
+        .where(InstanceRow.uuid == uuid, *_live())
         .values(deleted=InstanceRow.id, deleted_at=now, vm_state="deleted", updated_at=now)
     )
     return bool(getattr(result, "rowcount", 0))

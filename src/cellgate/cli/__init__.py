@@ -41,6 +41,7 @@ COMMANDS = {
     "db": "cellgate.cli.db:db",
     "cell": "cellgate.cli.cells:cell",
     "host": "cellgate.cli.hosts:host",
+    "instance": "cellgate.cli.moves:instance",
     "quickstart": "cellgate.cli.misc:quickstart",
     "serve": "cellgate.cli.serve:serve",
     "all-in-one": "cellgate.cli.serve:all_in_one",

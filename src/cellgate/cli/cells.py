@@ -1,7 +1,8 @@
 """``cellgate cell ...``: create, list, show, update, delete, history, verify, map-cell0.
 
 The credential commands (rotate-key, encrypt, decrypt, generate-key) live in
-:mod:`cellgate.cli.keys` and join this group at the end of this module.
+:mod:`cellgate.cli.keys`, ``drain`` in :mod:`cellgate.cli.moves`; they join
+this group at the end of this module.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cellgate.cli.exit_codes import ExitCode, exit_code_for
 from cellgate.cli.hints import cli_hint
 from cellgate.cli.keys import KEY_COMMANDS
 from cellgate.cli.misc import CELL_COLUMNS
+from cellgate.cli.moves import cell_drain
 from cellgate.cli.render import change_text, emit_fields, emit_json, emit_table
 from cellgate.cli.state import CliState, pass_state
 
@@ -237,3 +239,4 @@ def _check_row(report: admin.CellReport, index: int) -> dict[str, object]:
 
 for _command in KEY_COMMANDS:  # rotate-key, encrypt, decrypt, generate-key
     cell.add_command(_command)
+cell.add_command(cell_drain)

@@ -16,8 +16,12 @@ from cellgate.errors import (
     ConfigError,
     DuplicateCell,
     HostNotMapped,
+    InstanceMoving,
+    InstanceNotFound,
     MigrationError,
     MigrationInterrupted,
+    MoveJobNotFound,
+    MoveVerifyFailed,
     RPCTimeout,
     StaleCell,
 )
@@ -27,10 +31,11 @@ class ExitCode(enum.IntEnum):
     OK = 0
     ERROR = 1  # unexpected error (a bug): re-run with --debug
     USAGE = 2  # invalid usage or input (bad option, URL, template, config, encryption key)
-    NOT_FOUND = 3  # no such cell or host
-    CONFLICT = 4  # duplicate name/uuid, the cell is still in use, or it changed meanwhile
+    NOT_FOUND = 3  # no such cell, host, instance or move job
+    CONFLICT = 4  # duplicate name/uuid, in use, changed meanwhile, or already being moved
     UNAVAILABLE = 5  # a database or broker is unreachable or timed out (RPC timeouts too)
     SCHEMA = 6  # a schema is not at the expected revision, or a migration failed
+    VERIFY_FAILED = 7  # a move's copy did not match its source: the instance stayed put
     INTERRUPTED = 130  # stopped by SIGINT/SIGTERM (a sync stops between revisions)
 
 
@@ -38,6 +43,10 @@ _TABLE: tuple[tuple[type[CellgateError], ExitCode], ...] = (
     (ConfigError, ExitCode.USAGE),
     (CellNotFound, ExitCode.NOT_FOUND),
     (HostNotMapped, ExitCode.NOT_FOUND),
+    (InstanceNotFound, ExitCode.NOT_FOUND),
+    (MoveJobNotFound, ExitCode.NOT_FOUND),
+    (InstanceMoving, ExitCode.CONFLICT),
+    (MoveVerifyFailed, ExitCode.VERIFY_FAILED),
     (DuplicateCell, ExitCode.CONFLICT),
     (CellInUse, ExitCode.CONFLICT),
     (StaleCell, ExitCode.CONFLICT),

@@ -74,6 +74,7 @@ CLI_HINTS: Final[dict[Hint, str]] = {
         "(see 'A revision failed half-way' in docs/reliability.md)"
     ),
     Hint.FIX_AND_RERUN: "{revision} was rolled back; fix the cause and run the same command again",
+    Hint.RESUME_MOVE: "finish it with 'cellgate instance move --resume {job}' (or --rollback)",
 }
 
 

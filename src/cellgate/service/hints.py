@@ -18,6 +18,7 @@ REST_HINTS: Final[dict[Hint, str]] = {
     Hint.LIST_CELLS: "GET /v1/cells lists the cells",
     Hint.CHOOSE_OTHER_NAME: "choose another",
     Hint.START_SERVER: "the cell's workers may be down",
+    Hint.RESUME_MOVE: "try again once the move has finished",
     Hint.USE_PYMYSQL: "use mysql+pymysql://",
     Hint.ENCODE_QUERY_AT: "percent-encode '@' in the query string as %40",
     Hint.ENCODE_PASSWORD_CHARS: "percent-encode '@', '?' and '#' in a password (%40, %3F, %23)",

@@ -44,6 +44,7 @@ from cellgate.errors import (
     ConfigError,
     EncryptionKeyError,
     HostNotMapped,
+    InstanceMoving,
     InstanceNotFound,
     NoTransport,
     NoValidCell,
@@ -70,6 +71,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (EncryptionKeyError, 503),  # the server's keys, not the request, are at fault
     (ConfigError, 400),
     (NoValidCell, 409),
+    (InstanceMoving, 409),
     (UnsupportedVersion, 409),
     (NoTransport, 409),
     (RPCTimeout, 504),

@@ -8,7 +8,10 @@ The whole request path of the spec lives here:
   mapping to the API database so that neither is left without the other,
   then cast ``build`` to that cell's workers (if that fails, both rows are
   removed again before the 503);
-- ``delete`` / actions: RPC call to the cell's workers;
+- ``delete`` / actions: RPC call to the cell's workers; refused with
+  ``InstanceMoving`` (409) while a move job copies the instance's rows
+  (``cellgate.admin.move``), and re-routed once when the cell named by a
+  stale cached location no longer holds the instance (it moved);
 - ``list``: scatter-gather over every enabled cell, merged and paged by
   ``(sort key, uuid)``; a cell that fails or misses the deadline is listed in
   ``down_cells`` and its instances appear as minimal records from the API
@@ -28,6 +31,7 @@ from typing import Any
 
 from cellgate import keyset
 from cellgate.apidb import instances as mapping_db
+from cellgate.apidb import moves
 from cellgate.apidb.mappings import CellMapping, normalize_uuid
 from cellgate.app import App
 from cellgate.celldb import queries
@@ -38,8 +42,10 @@ from cellgate.errors import (
     BackendTimeout,
     CellgateError,
     CellTimeout,
+    InstanceMoving,
     InstanceNotFound,
     NoValidCell,
+    RemoteError,
 )
 from cellgate.keyset import SortKey
 from cellgate.results import Failed, Ok, raise_bugs
@@ -314,23 +320,50 @@ class InstanceService:
         return by_uuid[min(counts, key=lambda u: (counts[u], by_uuid[u].name or u))]
 
     # -- delete and actions ---------------------------------------------------------
-    def delete(self, ctx: RequestContext, instance: str) -> None:
+    def _locate_to_change(self, ctx: RequestContext, instance: str) -> tuple[RequestContext, str]:
+        """As :meth:`_locate`, refusing an instance whose rows a move is copying.
+
+        A change made now could land on the source after its rows were
+        copied; the move's verification would catch it and fail the move, so
+        the client is told to wait instead (409), never given a wrong answer.
+        ``show`` is not refused: the source answers until the mapping flips.
+        """
         cctx, canonical = self._locate(ctx, instance)
-        assert cctx.cell is not None
-        with self.metrics.timed(cctx.cell, "delete"):
-            self._compute(cctx).call("delete", instance=canonical)
+        with self.app.db.api_session() as session:
+            job = moves.unfinished_job(session, canonical)
+        if job is not None and job.blocking:
+            raise InstanceMoving(uuid=canonical, job=job.job_id, state=job.state)
+        return cctx, canonical
+
+    def delete(self, ctx: RequestContext, instance: str) -> None:
+        for attempt in range(2):  # a second try after a stale location (the instance moved)
+            cctx, canonical = self._locate_to_change(ctx, instance)
+            assert cctx.cell is not None
+            with self.metrics.timed(cctx.cell, "delete"):
+                deleted = self._compute(cctx).call("delete", instance=canonical)
+            if deleted or attempt:
+                break
+            self.app.locator.forget(canonical)
         with self.app.db.api_session() as session:
             mapping_db.queue_for_delete(session, canonical)
         self.app.locator.forget(canonical)
 
     def action(self, ctx: RequestContext, instance: str, action: str) -> dict[str, Any]:
-        cctx, canonical = self._locate(ctx, instance)
-        assert cctx.cell is not None
-        with self.metrics.timed(cctx.cell, action):
-            result: dict[str, Any] = self._compute(cctx).call(
-                "act", instance=canonical, action=action
-            )
-        return {**result, "cell": cctx.cell.name}
+        for attempt in range(2):  # a second try after a stale location (the instance moved)
+            cctx, canonical = self._locate_to_change(ctx, instance)
+            assert cctx.cell is not None
+            try:
+                with self.metrics.timed(cctx.cell, action):
+                    result: dict[str, Any] = self._compute(cctx).call(
+                        "act", instance=canonical, action=action
+                    )
+            except RemoteError as exc:
+                if exc.exc_type != "UnknownInstance" or attempt:
+                    raise
+                self.app.locator.forget(canonical)
+                continue
+            return {**result, "cell": cctx.cell.name}
+        raise InstanceNotFound(uuid=instance)  # pragma: no cover - the loop returns or raises
 
     def _compute(self, cctx: RequestContext) -> Any:
         timeout = min(self.app.settings.rpc.response_timeout, 30.0)
@@ -376,7 +409,11 @@ class InstanceService:
         ]
         rows.extend(self._minimal_records(down, project, keys, after))
         rows.sort(key=lambda r: r[0])
-        page = [record for _, record in rows[:limit]]
+        # One row per uuid: while a move flips an instance, its copy and its
+        # source are both visible for the moment between their two commits.
+        unique = list({record["uuid"]: (key, record) for key, record in reversed(rows)}.values())
+        unique.sort(key=lambda r: r[0])
+        page = [record for _, record in unique[:limit]]
         next_marker = page[-1]["uuid"] if len(page) == limit else None
         down_cells = [
             {"uuid": c.uuid, "name": c.name, "reason": _reason(listing.down[c.uuid], ctx)}
