@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cellgate import RequestContext
+from cellgate import RequestContext, SortKey
 from cellgate.config import ServiceSettings
 from cellgate.service.instances import InstanceService
 from cellgate.service.metrics import Metrics
@@ -60,7 +60,7 @@ def _check_seen_once(cells: TwoCells, uuid: str, where: str) -> None:
         service = InstanceService(app, ServiceSettings(cell_timeout=10), Metrics(app.cells))
         shown = service.show(ADMIN, uuid)
         assert shown["cell"] == where and shown["uuid"] == uuid
-        page = service.page(ADMIN, limit=100, marker=None, sort="name")
+        page = service.page(ADMIN, limit=100, marker=None, sort=[SortKey("name")])
         assert [i["uuid"] for i in page.instances].count(uuid) == 1
         assert not page.down_cells
 

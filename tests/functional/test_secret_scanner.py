@@ -442,6 +442,7 @@ def _no_sleep_after_a_refused_broker(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the CLI -------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(300)  # every CLI command in turn: ~60 s alone, far more on a loaded box
 def test_every_cli_command_hides_every_password(tmp_path: Path, scanner: Scanner) -> None:
     w = build_world(tmp_path, scanner)
     report_services(w.cells["good1"][1], "h-good1-a", "h-good1-b")
