@@ -25,6 +25,10 @@ Fixtures (session-scoped):
   before it returns: the property a failover test checks. Tests that break
   the cluster call :meth:`PgCluster.rebuild` first, so each gets it whole.
 
+:func:`ports_locked`, :func:`running_cluster` and :class:`WriteLoop` are
+plain Python too: ``python -m benchmarks run --clusters`` measures
+``pg_failover_recovery_s`` with them.
+
 Outside CI a missing PostgreSQL installation skips; under ``CI=true`` it fails.
 """
 
@@ -40,14 +44,20 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
+from cellgate.errors import BackendError
+from cellgate.sql.engines import translate_errors
 from cellgate.urls import DatabaseURL
 from tests.support import in_ci
 
@@ -309,23 +319,38 @@ def _unavailable(exc: BaseException) -> None:
     pytest.skip(f"cannot start a PostgreSQL of the tests' own: {exc}")
 
 
-@pytest.fixture(scope="session")
-def _postgres_ports() -> Iterator[None]:
-    """Hold the ports of tests/ha/README.md's PostgreSQL row for this session."""
+@contextlib.contextmanager
+def ports_locked(wait: float = _LOCK_WAIT) -> Iterator[None]:
+    """Hold the ports of tests/ha/README.md's PostgreSQL row; TimeoutError after ``wait`` s."""
     with LOCK_FILE.open("a") as handle:
-        deadline = time.monotonic() + _LOCK_WAIT
+        deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    _unavailable(TimeoutError(f"{LOCK_FILE} held for {_LOCK_WAIT} s"))
+                    raise TimeoutError(f"{LOCK_FILE} held by another run for {wait:g} s") from None
                 time.sleep(0.5)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def _postgres_ports() -> Iterator[None]:
+    """Hold the PostgreSQL ports for this session (see :func:`ports_locked`)."""
+    try:
+        lock = ports_locked()
+        lock.__enter__()
+    except TimeoutError as exc:
+        _unavailable(exc)
+        raise
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")
@@ -445,23 +470,103 @@ class PgCluster:
         )
 
 
-@pytest.fixture(scope="session")
-def pg_cluster(_postgres_ports: None) -> Iterator[PgCluster]:
-    """A PostgreSQL primary (25432) with a synchronous streaming standby (25433)."""
-    try:
-        base = _Base("cellgate-pg-cluster-")
-    except (FileNotFoundError, KeyError) as exc:
-        _unavailable(exc)
-        raise
+@contextlib.contextmanager
+def running_cluster() -> Iterator[PgCluster]:
+    """A built :class:`PgCluster`, torn down (and its directory removed) at the end.
+
+    The caller holds :func:`ports_locked`. Raises what the build raised
+    (``RuntimeError``, ``subprocess.SubprocessError``, ``psycopg.Error``,
+    ``FileNotFoundError`` without PostgreSQL) after cleaning up.
+    """
+    base = _Base("cellgate-pg-cluster-")
     cluster = PgCluster(base)
     try:
         cluster.build()
-    except (RuntimeError, subprocess.SubprocessError, psycopg.Error) as exc:
-        cluster.teardown()
-        base.remove()
-        _unavailable(exc)
-    try:
         yield cluster
     finally:
         cluster.teardown()
         base.remove()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(_postgres_ports: None) -> Iterator[PgCluster]:
+    """A PostgreSQL primary (25432) with a synchronous streaming standby (25433)."""
+    cm = running_cluster()
+    try:
+        cluster = cm.__enter__()
+    except (RuntimeError, subprocess.SubprocessError, psycopg.Error, OSError, KeyError) as exc:
+        _unavailable(exc)
+        raise
+    try:
+        yield cluster
+    finally:
+        cm.__exit__(None, None, None)
+
+
+# -- a write loop across a failover (the test and the benchmark) ------------------------
+
+
+def fail_over(cluster: PgCluster, old_primary: str) -> None:
+    """Promote the standby; then the old primary is ``stopped`` (a crash) or ``frozen``."""
+    cluster.broken = True
+    cluster.standby.promote()
+    if old_primary == "stopped":
+        cluster.primary.stop("immediate")
+    else:  # SIGSTOP of every process: its sockets stay open, nothing answers
+        cluster.primary.freeze()
+
+
+def create_writes_table(cluster: PgCluster) -> None:
+    with cluster.primary.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS writes")
+        conn.execute("CREATE TABLE writes (n integer PRIMARY KEY, port integer NOT NULL)")
+
+
+def write(engine: Engine, n: int) -> int:
+    """One write transaction through cellgate's seam; the port of the server that took it."""
+    with translate_errors("cluster database"), engine.begin() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "INSERT INTO writes (n, port) VALUES (:n, inet_server_port()) RETURNING port"
+                ),
+                {"n": n},
+            ).scalar_one()
+        )
+
+
+@dataclass
+class WriteLoop:
+    """Writes 1, 2, 3... one transaction each, until stopped; records what was acknowledged."""
+
+    engine: Engine
+    acked: dict[int, tuple[float, int]] = field(default_factory=dict)  # n -> (when, port)
+    failed: list[tuple[float, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                port = write(self.engine, n)
+            except BackendError as exc:
+                self.failed.append((time.monotonic(), type(exc).__name__))
+                time.sleep(0.05)
+                continue
+            self.acked[n] = (time.monotonic(), port)
+            time.sleep(0.01)
+
+    def acked_on(self, port: int, since: float = 0.0) -> list[float]:
+        """When each write acknowledged on ``port`` at or after ``since`` was."""
+        return sorted(w for w, p in list(self.acked.values()) if p == port and w >= since)
+
+    def wait_for(self, count: int, port: int, since: float, cap: float) -> float | None:
+        """Seconds from ``since`` to the first of ``count`` writes on ``port``; None past ``cap``."""
+        deadline = since + cap
+        while time.monotonic() < deadline:
+            times = self.acked_on(port, since)
+            if len(times) >= count:
+                return times[0] - since
+            time.sleep(0.05)
+        return None

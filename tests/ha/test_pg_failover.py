@@ -23,16 +23,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from cellgate.errors import BackendError
-from cellgate.sql.engines import make_engine, translate_errors
+from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL
-from tests.ha.postgres import PRIMARY_PORT, STANDBY_PORT, PgCluster
+from tests.ha.postgres import (
+    PRIMARY_PORT,
+    STANDBY_PORT,
+    PgCluster,
+    WriteLoop,
+    create_writes_table,
+    fail_over,
+    write,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("postgres-ha")]
 
@@ -45,9 +50,7 @@ CAP = 60.0
 @pytest.fixture
 def cluster(pg_cluster: PgCluster) -> Iterator[PgCluster]:
     pg_cluster.rebuild()
-    with pg_cluster.primary.connect() as conn:
-        conn.execute("DROP TABLE IF EXISTS writes")
-        conn.execute("CREATE TABLE writes (n integer PRIMARY KEY, port integer NOT NULL)")
+    create_writes_table(pg_cluster)
     yield pg_cluster
 
 
@@ -56,79 +59,18 @@ def _engine(cluster: PgCluster) -> Engine:
     return make_engine(url, connect_timeout=CONNECT_TIMEOUT, query_timeout=QUERY_TIMEOUT)
 
 
-def _write(engine: Engine, n: int) -> int:
-    """One write transaction; the port of the server that took it."""
-    with translate_errors("cluster database"), engine.begin() as conn:
-        return int(
-            conn.execute(
-                text(
-                    "INSERT INTO writes (n, port) VALUES (:n, inet_server_port()) RETURNING port"
-                ),
-                {"n": n},
-            ).scalar_one()
-        )
-
-
-@dataclass
-class WriteLoop:
-    """Writes 1, 2, 3... one transaction each, until stopped; records what was acknowledged."""
-
-    engine: Engine
-    acked: dict[int, tuple[float, int]] = field(default_factory=dict)  # n -> (when, port)
-    failed: list[tuple[float, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            try:
-                port = _write(self.engine, n)
-            except BackendError as exc:
-                self.failed.append((time.monotonic(), type(exc).__name__))
-                time.sleep(0.05)
-                continue
-            self.acked[n] = (time.monotonic(), port)
-            time.sleep(0.01)
-
-    def acked_on(self, port: int, since: float = 0.0) -> int:
-        return sum(1 for when, p in list(self.acked.values()) if p == port and when >= since)
-
-    def wait_for(self, count: int, port: int, since: float, cap: float) -> float:
-        """Seconds from ``since`` until ``count`` writes were acknowledged on ``port``."""
-        deadline = since + cap
-        while time.monotonic() < deadline:
-            if self.acked_on(port, since) >= count:
-                return (
-                    min(w for w, p in list(self.acked.values()) if p == port and w >= since)
-                    - since
-                )
-            time.sleep(0.05)
-        pytest.fail(f"fewer than {count} writes acknowledged on port {port} within {cap:g} s")
-
-
 def test_the_multi_host_url_writes_to_the_primary_and_the_standby_follows(
     cluster: PgCluster,
 ) -> None:
     engine = _engine(cluster)
     try:
-        assert {_write(engine, n) for n in range(1, 6)} == {PRIMARY_PORT}
+        assert {write(engine, n) for n in range(1, 6)} == {PRIMARY_PORT}
     finally:
         engine.dispose()
     with cluster.standby.connect() as conn:  # synchronous: already there
         rows = conn.execute("SELECT n FROM writes ORDER BY n").fetchall()
         assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
-
-
-def fail_over(cluster: PgCluster, old_primary: str) -> None:
-    """Promote the standby; then the old primary is ``stopped`` (a crash) or ``frozen``."""
-    cluster.broken = True
-    cluster.standby.promote()
-    if old_primary == "stopped":
-        cluster.primary.stop("immediate")
-    else:  # SIGSTOP of every process: its sockets stay open, nothing answers
-        cluster.primary.freeze()
 
 
 @pytest.mark.timeout(300)
@@ -141,10 +83,11 @@ def test_writes_resume_on_the_promoted_standby_and_no_acknowledged_write_is_lost
     writer = threading.Thread(target=loop.run, name="write-loop", daemon=True)
     writer.start()
     try:
-        loop.wait_for(20, PRIMARY_PORT, since=time.monotonic(), cap=CAP)
+        assert loop.wait_for(20, PRIMARY_PORT, since=time.monotonic(), cap=CAP) is not None
         started = time.monotonic()
         fail_over(cluster, old_primary)
-        loop.wait_for(20, STANDBY_PORT, since=started, cap=CAP)
+        resumed = loop.wait_for(20, STANDBY_PORT, since=started, cap=CAP)
+        assert resumed is not None, f"writes did not resume on the new primary in {CAP:g} s"
     finally:
         loop.stop.set()
         writer.join(CAP)
@@ -155,4 +98,4 @@ def test_writes_resume_on_the_promoted_standby_and_no_acknowledged_write_is_lost
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
     lost = sorted(set(loop.acked) - stored)
     assert not lost, f"acknowledged writes missing on the new primary: {lost[:20]}"
-    assert loop.acked_on(PRIMARY_PORT) >= 20 and loop.acked_on(STANDBY_PORT) >= 20
+    assert len(loop.acked_on(PRIMARY_PORT)) >= 20 and len(loop.acked_on(STANDBY_PORT)) >= 20
