@@ -14,7 +14,9 @@ once the fault is gone. The only time bound checked is a generous cap
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +24,13 @@ import sqlalchemy
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from cellgate.errors import BackendTimeout
+from cellgate import App, RequestContext, load_settings
+from cellgate.apidb.mappings import create_cell
+from cellgate.errors import BackendTimeout, CellgateError
+from cellgate.migrations.runner import MigrationLine, upgrade
+from cellgate.sql.api_database import ApiDatabase
 from cellgate.sql.engines import make_engine, translate_errors
-from cellgate.urls import DatabaseURL
+from cellgate.urls import DatabaseURL, TemplateDefaults
 from tests.ha.postgres import PgServer
 from tests.support import Server, TcpProxy
 
@@ -193,3 +199,95 @@ def test_a_blackholed_server_times_out_and_the_engine_recovers(
         assert _bounded(lambda: _select_one(engine), proxy.close) == 1
     finally:
         engine.dispose()
+
+
+# -- the service's view: many threads, one stalled cell (issue 12.2's 20 lists) ---------------
+
+THREADS = 20
+
+
+def _migrated(url: DatabaseURL, line: MigrationLine) -> DatabaseURL:
+    engine = make_engine(url, connect_timeout=5, query_timeout=30)
+    upgrade(engine, line)
+    engine.dispose()
+    return url
+
+
+def test_concurrent_calls_through_a_stall_give_back_every_pool_slot(
+    network_server: Server, proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """20 threads on one cell whose database stalls for 4 s, then heals: all recover.
+
+    The breaker is off (``breaker_threshold = 0``), so every call meets the
+    database. Before the client-side deadline, PostgreSQL's pool slots stayed
+    with threads that never returned and the cell never served again.
+    """
+    api_url = _migrated(network_server.new_database(), MigrationLine.API)
+    cell_url = _migrated(network_server.new_database(), MigrationLine.CELL)
+    proxied = DatabaseURL(cell_url.sqlalchemy_url.set(host="127.0.0.1", port=proxy.port))
+    conf = tmp_path / "app.conf"
+    conf.write_text(
+        f"[api_database]\nconnection = {api_url.render(hide_password=False)}\n"
+        f"[database]\nconnect_timeout = {CONNECT_TIMEOUT:g}\nquery_timeout = {QUERY_TIMEOUT:g}\n"
+        "[cells]\nbreaker_threshold = 0\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(conf)
+    api = ApiDatabase(settings.api_database)
+    with api.session() as s:
+        create_cell(
+            s,
+            name="stalled",
+            transport_url="memory://stalled",
+            database_connection=proxied.render(hide_password=False),
+            defaults=TemplateDefaults(database=None, transport=None),
+        )
+    api.close()
+    outcomes: list[tuple[float, str]] = []  # (when it returned, "ok" or the error's class)
+    lock = threading.Lock()
+    stop = threading.Event()
+    with App(settings) as app:
+
+        def client() -> None:
+            while not stop.is_set():
+                try:
+                    with (
+                        app.target_cell(RequestContext(), "stalled") as cctx,
+                        app.db.session(cctx) as session,
+                    ):
+                        session.execute(text("SELECT 1"))
+                    result = "ok"
+                except CellgateError as exc:
+                    result = type(exc).__name__
+                with lock:
+                    outcomes.append((time.monotonic(), result))
+                time.sleep(0.02)
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(THREADS)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        proxy.latency = 3600.0  # the partition: nothing comes back
+        time.sleep(4.0)
+        proxy.latency = 0.0  # healed (answers held until now stay held: those calls time out)
+        healed = time.monotonic()
+        deadline = healed + CAP
+        while time.monotonic() < deadline:
+            with lock:
+                late_ok = sum(1 for when, r in outcomes if r == "ok" and when > healed + CAP / 3)
+            if late_ok >= THREADS:
+                break
+            time.sleep(0.2)
+        stop.set()
+        join_by = time.monotonic() + CAP
+        for t in threads:
+            t.join(max(0.0, join_by - time.monotonic()))
+        hung = sum(t.is_alive() for t in threads)
+        if hung:
+            proxy.close()  # let them go before the App closes
+        assert not hung, f"{hung} of {THREADS} threads never returned"
+        assert app.engines.checked_out() == 0
+    errors = {r for _, r in outcomes if r != "ok"}
+    assert errors <= {"CellTimeout", "CellUnavailable"}, errors
+    assert "CellTimeout" in errors  # the stall was seen, as a timeout
+    assert late_ok >= THREADS, f"only {late_ok} calls succeeded after the heal"
