@@ -12,8 +12,9 @@ stopped with SIGSTOP is sent SIGCONT first, so nothing is left running.
 The ports are fixed, so two pytest processes (two xdist workers, or two
 runs in two worktrees on this machine) must not hold them at once: the first
 fixture a session uses takes an exclusive lock on :data:`LOCK_FILE` (bounded
-wait) and keeps it until that session ends. (The tests also carry the xdist
-group ``postgres-ha``, but the lock does not depend on it.)
+wait) and keeps it until that session ends. The tests also carry the xdist
+group ``postgres-ha`` (made to work under pytest 9 by tests/ha/conftest.py),
+so within one run a single worker holds it; the lock keeps apart two runs.
 
 Fixtures (session-scoped):
 
@@ -66,7 +67,9 @@ PRIMARY_PORT = 25432
 STANDBY_PORT = 25433
 USER = "postgres"
 LOCK_FILE = Path(tempfile.gettempdir()) / "cellgate-ha-postgres.lock"
-_LOCK_WAIT = 1500  # seconds: another session may be running these tests
+# Seconds to wait for another run (another worktree's) to release the ports:
+# under pytest-timeout's 120 s, so a long wait is reported as what it is.
+_LOCK_WAIT = 90
 _START_TIMEOUT = 60  # seconds for pg_ctl start/stop/promote to finish
 _COMMAND_TIMEOUT = 120  # initdb, pg_basebackup
 
@@ -459,6 +462,11 @@ class PgCluster:
         if self.broken:
             self.teardown()
             self.build()
+
+    @property
+    def password(self) -> str:
+        """The superuser's password (on both servers)."""
+        return self._base.password
 
     def multi_host_url(self, dbname: str = "postgres", **query: str) -> str:
         """The libpq multi-host URL of both servers, following the read-write one."""

@@ -23,10 +23,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
+from cellgate.cli import cli
 from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL
 from tests.ha.postgres import (
@@ -99,3 +103,43 @@ def test_writes_resume_on_the_promoted_standby_and_no_acknowledged_write_is_lost
     lost = sorted(set(loop.acked) - stored)
     assert not lost, f"acknowledged writes missing on the new primary: {lost[:20]}"
     assert len(loop.acked_on(PRIMARY_PORT)) >= 20 and len(loop.acked_on(STANDBY_PORT)) >= 20
+
+
+def test_the_cli_follows_the_primary_across_a_failover(cluster: PgCluster, tmp_path: Path) -> None:
+    """The operator's view: the API database on the cluster, one URL, before and after."""
+    for name in ("cg_api", "cg_cell1", "cg_cell2"):
+        with cluster.primary.connect() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name}")
+    conf = tmp_path / "cellgate.conf"
+    conf.write_text(
+        f"[api_database]\nconnection = {cluster.multi_host_url('cg_api')}\n"
+        "connect_timeout = 2\nquery_timeout = 3\n",
+        encoding="utf-8",
+    )
+
+    def cellgate(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["--config-file", str(conf), *args])
+        assert result.exit_code == 0, result.output
+        assert cluster.password not in result.output
+        assert quote(cluster.password, safe="") not in result.output
+        return result.output
+
+    cellgate("api-db", "sync")
+    cellgate(
+        "cell", "create", "--name", "cell1", "--transport-url", "memory://cell1",
+        "--database-connection", cluster.multi_host_url("cg_cell1"),
+    )  # fmt: skip
+    cellgate("db", "sync", "--all-cells")
+    fail_over(cluster, "stopped")
+    cellgate(
+        "cell", "create", "--name", "cell2", "--transport-url", "memory://cell2",
+        "--database-connection", cluster.multi_host_url("cg_cell2"),
+    )  # fmt: skip
+    cellgate("db", "sync", "--all-cells")
+    listing = cellgate("cell", "list")
+    assert "cell1" in listing and "cell2" in listing
+    assert "target_session_attrs=read-write" in listing
+    with cluster.standby.connect("cg_api") as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM cell_mapping").fetchall()}
+    assert {"cell1", "cell2"} <= names
