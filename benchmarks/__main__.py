@@ -28,6 +28,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--quick", action="store_true", help="fewer samples: under 45 s on SQLite + memory"
     )
+    run.add_argument(
+        "--clusters",
+        action="store_true",
+        help="also start the tests' PostgreSQL primary + standby (ports 25432-25433) and "
+        "measure pg_failover_recovery_s (otherwise null)",
+    )
     run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     run.add_argument("--plot", metavar="DIR", help="also write PNG plots (needs matplotlib)")
     return p

@@ -66,6 +66,7 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "api_show_over_healthz_nodelay": ("x", False),
     "cli_version_ms": ("ms", True),
     "cli_startup_over_import_sqlalchemy": ("x", True),
+    "pg_failover_recovery_s": ("s", True),
 }
 
 

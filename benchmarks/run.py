@@ -146,6 +146,24 @@ class Phases:
 
         self.step("CLI start-up: cellgate --version vs import sqlalchemy", names, measure)
 
+    def failover(self) -> None:
+        name = "pg_failover_recovery_s"
+        if not self.args.clusters:
+            self.report.put(name, None, note="not run: needs --clusters")
+            return
+
+        def measure() -> None:
+            from benchmarks import failover
+
+            crashed, frozen = failover.pg_failover_recovery(1 if self.args.quick else 3)
+            note = (
+                f"promote + crash of the old primary, {len(crashed.samples)} trial(s); "
+                f"old primary frozen instead: {frozen.median:.2f} s"
+            )
+            self.report.put(name, crashed, note=note)
+
+        self.step("PostgreSQL failover (primary + standby)", (name,), measure)
+
     def show_point(self, app: App, d: Deployment, cells: int) -> Any:
         pair = routing.show(app, d, self.plan)
         points = self.report.series.setdefault(
@@ -169,6 +187,7 @@ class Phases:
 
     def run(self) -> None:
         self.cli_startup()
+        self.failover()
         self.progress.step(f"setting up {self.backend} + {self.args.transport}")
         with Deployment.create(self.backend, self.args.transport) as d:
             with App(d.settings) as app:

@@ -54,6 +54,17 @@ TEMPLATE_FIELDS: Final = frozenset(
 # Fields that may be empty in the default URL without making the result wrong.
 _OPTIONAL_FIELDS: Final = frozenset({"path", "query", "fragment"})
 
+#: libpq's ``target_session_attrs`` values (libpq 14+).
+TARGET_SESSION_ATTRS: Final = frozenset(
+    {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"}
+)
+#: libpq's ``load_balance_hosts`` values (libpq 16+; psycopg 3 implements it itself).
+LOAD_BALANCE_HOSTS: Final = frozenset({"disable", "random"})
+# A host of a PostgreSQL multi-host URL: a name or IPv4 address. Not a Unix
+# socket directory (a path) nor an IPv6 literal: SQLAlchemy splits "h:p" on
+# the colon, so an IPv6 address would be cut into pieces.
+_PG_HOST_RE: Final = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?$")
+
 _SCHEME_RE: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*|\{scheme\})$")
 _HOSTPORT_RE: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(:\d+)?$")
 _URL_IN_TEXT_RE: Final = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*|\{scheme\})://[^\s'\"<>]*")
@@ -317,6 +328,15 @@ class DatabaseURL:
 
     Bare ``postgresql://`` is normalised to psycopg 3; bare ``mysql://`` is
     rejected, because its default driver (mysqlclient) is not installed.
+
+    PostgreSQL URLs may name several servers the libpq way, for a primary with
+    standbys (what Patroni and pg_auto_failover deployments hand out): no host
+    before the database name, and either repeated ``host=name:port``
+    parameters or ``host=a,b&port=1,2``, with ``target_session_attrs`` (e.g.
+    ``read-write``: the connection goes to whichever server is the primary
+    now) and ``load_balance_hosts``. SQLAlchemy's psycopg dialect renders
+    them for psycopg 3 as libpq's ``host=a,b port=1,2``; they are checked
+    here, where a mistake is one line, and not at the first connection.
     """
 
     __slots__ = ("_key", "_masked", "_url")
@@ -365,7 +385,10 @@ class DatabaseURL:
             )
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
-        if url.get_backend_name() != "sqlite" and not url.host:
+        if url.get_backend_name() == "postgresql":
+            _check_pg_query(url, masked)
+        multi_host = url.get_backend_name() == "postgresql" and _pg_query_hosts(url)
+        if url.get_backend_name() != "sqlite" and not url.host and not multi_host:
             raise InvalidURL(url=masked, reason="no host given")
         if url.get_backend_name() != "sqlite" and not url.database:
             raise InvalidURL(url=masked, reason="no database name given")
@@ -380,6 +403,20 @@ class DatabaseURL:
     @property
     def database(self) -> str | None:
         return self._url.database
+
+    @property
+    def hosts(self) -> tuple[tuple[str, int | None], ...]:
+        """Every server the URL names, as ``(host, port)``; empty for SQLite.
+
+        One entry for the usual URL; one per server for a PostgreSQL
+        multi-host URL, in the order libpq tries them.
+        """
+        if self.backend == "sqlite":
+            return ()
+        multi = _pg_query_hosts(self._url) if self.backend == "postgresql" else ()
+        if multi:
+            return multi
+        return ((self._url.host or "", self._url.port),)
 
     @property
     def sqlalchemy_url(self) -> sqlalchemy.engine.URL:
@@ -411,6 +448,77 @@ class DatabaseURL:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+
+def _query_values(url: sqlalchemy.engine.URL, key: str) -> tuple[str, ...]:
+    value = url.query.get(key)
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _pg_query_hosts(url: sqlalchemy.engine.URL) -> tuple[tuple[str, int | None], ...]:
+    """The servers of a PostgreSQL multi-host URL (``host=`` in the query), if any.
+
+    Assumes :func:`_check_pg_query` has passed; lenient otherwise.
+    """
+    hosts = _query_values(url, "host")
+    if not hosts:
+        return ()
+    if len(hosts) == 1 and "," in hosts[0]:  # host=a,b&port=1,2
+        names = hosts[0].split(",")
+        ports: list[str] = []
+        for value in _query_values(url, "port"):
+            ports.extend(value.split(","))
+        pairs = list(zip(names, ports or [""] * len(names), strict=False))
+    else:  # host=a:1&host=b:2
+        pairs = [(h.partition(":")[0], h.partition(":")[2]) for h in hosts]
+    return tuple((name, int(port) if port.isdigit() else None) for name, port in pairs)
+
+
+def _check_pg_query(url: sqlalchemy.engine.URL, masked: str) -> None:
+    """Refuse multi-host and failover parameters that libpq would refuse or misread."""
+
+    def bad(reason: str) -> InvalidURL:
+        return InvalidURL(url=masked, reason=reason)
+
+    for key in ("target_session_attrs", "load_balance_hosts", "port"):
+        if len(_query_values(url, key)) > 1:
+            raise bad(f"{key} is given more than once")
+    for key, allowed in (
+        ("target_session_attrs", TARGET_SESSION_ATTRS),
+        ("load_balance_hosts", LOAD_BALANCE_HOSTS),
+    ):
+        values = _query_values(url, key)
+        if values and values[0] not in allowed:
+            raise bad(f"{key} must be one of {', '.join(sorted(allowed))}, not {values[0]!r}")
+    hosts = _query_values(url, "host")
+    ports = _query_values(url, "port")
+    if not hosts:
+        if ports:
+            raise bad("port= in the query needs host= there too")
+        return
+    if url.host or url.port:
+        raise bad("hosts given both before the database name and as host= in the query")
+    if len(hosts) == 1 and "," in hosts[0]:
+        names = hosts[0].split(",")
+        port_list = ports[0].split(",") if ports else []
+        if port_list and len(port_list) != len(names):  # SQLAlchemy wants one port per host
+            raise bad(f"{len(names)} hosts but {len(port_list)} ports (give one per host)")
+        pairs = list(zip(names, port_list or [""] * len(names), strict=True))
+    else:
+        if ports:
+            raise bad("port= cannot be combined with host=name:port; give one or the other")
+        pairs = [(h.partition(":")[0], h.partition(":")[2]) for h in hosts]
+        if any(h.count(":") > 1 for h in hosts):
+            raise bad("an IPv6 address in host= is not supported; use a host name")
+    for name, port in pairs:
+        if not name:
+            raise bad("empty host name in host=")
+        if not _PG_HOST_RE.match(name):
+            raise bad(f"host {name!r} in host= is not a host name or IPv4 address")
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise bad(f"port of host {name!r} is not 1-65535")
 
 
 @dataclass(frozen=True, repr=False)

@@ -1336,6 +1336,19 @@ def password_forms() -> dict[str, str]:
         "multi-host": f"rabbit://qs:{QS.q}@h1:1,qs2:{QS2.q}@h2:2/vh",
         "fragment": f"rabbit://qs:{QS.q}@h1:1/vh#frag",
         "query after a fragment": f"mysql+pymysql://qs@{host}/db#f?password={QS.q}",
+        # PostgreSQL multi-host (issue 15.3): no host before the path, hosts in the query
+        "pg multi-host": (
+            f"postgresql+psycopg://qs:{QS.q}@/db?host={host}&host=127.0.0.15:1"
+            "&target_session_attrs=read-write"
+        ),
+        "pg multi-host, query password": (
+            f"postgresql+psycopg://qs@/db?host=127.0.0.14,127.0.0.15&port=1,1"
+            f"&password={QS.q}&load_balance_hosts=random"
+        ),
+        "pg multi-host, raw @ in query": (
+            f"postgresql+psycopg://qs:{QS2.q}@/db?host={host}&host=127.0.0.15:1"
+            f"&pass%77ord={quote(p, safe='@')}"
+        ),
     }
 
 

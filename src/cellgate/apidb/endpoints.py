@@ -27,6 +27,10 @@ might not). SQLite's ``BEGIN IMMEDIATE`` already serialises writers. A cell
 whose stored URL no longer renders on this host (a template needing a default
 this host lacks, a key this host does not have) cannot be compared and is
 skipped.
+
+A PostgreSQL multi-host URL (a primary and its standbys) is every one of
+its servers: two URLs that share any server and the database name share the
+database, since after a failover either may be writing to it.
 """
 
 from __future__ import annotations
@@ -69,14 +73,24 @@ def _host(name: str | None) -> str:
 
 
 def database_endpoint(url: DatabaseURL) -> Endpoint | None:
-    """Where ``url``'s data lives; ``None`` for an in-memory SQLite database (never shared)."""
+    """Where ``url``'s data lives (the first server of a multi-host URL).
+
+    ``None`` for an in-memory SQLite database (never shared).
+    """
+    found = database_endpoints(url)
+    return found[0] if found else None
+
+
+def database_endpoints(url: DatabaseURL) -> tuple[Endpoint, ...]:
+    """Every server ``url``'s data may live on, in order; empty for in-memory SQLite."""
     sa = url.sqlalchemy_url
     if url.backend == "sqlite":
         if sa.database in (None, "", ":memory:"):
-            return None
-        return Endpoint("sqlite", None, None, str(Path(sa.database).expanduser().resolve()))
-    return Endpoint(
-        url.backend, _host(sa.host), sa.port or _DEFAULT_PORTS[url.backend], sa.database or ""
+            return ()
+        return (Endpoint("sqlite", None, None, str(Path(sa.database).expanduser().resolve())),)
+    return tuple(
+        Endpoint(url.backend, _host(host), port or _DEFAULT_PORTS[url.backend], sa.database or "")
+        for host, port in url.hosts
     )
 
 
@@ -110,11 +124,15 @@ def refuse_shared_endpoints(
     update, ``ring`` decrypts the other cells' stored URLs. Call it in the
     writing transaction after :func:`~cellgate.apidb.mappings.lock_mappings`.
     """
-    database = database_endpoint(defaults.database_url(StoredURL(database_connection)))
+    databases = set(database_endpoints(defaults.database_url(StoredURL(database_connection))))
     transports = transport_endpoints(defaults.transport_url(StoredURL(transport_url)))
-    if database is not None and database == _api_endpoint(session):
+    shared_db = databases & _api_endpoints(session)
+    if shared_db:
         raise EndpointInUse(
-            resource="database", endpoint=str(database), other="the API database", cell=label
+            resource="database",
+            endpoint=str(min(shared_db, key=str)),
+            other="the API database",
+            cell=label,
         )
     stmt = select(CellMappingRow).where(CellMappingRow.deleted == 0).with_for_update(read=True)
     if exclude_id is not None:
@@ -124,13 +142,17 @@ def refuse_shared_endpoints(
         try:
             theirs_db = ring.decrypt(row.database_connection, what=f"cell {other}")
             theirs_mq = ring.decrypt(row.transport_url, what=f"cell {other}")
-            other_db = database_endpoint(defaults.database_url(StoredURL(theirs_db)))
+            other_db = set(database_endpoints(defaults.database_url(StoredURL(theirs_db))))
             other_mq = transport_endpoints(defaults.transport_url(StoredURL(theirs_mq)))
         except ConfigError:
             continue  # cannot be rendered here, so cannot be compared (module docstring)
-        if database is not None and database == other_db:
+        shared_db = databases & other_db
+        if shared_db:
             raise EndpointInUse(
-                resource="database", endpoint=str(database), other=f"cell {other}", cell=label
+                resource="database",
+                endpoint=str(min(shared_db, key=str)),
+                other=f"cell {other}",
+                cell=label,
             )
         shared = transports & other_mq
         if shared:
@@ -142,6 +164,6 @@ def refuse_shared_endpoints(
             )
 
 
-def _api_endpoint(session: Session) -> Endpoint | None:
+def _api_endpoints(session: Session) -> set[Endpoint]:
     bind = session.get_bind()
-    return database_endpoint(DatabaseURL(bind.engine.url))
+    return set(database_endpoints(DatabaseURL(bind.engine.url)))

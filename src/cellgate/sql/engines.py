@@ -3,7 +3,8 @@
 This is the database seam. Every engine cellgate makes comes from
 :func:`make_engine`, called only by the engine owners in :mod:`cellgate.sql`,
 so every connection has a connect timeout and a per-query timeout for its
-driver, and SQL parameters are never rendered into error messages (they may
+driver (for PostgreSQL also a client-side deadline on every call:
+:mod:`cellgate.sql.pgdeadline`), and SQL parameters are never rendered into error messages (they may
 be URLs with passwords). Driver errors become
 :class:`~cellgate.errors.BackendUnavailable` or
 :class:`~cellgate.errors.BackendTimeout` in :func:`translate_errors`, the way
@@ -55,6 +56,11 @@ if TYPE_CHECKING:
 else:
     psycopg = _Deferred("psycopg")
     pymysql = _Deferred("pymysql")
+
+#: Seconds a PostgreSQL call may wait past ``query_timeout`` before the client
+#: gives up on it (:mod:`cellgate.sql.pgdeadline`): the server's own
+#: ``statement_timeout`` answers first when the server is running at all.
+CLIENT_GRACE = 1.0
 
 _TIMEOUT_WORDS = ("timed out", "timeout", "time out", "canceling statement")
 
@@ -110,6 +116,10 @@ def make_engine(
     engine = sqlalchemy.create_engine(url.sqlalchemy_url, connect_args=connect_args, **kwargs)
     if url.backend == "mysql":
         event.listen(engine, "connect", functools.partial(_mysql_query_timeout, query_timeout))
+    if url.backend == "postgresql":
+        deadline = query_timeout + CLIENT_GRACE
+        event.listen(engine, "do_connect", functools.partial(_pg_connect, deadline))
+        event.listen(engine, "handle_error", _keep_pool_on_deadline)
     if url.backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
@@ -121,6 +131,22 @@ def make_engine(
 def _sqlite_must_exist(path: Path, *_args: Any) -> None:
     if not path.is_file():
         raise sqlite3.OperationalError(f"unable to open database file {path}: it does not exist")
+
+
+def _pg_connect(
+    deadline: float, _dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]
+) -> Any:
+    # Imported here, with the first PostgreSQL connection: it imports psycopg.
+    from cellgate.sql import pgdeadline
+
+    return pgdeadline.connect(deadline, *cargs, **cparams)
+
+
+def _keep_pool_on_deadline(context: sqlalchemy.engine.ExceptionContext) -> None:
+    # One backend that stopped answering says nothing about the others: drop
+    # that connection (a disconnect, see pgdeadline) but not the whole pool.
+    if getattr(context.original_exception, "client_deadline", False):
+        context.invalidate_pool_on_disconnect = False
 
 
 def _mysql_query_timeout(timeout: float, dbapi_connection: Any, _record: Any) -> None:
@@ -208,6 +234,8 @@ def is_backend_failure(exc: BaseException) -> bool:
 
 def is_timeout(exc: BaseException) -> bool:
     if isinstance(exc, sqlalchemy.exc.TimeoutError | TimeoutError):
+        return True
+    if getattr(getattr(exc, "orig", None), "client_deadline", False):
         return True
     text = str(getattr(exc, "orig", None) or exc).lower()
     return any(word in text for word in _TIMEOUT_WORDS)
