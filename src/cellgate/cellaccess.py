@@ -27,6 +27,7 @@ from cellgate.rpc.server import DEFAULT_SERVER_WORKERS, RPCServer
 from cellgate.rpc.target import Target
 from cellgate.rpc.transport import TransportRegistry
 from cellgate.sql.api_database import ApiDatabase
+from cellgate.sql.budget import ConnectionBudgetExhausted
 from cellgate.sql.engines import translate_errors
 from cellgate.sql.registry import EngineRegistry
 from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults, TransportURL
@@ -167,7 +168,10 @@ class CellDatabases:
                     attempt.abandoned()
                     raise
         except BaseException as exc:
-            attempt.settle(exc)
+            if isinstance(exc.__cause__, ConnectionBudgetExhausted):
+                attempt.abandoned()  # this process's bound ran out, not the cell
+            else:
+                attempt.settle(exc)
             raise
         attempt.succeeded()
 

@@ -16,7 +16,7 @@ import functools
 import importlib
 import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +66,7 @@ def make_engine(
     query_timeout: float,
     pool_size: int = 2,
     create_missing: bool = False,
+    pool: Mapping[str, Any] | None = None,
 ) -> Engine:
     """An engine for ``url`` whose every network wait is bounded.
 
@@ -73,8 +74,10 @@ def make_engine(
     the servers in tests. A missing SQLite file is an error (a typo in a cell's
     URL must not silently create an empty cell), unless ``create_missing``: then
     the file and its directory are created, as ``db sync`` needs.
+    ``pool`` replaces the pool arguments (the engine registry's connection
+    budget). SQLite is not pre-pinged: a file cannot drop a connection.
     """
-    kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": url.backend != "sqlite"}
     connect_args: dict[str, Any] = {}
     if url.backend == "sqlite":
         path = (
@@ -107,6 +110,10 @@ def make_engine(
             keepalives_count=3,
         )
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=connect_timeout)
+    if pool is not None:
+        for name in ("pool_size", "max_overflow", "pool_timeout"):
+            kwargs.pop(name, None)
+        kwargs.update(pool)
     engine = sqlalchemy.create_engine(url.sqlalchemy_url, connect_args=connect_args, **kwargs)
     if url.backend == "mysql":
         event.listen(engine, "connect", functools.partial(_mysql_query_timeout, query_timeout))
