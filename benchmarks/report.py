@@ -42,7 +42,7 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "scatter_100_connections_opened": ("connections", True),
     "scatter_hung_repeated_ok": ("cells", False),
     "scatter_hung_repeated_threads": ("threads", True),
-    "scatter_100_over_single_idle128": ("x", True),
+    "scatter_100_over_single_grace0": ("x", True),
     "open_connections_1000_cells": ("connections", True),
     "db_fds_1000_cells": ("fds", True),
     "rss_mb_1000_cells": ("MB", True),

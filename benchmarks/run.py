@@ -376,8 +376,9 @@ class Phases:
                 "scatter_100_connections_opened",
                 churn.connections,
                 note="connections opened per 100-cell scatter after the warm-up: the 100 "
-                f"cells need 100 at once and [cells] max_idle_connections = "
-                f"{cells.max_idle_connections} are kept between calls",
+                f"cells need 100 at once; [cells] max_idle_connections = "
+                f"{cells.max_idle_connections} are kept, the rest for idle_grace = "
+                f"{cells.idle_grace:g} s",
             )
 
         self.step(
@@ -425,24 +426,21 @@ class Phases:
         )
 
     def tuned(self, d: Deployment) -> None:
-        """What-if: room for every cell's connection between calls (a setting)."""
+        """What-if: the idle bound enforced at once (``[cells] idle_grace = 0``)."""
         r, plan = self.report, self.plan
         hundred = d.cells[:100]
-        idle = scatter.IDLE_WHAT_IF
-        name = f"scatter_100_over_single_idle{idle}"
-        note = f"what-if: [cells] max_idle_connections = {idle}: no connection churn"
+        name = "scatter_100_over_single_grace0"
+        note = "what-if: [cells] idle_grace = 0: idle connections above max_idle_connections closed at once"
 
         def measure() -> None:
             with (
                 App(d.settings) as app,
-                scatter.variant(
-                    app, self.backend, f"max_idle_connections {idle}", max_idle_connections=idle
-                ) as s,
+                scatter.variant(app, self.backend, "idle_grace 0", idle_grace=0.0) as s,
             ):
                 pair, churn = scatter.single_vs_many(s, hundred, plan)
                 r.put(name, pair.ratio, note=f"{note} ({churn.connections:g} opened per call)")
 
-        self.step(f"scatter-gather, max_idle_connections {idle}", (name,), measure)
+        self.step("scatter-gather, idle_grace 0", (name,), measure)
 
     def curve(self, d: Deployment) -> None:
         points: dict[str, Any] = {}
@@ -457,12 +455,9 @@ class Phases:
 
         def tuned() -> None:
             room = d.servers.room()
-            idle = scatter.IDLE_WHAT_IF
             with (
                 App(d.settings) as app,
-                scatter.variant(
-                    app, self.backend, f"max_idle_connections {idle}", max_idle_connections=idle
-                ) as setup,
+                scatter.variant(app, self.backend, "idle_grace 0", idle_grace=0.0) as setup,
             ):
                 points.update(scatter.curve_tuned(setup, d.cells, self.plan, room=room))
 
@@ -499,7 +494,9 @@ class Phases:
                 "open_connections_1000_cells",
                 cap.pooled,
                 note=f"{cap.engines} engines kept of {cap.cells} cells touched; bound "
-                f"[cells] max_idle_connections = {bound}; last engine's pool: {cap.pool_kind}",
+                f"[cells] max_idle_connections = {bound}, counted {cap.settled_s:.1f} s after "
+                f"the last call ([cells] idle_grace = {app.settings.cells.idle_grace:g}); "
+                f"last engine's pool: {cap.pool_kind}",
             )
             r.goal("open_connections_1000_cells", f"<= {bound}", lambda v: v <= bound)
             r.put(

@@ -84,6 +84,7 @@ class App(Closing):
             pool_size=settings.database.pool_size,
             max_connections=settings.cells.max_connections,
             max_idle_connections=settings.cells.max_idle_connections,
+            idle_grace=settings.cells.idle_grace,
         )
         defaults = template_defaults(settings)
         self.db = CellDatabases(self.api, self.engines, defaults, self.breakers)

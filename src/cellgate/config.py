@@ -41,6 +41,7 @@ DEFAULT_POOL_SIZE: Final = 2
 DEFAULT_MAX_ENGINES: Final = 1024
 DEFAULT_MAX_CONNECTIONS: Final = 128
 DEFAULT_MAX_IDLE_CONNECTIONS: Final = 64
+DEFAULT_IDLE_GRACE: Final = 2.0
 DEFAULT_SCATTER_WORKERS: Final = 128
 DEFAULT_SCATTER_HUNG_THREADS: Final = 64
 DEFAULT_SCATTER_TIMEOUT: Final = 30.0
@@ -261,8 +262,18 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "max_idle_connections",
         str(DEFAULT_MAX_IDLE_CONNECTIONS),
         "Cell database connections a process keeps open while unused, over every cell; "
-        "the least recently used idle one is closed beyond that. At most max_connections.",
+        "idle connections beyond it are closed, least recently used first, once idle for "
+        "idle_grace seconds. At most max_connections.",
         "int",
+    ),
+    Option(
+        "cells",
+        "idle_grace",
+        str(DEFAULT_IDLE_GRACE),
+        "Seconds a cell database connection beyond max_idle_connections may stay idle "
+        "before it is closed, so that a burst repeated within it (a scatter-gather over "
+        "more cells than max_idle_connections) reuses its connections. 0 closes at once.",
+        "float",
     ),
     Option(
         "cells",
@@ -341,6 +352,7 @@ class CellSettings:
     max_engines: int = DEFAULT_MAX_ENGINES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_idle_connections: int = DEFAULT_MAX_IDLE_CONNECTIONS
+    idle_grace: float = DEFAULT_IDLE_GRACE
     scatter_timeout: float = DEFAULT_SCATTER_TIMEOUT
     scatter_workers: int = DEFAULT_SCATTER_WORKERS
     scatter_hung_threads: int = DEFAULT_SCATTER_HUNG_THREADS
@@ -505,6 +517,7 @@ def _build(
                 minimum=0,
                 maximum=(get.count("cells", "max_connections"), "[cells] max_connections"),
             ),
+            idle_grace=get.number("cells", "idle_grace", minimum=0.0),
             scatter_timeout=get.number("cells", "scatter_timeout"),
             scatter_workers=get.count("cells", "scatter_workers"),
             scatter_hung_threads=get.count("cells", "scatter_hung_threads", minimum=0),
@@ -572,16 +585,17 @@ class _Getter:
         value = self._values.get((section, name))
         return value if value else self._defaults[(section, name)]
 
-    def number(self, section: str, name: str) -> float:
+    def number(self, section: str, name: str, *, minimum: float | None = None) -> float:
+        """A finite number above 0 or, with ``minimum``, at least ``minimum``."""
         raw = self.text(section, name)
         try:
             value = float(raw or "")
         except ValueError:
-            value = -1.0
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(
-                f"{self._where(section, name)} must be a positive number, got {raw!r}"
-            )
+            value = math.nan
+        low_ok = value > 0 if minimum is None else value >= minimum
+        if not (math.isfinite(value) and low_ok):
+            what = "a positive number" if minimum is None else f"a number of at least {minimum:g}"
+            raise ConfigError(f"{self._where(section, name)} must be {what}, got {raw!r}")
         return value
 
     def count(

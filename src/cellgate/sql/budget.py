@@ -23,10 +23,15 @@ what they hold, across all of them:
   timeout (``[database] connect_timeout``), and then fails with
   :class:`ConnectionBudgetExhausted`.
 - ``max_idle`` (``[cells] max_idle_connections``): connections kept open
-  while nobody uses them. A connection returned when as many are idle
-  already closes the least recently used idle one (of any engine), so once a
-  burst is over at most ``max_idle`` stay open, whatever the number of cells
-  touched.
+  while nobody uses them. Idle connections above it are closed, least
+  recently used first (of any engine), once they have been idle for
+  ``grace`` seconds (``[cells] idle_grace``), by a reaper thread that exists
+  only while there are such connections. So once a burst is over, at most
+  ``max_idle`` stay open, whatever the number of cells touched; and a burst
+  that recurs within the grace (a scatter-gather over more cells than
+  ``max_idle``, every few seconds) reuses its connections instead of closing
+  and reopening the surplus every time (an LRU of connections smaller than
+  the cells of a scatter would churn ``cells - max_idle`` of them per call).
 - per engine, as before: at most ``pool_size`` idle and ``2 * pool_size``
   open (SQLite files: 5 and 15, SQLAlchemy's defaults).
 
@@ -66,7 +71,12 @@ class ConnectionBudget:
     """Counts and bounds the connections of every :class:`BudgetPool` sharing it."""
 
     def __init__(
-        self, *, max_open: int, max_idle: int, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        max_open: int,
+        max_idle: int,
+        grace: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_open < 1:
             raise ValueError(f"max_open must be at least 1, not {max_open}")
@@ -74,11 +84,15 @@ class ConnectionBudget:
             raise ValueError(f"max_idle must be between 0 and max_open, not {max_idle}")
         self.max_open = max_open
         self.max_idle = max_idle
+        self.grace = grace
         self._clock = clock
+        self._reaper: threading.Timer | None = None
+        self._closed = False
         self._cond = threading.Condition(threading.Lock())
         self._open = 0
-        # Idle connections of every pool, least recently returned first.
-        self._idle: OrderedDict[ConnectionPoolEntry, BudgetPool] = OrderedDict()
+        # Idle connections of every pool, least recently returned first, with
+        # their pool and when they were returned.
+        self._idle: OrderedDict[ConnectionPoolEntry, tuple[BudgetPool, float]] = OrderedDict()
         self._waiting = 0
         self.generation = 0  # bumped after fork: pools of an older one are forgotten
         self.opened = 0  # connections opened, ever (a figure: churn)
@@ -146,13 +160,12 @@ class ConnectionBudget:
                 not pool.disposed
                 and record.dbapi_connection is not None
                 and len(pool.idle) < pool.max_idle
-                and self.max_idle > 0
+                and not self._closed
             )
             if keep:
                 pool.idle.append(record)
-                self._idle[record] = pool
-                while len(self._idle) > self.max_idle:
-                    victims.append(self._pop_oldest_idle_locked())
+                self._idle[record] = (pool, self._clock())
+                victims = self._over_bound_locked()
             else:
                 victims.append(record)
                 pool.open_count -= 1
@@ -177,16 +190,49 @@ class ConnectionBudget:
         for victim in victims:
             _close(victim)
 
+    def close(self) -> None:
+        """Stop the reaper; connections returned from now on are closed (the App is closing)."""
+        with self._cond:
+            self._closed = True
+            reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.cancel()
+
     def after_fork_in_child(self) -> None:
         """Start counting afresh; connections of existing pools are the parent's."""
         self._cond = threading.Condition(threading.Lock())
         self._open = 0
         self._idle = OrderedDict()
         self._waiting = 0
+        self._reaper = None  # its thread did not survive the fork
         self.generation += 1
 
+    def _over_bound_locked(self) -> list[ConnectionPoolEntry]:
+        """Pop the idle connections above ``max_idle`` idle for ``grace``; time the rest."""
+        victims: list[ConnectionPoolEntry] = []
+        now = self._clock()
+        while len(self._idle) > self.max_idle:
+            _, since = next(iter(self._idle.values()))
+            wait = since + self.grace - now
+            if wait > 0:
+                if self._reaper is None and not self._closed:
+                    self._reaper = threading.Timer(wait, self._reap)
+                    self._reaper.name = "cellgate-idle-reaper"
+                    self._reaper.daemon = True
+                    self._reaper.start()
+                break
+            victims.append(self._pop_oldest_idle_locked())
+        return victims
+
+    def _reap(self) -> None:
+        with self._cond:
+            self._reaper = None
+            victims = self._over_bound_locked()
+        for victim in victims:
+            _close(victim)
+
     def _pop_oldest_idle_locked(self) -> ConnectionPoolEntry:
-        record, owner = self._idle.popitem(last=False)
+        record, (owner, _) = self._idle.popitem(last=False)
         owner.idle.remove(record)
         owner.open_count -= 1
         self._open -= 1

@@ -72,11 +72,14 @@ class EngineRegistry:
         pool_size: int = 2,
         max_connections: int = 128,
         max_idle_connections: int = 64,
+        idle_grace: float = 0.0,
     ) -> None:
         if max_engines < 1:
             raise ValueError("max_engines must be at least 1")
         self.max_engines = max_engines
-        self.budget = ConnectionBudget(max_open=max_connections, max_idle=max_idle_connections)
+        self.budget = ConnectionBudget(
+            max_open=max_connections, max_idle=max_idle_connections, grace=idle_grace
+        )
         self._connect_timeout = connect_timeout
         self._query_timeout = query_timeout
         self._pool_size = pool_size
@@ -203,6 +206,7 @@ class EngineRegistry:
             self._closed = True
             engines = list(self._engines.values())
             self._engines.clear()
+        self.budget.close()
         for engine in engines:
             engine.dispose()
 
