@@ -45,8 +45,9 @@ would silently change its timeouts or create an empty cell.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -73,12 +74,13 @@ class EngineRegistry:
         max_connections: int = 128,
         max_idle_connections: int = 64,
         idle_grace: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_engines < 1:
             raise ValueError("max_engines must be at least 1")
         self.max_engines = max_engines
         self.budget = ConnectionBudget(
-            max_open=max_connections, max_idle=max_idle_connections, grace=idle_grace
+            max_open=max_connections, max_idle=max_idle_connections, grace=idle_grace, clock=clock
         )
         self._connect_timeout = connect_timeout
         self._query_timeout = query_timeout
