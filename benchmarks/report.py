@@ -58,6 +58,10 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "api_show_rps_nodelay": ("1/s", False),
     "api_healthz_rps_nodelay": ("1/s", False),
     "api_show_over_healthz_nodelay": ("x", False),
+    "api_show_p50_ms_8": ("ms", True),
+    "api_show_p99_ms_8": ("ms", True),
+    "api_show_p50_ms_32": ("ms", True),
+    "api_show_p99_ms_32": ("ms", True),
     "cli_version_ms": ("ms", True),
     "cli_startup_over_import_sqlalchemy": ("x", True),
 }

@@ -232,6 +232,23 @@ class Phases:
         self.rpc(app, d)
         for nodelay in (False, True):
             self.api(app, d, nodelay)
+        for clients in api.LATENCY_CLIENTS:
+            self.api_latency(app, d, clients)
+
+    def api_latency(self, app: App, d: Deployment, clients: int) -> None:
+        r = self.report
+        names = (f"api_show_p50_ms_{clients}", f"api_show_p99_ms_{clients}")
+
+        def measure() -> None:
+            series, errors = api.show_latency(app, d, self.plan, clients)
+            note = (
+                f"{clients} client threads in this process sending shows back to back, "
+                f"{len(series.samples)} requests, {errors} non-200 answers"
+            )
+            r.put(names[0], series.median * 1e3, note=note)
+            r.put(names[1], series.quantile(0.99) * 1e3, note=note)
+
+        self.step(f"HTTP show latency, {clients} clients", names, measure)
 
     def rpc(self, app: App, d: Deployment) -> None:
         names = ("rpc_call_us", "rpc_cast_per_s", "rpc_call_over_raw_kombu")
