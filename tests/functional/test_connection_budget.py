@@ -171,3 +171,19 @@ def test_an_evicted_engine_closes_its_connections(server: Server) -> None:
         assert reg.open_connections() == 2
         assert settled(server, urls[:1], 0) == 0
         assert settled(server, urls, 2) == 2
+
+
+def test_after_fork_the_budget_forgets_the_parents_connections(server: Server) -> None:
+    urls = databases(server, 1)
+    with registry(max_connections=4, max_idle_connections=4) as reg:
+        touch(reg, urls[0])
+        assert reg.open_connections() == 1
+        parents = reg.get(urls[0]).pool
+        reg._after_fork_in_child()  # what os.fork() runs in the child (cellgate.forksafe)
+        assert (reg.open_connections(), reg.idle_connections()) == (0, 0)
+        touch(reg, urls[0])  # a connection of the child's own; the parent's is not closed
+        assert reg.open_connections() == 1
+        assert settled(server, urls, 2) == 2
+        for record in parents.idle:  # type: ignore[attr-defined]
+            record.close()  # the "parent" closes its own (PostgreSQL cannot drop a busy database)
+    assert settled(server, urls, 0) == 0
