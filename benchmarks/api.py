@@ -36,6 +36,9 @@ from cellgate.service.runner import HttpServer
 CONCURRENCY = 4
 
 
+LATENCY_CLIENTS = (8, 32)  # concurrent clients of the latency figures
+
+
 @dataclass
 class _Round:
     paths: Iterator[str]
@@ -43,20 +46,21 @@ class _Round:
     ok: int = 0
     errors: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    latencies: list[float] = field(default_factory=list)
 
 
 class LoadPool:
-    """``CONCURRENCY`` client threads that run rounds on request."""
+    """``clients`` client threads that run rounds on request."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, clients: int = CONCURRENCY) -> None:
         self._base = base_url
-        self._start = threading.Barrier(CONCURRENCY + 1)
-        self._end = threading.Barrier(CONCURRENCY + 1)
+        self._start = threading.Barrier(clients + 1)
+        self._end = threading.Barrier(clients + 1)
         self._round: _Round | None = None
         self._closing = False
         self._threads = [
             threading.Thread(target=self._work, name=f"bench-http-{i}", daemon=True)
-            for i in range(CONCURRENCY)
+            for i in range(clients)
         ]
         for t in self._threads:
             t.start()
@@ -70,10 +74,12 @@ class LoadPool:
                 if self._closing or current is None:
                     return
                 ok = errors = 0
-                while time.perf_counter() < current.deadline:
+                latencies: list[float] = []
+                while (sent := time.perf_counter()) < current.deadline:
                     with current.lock:
                         path = next(current.paths)
                     response = client.get(path)
+                    latencies.append(time.perf_counter() - sent)
                     if response.status_code == 200:
                         ok += 1
                     else:
@@ -81,6 +87,7 @@ class LoadPool:
                 with current.lock:
                     current.ok += ok
                     current.errors += errors
+                    current.latencies.extend(latencies)
                 self._end.wait()
 
     def run(self, paths: Iterator[str], seconds: float) -> tuple[float, int]:
@@ -91,6 +98,12 @@ class LoadPool:
         self._end.wait()
         elapsed = time.perf_counter() - start
         return self._round.ok / elapsed, self._round.errors
+
+    def latencies(self, paths: Iterator[str], seconds: float) -> tuple[Series, int]:
+        """Seconds each request of one round took, and the number of non-200 answers."""
+        _, errors = self.run(paths, seconds)
+        assert self._round is not None
+        return Series(tuple(self._round.latencies)), errors
 
     def close(self) -> None:
         self._closing = True
@@ -151,6 +164,24 @@ def throughput(app: App, d: Deployment, plan: Plan, *, nodelay: bool = False) ->
             ),
             errors,
         )
+    finally:
+        pool.close()
+        server.stop()
+
+
+def show_latency(app: App, d: Deployment, plan: Plan, clients: int) -> tuple[Series, int]:
+    """Latency of ``GET /v1/instances/{uuid}`` with ``clients`` clients sending back to back.
+
+    One round of ``api_rounds * api_round_s / 2`` seconds after a warm-up;
+    every request's time from send to answer, so p50 and p99 come from
+    thousands of samples.
+    """
+    server = HttpServer(create_api(app, app.settings.service), "127.0.0.1", 0).start()
+    pool = LoadPool(server.url, clients)
+    try:
+        shows = itertools.cycle([f"/v1/instances/{u}" for u in d.instances])
+        pool.run(shows, plan.api_round_s / 2)  # warm-up
+        return pool.latencies(shows, plan.api_rounds * plan.api_round_s / 2)
     finally:
         pool.close()
         server.stop()

@@ -3,7 +3,11 @@
 Connections are counted two ways:
 
 - ``open_connections_1000_cells``: connections held by the pools of the cell
-  engines in ``app.engines`` (checked in plus checked out);
+  engines in ``app.engines`` (checked in plus checked out), after the calls
+  settle: idle connections above ``[cells] max_idle_connections`` are closed
+  once ``[cells] idle_grace`` has passed, so the count is taken when the
+  registry reports it is within the bound (or grace + 2 s later, whichever
+  comes first);
 - ``db_fds_1000_cells``: this process's file descriptors that are database
   connections, read from ``/proc``: open ``.sqlite`` files plus TCP sockets to
   port 3306 or 5432. It includes the API database and counts what the
@@ -13,6 +17,7 @@ Connections are counted two ways:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ class Capacity:
     rss_before_mb: float
     rss_after_mb: float
     pool_kind: str
+    settled_s: float
 
 
 def rss_mb() -> float:
@@ -90,11 +96,24 @@ def pooled_connections(app: App) -> tuple[int, int]:
     return total, len(engines)
 
 
+def settle(app: App) -> float:
+    """Wait until the idle connections are within their bound; the seconds waited."""
+    start = time.monotonic()
+    cells = app.settings.cells
+    deadline = start + cells.idle_grace + 2.0
+    while app.engines.idle_connections() > cells.max_idle_connections:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
 def touch_all(app: App, cells: Sequence[CellMapping]) -> Capacity:
     before = rss_mb()
     for cell in cells:
         with app.db.session(CTX.for_cell(cell)) as session:
             session.execute(text("SELECT 1"))
+    settled = settle(app)
     pooled, engines = pooled_connections(app)
     sample = app.engines.get(app.db.url_for(cells[-1]))
     pool_kind = f"{type(sample.pool).__name__} on {sample.dialect.name}"
@@ -102,4 +121,4 @@ def touch_all(app: App, cells: Sequence[CellMapping]) -> Capacity:
     overflow = getattr(sample.pool, "_max_overflow", None)
     if callable(size):
         pool_kind += f" (pool_size={size()}, max_overflow={overflow})"
-    return Capacity(len(cells), pooled, db_fds(), engines, before, rss_mb(), pool_kind)
+    return Capacity(len(cells), pooled, db_fds(), engines, before, rss_mb(), pool_kind, settled)

@@ -2,8 +2,12 @@
 
 Each cell's function waits 20 ms *in its database*: ``SELECT SLEEP(0.02)`` on
 MariaDB, ``SELECT pg_sleep(0.02)`` on PostgreSQL, and on SQLite (which has no
-server to wait in) ``time.sleep(0.02)`` inside the open session followed by a
-trivial select. Either way the function holds a cell connection for 20 ms.
+server to wait in) ``time.sleep(0.02)`` on the session's connection (checked
+out and in its transaction) followed by a trivial select. Either way the
+function holds a cell connection for 20 ms, and the checkout comes before the
+wait. (Before issue 14 the SQLite function slept before the session's lazy
+checkout, so it held no connection while it waited and every cell's checkout
+happened at the same moment, after the wait: unlike the servers' functions.)
 """
 
 from __future__ import annotations
@@ -20,14 +24,13 @@ from sqlalchemy import text
 from benchmarks.routing import CTX, Plan
 from benchmarks.stats import Pair, Series, interleaved_once
 from cellgate import App, CellMapping, Ok, RequestContext
-from cellgate.routing.fanout import FanoutPool
 
 WAIT_S = 0.02
 DEADLINE_S = 30.0
 HUNG_DEADLINE_S = 1.0
 CURVE = (1, 10, 50, 100, 200)
-WORKERS = 128  # the what-if thread count
-MAX_ENGINES = 256  # the what-if [cells] max_engines: more than the largest scatter
+REPEATED_HUNG = 12  # calls in a row while one cell stays hung through all of them
+REPEATED_DEADLINE_S = 0.5  # their deadline: 25 times the cells' 20 ms
 
 
 def wait_in_database(app: App, backend: str) -> Callable[[RequestContext], int]:
@@ -43,6 +46,7 @@ def wait_in_database(app: App, backend: str) -> Callable[[RequestContext], int]:
             if statement is not None:
                 session.execute(statement)
             else:
+                session.connection()  # check out and begin, as the servers' statement does
                 time.sleep(WAIT_S)
                 session.execute(text("SELECT 1"))
         return 1
@@ -88,54 +92,45 @@ def default_setup(app: App, backend: str) -> Setup:
 
 
 @contextlib.contextmanager
-def variant(
-    app: App, backend: str, *, max_engines: int, workers: int | None = None
-) -> Iterator[Setup]:
-    """A second App with ``[cells] max_engines`` changed and, if ``workers``, its own pool.
-
-    ``App`` always fans out on ``FanoutPool()`` (32 threads); a different
-    thread count needs a pool of the benchmark's own, as a code change would.
-    """
+def variant(app: App, backend: str, label: str, **cells: float) -> Iterator[Setup]:
+    """A second App with some ``[cells]`` settings changed (e.g. ``idle_grace``)."""
     settings = dataclasses.replace(
-        app.settings, cells=dataclasses.replace(app.settings.cells, max_engines=max_engines)
+        app.settings, cells=dataclasses.replace(app.settings.cells, **cells)
     )
     with App(settings) as other:
-        if workers is None:
-            yield default_setup(other, backend)
-            return
-        with FanoutPool(workers) as pool:
-
-            def fan_out(
-                cells: Sequence[CellMapping], fn: Callable[[RequestContext], int], timeout: float
-            ) -> Results:
-                items = {c.uuid: CTX.for_cell(c) for c in cells}
-                return pool.scatter_gather(items, fn, timeout=timeout)
-
-            yield Setup(
-                f"{workers} workers, max_engines {max_engines}",
-                other,
-                wait_in_database(other, backend),
-                fan_out,
-            )
+        yield dataclasses.replace(default_setup(other, backend), label=label)
 
 
-def single_vs_many(setup: Setup, cells: Sequence[CellMapping], plan: Plan) -> tuple[Pair, float]:
-    """Seconds of a scatter over ``cells[:1]`` vs over all ``cells``; engines made per call."""
+@dataclasses.dataclass(frozen=True)
+class Churn:
+    """What a 100-cell call made, per call, in the steady state (after the warm-up)."""
+
+    engines: float
+    connections: float
+
+
+def single_vs_many(setup: Setup, cells: Sequence[CellMapping], plan: Plan) -> tuple[Pair, Churn]:
+    """Seconds of a scatter over ``cells[:1]`` vs over all ``cells``; what each call made."""
     one, many = list(cells[:1]), list(cells)
-    created = {"calls": 0, "engines": 0}
+    made = {"calls": 0, "engines": 0, "connections": 0}
+    engines = setup.app.engines
 
     def hundred() -> float:
-        before = setup.app.engines.created
+        before = engines.created, engines.budget.opened
         elapsed = setup.timed(many)
-        created["calls"] += 1
-        created["engines"] += setup.app.engines.created - before
+        made["calls"] += 1
+        made["engines"] += engines.created - before[0]
+        made["connections"] += engines.budget.opened - before[1]
         return elapsed
 
+    for _ in range(2):  # warm-up, not counted: the first calls create every engine
+        setup.timed(many)
+        setup.timed(one)
     pair = interleaved_once(
-        hundred, lambda: setup.timed(one), samples=plan.scatter_samples, warmup=2
+        hundred, lambda: setup.timed(one), samples=plan.scatter_samples, warmup=0
     )
-    per_call = created["engines"] / created["calls"] if created["calls"] else 0.0
-    return pair, per_call
+    calls = made["calls"] or 1
+    return pair, Churn(made["engines"] / calls, made["connections"] / calls)
 
 
 def hung(setup: Setup, cells: Sequence[CellMapping], plan: Plan) -> tuple[Series, int]:
@@ -169,6 +164,40 @@ def hung(setup: Setup, cells: Sequence[CellMapping], plan: Plan) -> tuple[Series
         overruns.append((elapsed - HUNG_DEADLINE_S) * 1000)
         fewest_ok = min(fewest_ok, sum(isinstance(r, Ok) for r in results.values()))
     return Series(tuple(overruns)), fewest_ok
+
+
+def repeated_hung(setup: Setup, cells: Sequence[CellMapping]) -> tuple[int, int]:
+    """``REPEATED_HUNG`` calls in a row, one cell hung through all of them.
+
+    Returns the fewest ``Ok`` in any call and the most fan-out threads seen
+    alive (workers plus written-off ones) after a call.
+    """
+    stuck = cells[0].uuid
+    release = threading.Event()
+    returned = threading.Semaphore(0)
+
+    def maybe_hang(cctx: RequestContext) -> int:
+        assert cctx.cell is not None
+        if cctx.cell.uuid == stuck:
+            try:
+                release.wait()
+            finally:
+                returned.release()
+            return 0
+        return setup.fn(cctx)
+
+    fewest_ok, most_threads = len(cells), 0
+    pool = setup.app.fanout
+    try:
+        for _ in range(REPEATED_HUNG):
+            results = setup.fan_out(cells, maybe_hang, REPEATED_DEADLINE_S)
+            fewest_ok = min(fewest_ok, sum(isinstance(r, Ok) for r in results.values()))
+            most_threads = max(most_threads, sum(pool.threads()))
+    finally:
+        release.set()
+        for _ in range(REPEATED_HUNG):
+            returned.acquire(timeout=10)
+    return fewest_ok, most_threads
 
 
 def _median_ms(run: Callable[[], float], samples: int, *, warm: bool = True) -> float:

@@ -89,6 +89,9 @@ class App(Closing):
             connect_timeout=settings.database.connect_timeout,
             query_timeout=settings.database.query_timeout,
             pool_size=settings.database.pool_size,
+            max_connections=settings.cells.max_connections,
+            max_idle_connections=settings.cells.max_idle_connections,
+            idle_grace=settings.cells.idle_grace,
         )
         defaults = template_defaults(settings)
         self.db = CellDatabases(self.api, self.engines, defaults, self.breakers)
@@ -97,7 +100,14 @@ class App(Closing):
             max_transports=rpc.max_transports, rabbit=_rabbit_factory(rpc)
         )
         self.rpc = CellRPC(self.transports, defaults, rpc.response_timeout, self.breakers)
-        self._fanout = FanoutPool()
+        self._fanout = FanoutPool(
+            settings.cells.scatter_workers, max_hung=settings.cells.scatter_hung_threads
+        )
+
+    @property
+    def fanout(self) -> FanoutPool:
+        """The scatter-gather thread pool (``threads()`` tells how many it holds)."""
+        return self._fanout
 
     @contextmanager
     def target_cell(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -27,13 +27,16 @@ from cellgate.rpc.server import DEFAULT_SERVER_WORKERS, RPCServer
 from cellgate.rpc.target import Target
 from cellgate.rpc.transport import TransportRegistry
 from cellgate.sql.api_database import ApiDatabase
-from cellgate.sql.engines import translate_errors
+from cellgate.sql.budget import ConnectionBudgetExhausted
+from cellgate.sql.engines import READ_ONLY, translate_errors
 from cellgate.sql.registry import EngineRegistry
 from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults, TransportURL
 
 U = TypeVar("U")
 
 _RENDERED_LIMIT = 4096
+_READ_ONLY: Final = {READ_ONLY: True}
+_READ_WRITE: Final[dict[str, bool]] = {}
 
 
 class _Rendered(Generic[U]):
@@ -131,8 +134,16 @@ class CellDatabases:
             yield engine
 
     @contextmanager
-    def session(self, ctx: RequestContext, *, guarded: bool = True) -> Iterator[Session]:
+    def session(
+        self, ctx: RequestContext, *, guarded: bool = True, read_only: bool = False
+    ) -> Iterator[Session]:
         """A session in one transaction on ``ctx.cell``'s database.
+
+        ``read_only=True`` promises the session only reads: on SQLite it then
+        begins with a plain ``BEGIN`` instead of ``BEGIN IMMEDIATE``, so
+        concurrent reads of one cell do not queue for its write lock. A write
+        in such a session may fail at once with "database is locked" instead
+        of waiting its turn. On MariaDB and PostgreSQL it changes nothing.
 
         :raises CellUnavailable: at once, without connecting, while the cell's
             circuit breaker is open (``cellgate.routing.breaker``).
@@ -156,7 +167,11 @@ class CellDatabases:
                     unavailable=CellUnavailable,
                     timeout=CellTimeout,
                 ),
-                Session(engine, expire_on_commit=False) as session,
+                Session(
+                    engine,
+                    expire_on_commit=False,
+                    execution_options=_READ_ONLY if read_only else _READ_WRITE,
+                ) as session,
                 session.begin(),
             ):
                 try:
@@ -167,7 +182,10 @@ class CellDatabases:
                     attempt.abandoned()
                     raise
         except BaseException as exc:
-            attempt.settle(exc)
+            if isinstance(exc.__cause__, ConnectionBudgetExhausted):
+                attempt.abandoned()  # this process's bound ran out, not the cell
+            else:
+                attempt.settle(exc)
             raise
         attempt.succeeded()
 

@@ -38,7 +38,12 @@ DEFAULT_QUERY_TIMEOUT: Final = 30.0
 DEFAULT_VERIFY_TIMEOUT: Final = 3.0
 DEFAULT_CACHE_TTL: Final = 30.0
 DEFAULT_POOL_SIZE: Final = 2
-DEFAULT_MAX_ENGINES: Final = 64
+DEFAULT_MAX_ENGINES: Final = 1024
+DEFAULT_MAX_CONNECTIONS: Final = 128
+DEFAULT_MAX_IDLE_CONNECTIONS: Final = 64
+DEFAULT_IDLE_GRACE: Final = 2.0
+DEFAULT_SCATTER_WORKERS: Final = 128
+DEFAULT_SCATTER_HUNG_THREADS: Final = 64
 DEFAULT_SCATTER_TIMEOUT: Final = 30.0
 DEFAULT_BREAKER_THRESHOLD: Final = 3
 DEFAULT_BREAKER_COOLDOWN: Final = 30.0
@@ -237,8 +242,55 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "cells",
         "max_engines",
         str(DEFAULT_MAX_ENGINES),
-        "Cell database engines a process keeps at most; the least recently used idle "
-        "one is closed beyond that. Bounds open connections to max_engines * 2 * pool_size.",
+        "Cell database engines a process keeps at most (memory only, tens of kilobytes "
+        "each; connections are bounded by max_connections and max_idle_connections); the "
+        "least recently used idle one is dropped beyond that. Keep it above the number of "
+        "cells, or every scatter-gather re-creates engines.",
+        "int",
+    ),
+    Option(
+        "cells",
+        "max_connections",
+        str(DEFAULT_MAX_CONNECTIONS),
+        "Cell database connections a process holds open at most, in use or idle, over "
+        "every cell. Beyond it a checkout first closes another cell's idle connection, "
+        "else waits up to [database] connect_timeout and reports the cell timed out.",
+        "int",
+    ),
+    Option(
+        "cells",
+        "max_idle_connections",
+        str(DEFAULT_MAX_IDLE_CONNECTIONS),
+        "Cell database connections a process keeps open while unused, over every cell; "
+        "idle connections beyond it are closed, least recently used first, once idle for "
+        "idle_grace seconds. At most max_connections.",
+        "int",
+    ),
+    Option(
+        "cells",
+        "idle_grace",
+        str(DEFAULT_IDLE_GRACE),
+        "Seconds a cell database connection beyond max_idle_connections may stay idle "
+        "before it is closed, so that a burst repeated within it (a scatter-gather over "
+        "more cells than max_idle_connections) reuses its connections. 0 closes at once.",
+        "float",
+    ),
+    Option(
+        "cells",
+        "scatter_workers",
+        str(DEFAULT_SCATTER_WORKERS),
+        "Threads a scatter-gather runs cells on at once, at most (started as the number "
+        "of cells needs them; idle ones exit after a minute). A scatter over more cells "
+        "runs the rest as threads free up.",
+        "int",
+    ),
+    Option(
+        "cells",
+        "scatter_hung_threads",
+        str(DEFAULT_SCATTER_HUNG_THREADS),
+        "Threads still stuck in a cell call past its scatter-gather deadline that are "
+        "replaced, at most. Beyond it a stuck thread is not replaced, so the pool runs "
+        "fewer cells at once until stuck calls return.",
         "int",
     ),
     Option(
@@ -298,7 +350,12 @@ class CellSettings:
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     cache_ttl: float = DEFAULT_CACHE_TTL
     max_engines: int = DEFAULT_MAX_ENGINES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_idle_connections: int = DEFAULT_MAX_IDLE_CONNECTIONS
+    idle_grace: float = DEFAULT_IDLE_GRACE
     scatter_timeout: float = DEFAULT_SCATTER_TIMEOUT
+    scatter_workers: int = DEFAULT_SCATTER_WORKERS
+    scatter_hung_threads: int = DEFAULT_SCATTER_HUNG_THREADS
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD  # 0: no circuit breaker
     breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
 
@@ -453,7 +510,17 @@ def _build(
             verify_timeout=get.number("cells", "verify_timeout"),
             cache_ttl=get.number("cells", "cache_ttl"),
             max_engines=get.count("cells", "max_engines"),
+            max_connections=get.count("cells", "max_connections"),
+            max_idle_connections=get.count(
+                "cells",
+                "max_idle_connections",
+                minimum=0,
+                maximum=(get.count("cells", "max_connections"), "[cells] max_connections"),
+            ),
+            idle_grace=get.number("cells", "idle_grace", minimum=0.0),
             scatter_timeout=get.number("cells", "scatter_timeout"),
+            scatter_workers=get.count("cells", "scatter_workers"),
+            scatter_hung_threads=get.count("cells", "scatter_hung_threads", minimum=0),
             breaker_threshold=get.count("cells", "breaker_threshold", minimum=0),
             breaker_cooldown=get.number("cells", "breaker_cooldown"),
         ),
@@ -518,23 +585,32 @@ class _Getter:
         value = self._values.get((section, name))
         return value if value else self._defaults[(section, name)]
 
-    def number(self, section: str, name: str) -> float:
+    def number(self, section: str, name: str, *, minimum: float | None = None) -> float:
+        """A finite number above 0 or, with ``minimum``, at least ``minimum``."""
         raw = self.text(section, name)
         try:
             value = float(raw or "")
         except ValueError:
-            value = -1.0
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(
-                f"{self._where(section, name)} must be a positive number, got {raw!r}"
-            )
+            value = math.nan
+        low_ok = value > 0 if minimum is None else value >= minimum
+        if not (math.isfinite(value) and low_ok):
+            what = "a positive number" if minimum is None else f"a number of at least {minimum:g}"
+            raise ConfigError(f"{self._where(section, name)} must be {what}, got {raw!r}")
         return value
 
-    def count(self, section: str, name: str, *, minimum: int = 1) -> int:
+    def count(
+        self, section: str, name: str, *, minimum: int = 1, maximum: tuple[int, str] | None = None
+    ) -> int:
+        """A whole number of at least ``minimum`` and, if given, at most ``(value, its name)``."""
         raw = self.text(section, name) or ""
         if not (raw.isascii() and raw.isdigit() and int(raw) >= minimum):
             what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
             raise ConfigError(f"{self._where(section, name)} must be {what}, got {raw!r}")
+        if maximum is not None and int(raw) > maximum[0]:
+            raise ConfigError(
+                f"{self._where(section, name)} must be at most {maximum[1]} ({maximum[0]}), "
+                f"got {raw!r}"
+            )
         return int(raw)
 
     def url(self, section: str, name: str, default: str, parse: Callable[[str], _T]) -> _T:

@@ -494,3 +494,32 @@ def test_sample_config_is_loadable_uncommented(tmp_path: Path, home: Path) -> No
     settings = load_settings(conf, {"XDG_DATA_HOME": str(tmp_path / "x"), "HOME": str(home)})
     assert settings.database.connect_timeout == DEFAULT_CONNECT_TIMEOUT
     assert settings.cells.cache_ttl == DEFAULT_CACHE_TTL
+
+
+# --------------------------------------------------------------------------
+# Connection and fan-out bounds (issue 14)
+# --------------------------------------------------------------------------
+
+
+def test_connection_and_fanout_bounds_are_read(tmp_path: Path, home: Path) -> None:
+    conf = write(
+        tmp_path / "c.conf",
+        "[cells]\nmax_connections = 10\nmax_idle_connections = 0\nidle_grace = 0\n"
+        "scatter_workers = 7\nscatter_hung_threads = 0\n",
+    )
+    cells = load_settings(conf, {"HOME": str(home)}).cells
+    assert (cells.max_connections, cells.max_idle_connections, cells.idle_grace) == (10, 0, 0.0)
+    assert (cells.scatter_workers, cells.scatter_hung_threads) == (7, 0)
+
+
+def test_more_idle_than_open_connections_is_a_config_error(tmp_path: Path, home: Path) -> None:
+    conf = write(tmp_path / "c.conf", "[cells]\nmax_connections = 4\nmax_idle_connections = 5\n")
+    with pytest.raises(ConfigError, match=r"max_idle_connections must be at most \[cells\] "):
+        load_settings(conf, {"HOME": str(home)})
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_negative_idle_grace_is_a_config_error(tmp_path: Path, home: Path, value: str) -> None:
+    conf = write(tmp_path / "c.conf", f"[cells]\nidle_grace = {value}\n")
+    with pytest.raises(ConfigError, match="idle_grace must be a number of at least 0"):
+        load_settings(conf, {"HOME": str(home)})

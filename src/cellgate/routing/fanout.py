@@ -59,8 +59,24 @@ Writing off single threads is the per-thread form of "replace the executor
 once all its workers hang". It is simpler than swapping executors because
 there is only one queue: replacing an executor would strand, or cancel, work
 that other callers had queued on the old one before their own deadlines.
-The cost is the same in both designs: a cell that never answers keeps one
-thread per abandoned call until the process ends.
+
+How many threads, at most
+-------------------------
+Threads are started as work needs them, one per item up to ``max_workers``
+(``[cells] scatter_workers``), so a scatter over 100 cells runs all 100 at
+once instead of in waves; a thread idle for ``idle_timeout`` seconds exits.
+Written-off threads are bounded too: at most ``max_hung`` of them
+(``[cells] scatter_hung_threads``) are replaced. Past that bound a thread
+stuck in a call is still written off, but no thread is started in its place:
+the pool runs fewer items at once (``max_workers + max_hung`` minus the stuck
+ones), work that finds no thread waits in the queue and, if none frees up by
+its caller's deadline, is reported ``TimedOut`` like any late work, and a
+warning is logged. So the process never holds more than ``max_workers +
+max_hung`` fan-out threads, however many calls hang; a stuck call that
+returns (a driver's own timeout ends it) gives its place back. Calls into a
+cell database or broker carry their own timeouts (``[database]
+query_timeout``, ``rpc_response_timeout``), so in practice a thread is
+stuck only until the driver gives up.
 
 The pool is a ``deque`` of pending work and one ``Condition``; workers take
 work and count themselves idle under that lock, so "is a thread free for this
@@ -81,6 +97,7 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
+import logging
 import math
 import threading
 import time
@@ -98,7 +115,13 @@ V = TypeVar("V")
 T = TypeVar("T")
 
 #: Default number of threads a pool runs at once (hung ones not counted).
-DEFAULT_MAX_WORKERS: Final = 32
+DEFAULT_MAX_WORKERS: Final = 128
+#: Default number of written-off (hung) threads that are replaced.
+DEFAULT_MAX_HUNG: Final = 64
+#: Seconds an idle worker thread waits for work before it exits.
+DEFAULT_IDLE_TIMEOUT: Final = 60.0
+
+_log = logging.getLogger(__name__)
 
 _pool_numbers = itertools.count(1)  # only for readable thread names
 
@@ -122,14 +145,26 @@ class _Work(Generic[T]):
 class FanoutPool(Closing):
     """Owns the worker threads for scatter-gather; one per App; close() releases them."""
 
-    def __init__(self, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
+    def __init__(
+        self,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        *,
+        max_hung: int = DEFAULT_MAX_HUNG,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {max_workers}")
+        if max_hung < 0:
+            raise ValueError(f"max_hung must be at least 0, not {max_hung}")
         self._max_workers = max_workers
+        self._max_threads = max_workers + max_hung
+        self._idle_timeout = idle_timeout
         self._cond = threading.Condition()
         self._pending: deque[_Work[Any]] = deque()
         self._workers = 0  # threads counted against max_workers, busy or idle
         self._idle = 0  # counted threads waiting for work (or about to)
+        self._hung = 0  # written-off threads still in their call
+        self._warned_full = False
         self._closed = False
         self._name = f"cellgate-fanout-{next(_pool_numbers)}"
         self._thread_numbers = itertools.count(1)
@@ -141,6 +176,12 @@ class FanoutPool(Closing):
         self._pending = deque()
         self._workers = 0
         self._idle = 0
+        self._hung = 0
+
+    def threads(self) -> tuple[int, int]:
+        """(threads counted as workers, written-off threads still in a call)."""
+        with self._cond:
+            return self._workers, self._hung
 
     def scatter_gather(
         self, items: Mapping[K, V], fn: Callable[[V], T], *, timeout: float
@@ -192,7 +233,21 @@ class FanoutPool(Closing):
         The caller starts them (outside the lock) with :meth:`_start_threads`.
         """
         wanted = len(self._pending) - self._idle
-        new = max(0, min(wanted, self._max_workers - self._workers))
+        room = min(
+            self._max_workers - self._workers,
+            self._max_threads - self._workers - self._hung,
+        )
+        new = max(0, min(wanted, room))
+        past_bound = self._hung > self._max_threads - self._max_workers
+        if wanted > new and past_bound and not self._warned_full:
+            self._warned_full = True  # once per episode: the state is in threads()
+            _log.warning(
+                "fan-out pool %s: %d threads stuck in calls past their deadline; "
+                "not replacing them (at most [cells] scatter_hung_threads), so fewer "
+                "cells run at once until those calls return",
+                self._name,
+                self._hung,
+            )
         self._workers += new
         self._idle += new  # a new thread starts out looking for work
         return new
@@ -230,6 +285,7 @@ class FanoutPool(Closing):
                 else:  # running: its thread no longer counts as a worker
                     work.abandoned = True
                     self._workers -= 1
+                    self._hung += 1
             new_threads = self._reserve_threads() if overdue and not self._closed else 0
         # Best effort: if no thread can start, the waiting work runs on a freed
         # thread or times out.
@@ -241,9 +297,10 @@ class FanoutPool(Closing):
         while True:
             with self._cond:
                 while not self._pending and not self._closed:
-                    self._cond.wait()
+                    if not self._cond.wait(self._idle_timeout) and not self._pending:
+                        break  # idle too long: exit
                 self._idle -= 1
-                if not self._pending:  # closed
+                if not self._pending:  # closed, or idle too long
                     self._workers -= 1
                     return
                 work = self._pending.popleft()
@@ -255,6 +312,9 @@ class FanoutPool(Closing):
                 # never an answer it would write off (issue 14: false TimedOut).
                 publish()
                 if work.abandoned:
+                    self._hung -= 1
+                    if self._hung <= self._max_threads - self._max_workers:
+                        self._warned_full = False
                     if self._closed or self._workers >= self._max_workers:
                         return  # replaced while it hung; the pool is full again
                     self._workers += 1

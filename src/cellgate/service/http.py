@@ -213,7 +213,9 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     )
     api.state.metrics = metrics
 
-    def context(
+    # async: pure CPU (a token lookup), so FastAPI runs it on the event loop
+    # instead of handing it to a worker thread (a hand-off per request).
+    async def context(
         request: Request,
         authorization: Annotated[str | None, Header()] = None,
         x_request_id: Annotated[str | None, Header()] = None,
@@ -242,7 +244,7 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         request.state.request_id = ctx.request_id  # for the error handlers' log lines
         return ctx
 
-    def admin(ctx: Annotated[RequestContext, Depends(context)]) -> RequestContext:
+    async def admin(ctx: Annotated[RequestContext, Depends(context)]) -> RequestContext:
         if not ctx.is_admin:
             raise Forbidden("this needs the admin role")
         return ctx

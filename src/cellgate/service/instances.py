@@ -103,7 +103,7 @@ class InstanceService:
         cell = cctx.cell
 
         def read(c: RequestContext) -> queries.Instance | None:
-            with self.app.db.session(c, guarded=guarded) as session:
+            with self.app.db.session(c, guarded=guarded, read_only=True) as session:
                 return queries.get_instance(session, instance, project_id=project)
 
         timeout = self.settings.cell_timeout
@@ -308,7 +308,7 @@ class InstanceService:
             return cells[next(self._turn) % len(cells)]
 
         def count(cctx: RequestContext) -> int:
-            with self.app.db.session(cctx) as session:
+            with self.app.db.session(cctx, read_only=True) as session:
                 return queries.count_instances(session)
 
         results = self.app.scatter_gather(ctx, cells, count, timeout=self.settings.cell_timeout)

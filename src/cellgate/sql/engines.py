@@ -17,10 +17,10 @@ import functools
 import importlib
 import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy
 import sqlalchemy.exc
@@ -72,6 +72,7 @@ def make_engine(
     query_timeout: float,
     pool_size: int = 2,
     create_missing: bool = False,
+    pool: Mapping[str, Any] | None = None,
 ) -> Engine:
     """An engine for ``url`` whose every network wait is bounded.
 
@@ -79,8 +80,10 @@ def make_engine(
     the servers in tests. A missing SQLite file is an error (a typo in a cell's
     URL must not silently create an empty cell), unless ``create_missing``: then
     the file and its directory are created, as ``db sync`` needs.
+    ``pool`` replaces the pool arguments (the engine registry's connection
+    budget). SQLite is not pre-pinged: a file cannot drop a connection.
     """
-    kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": url.backend != "sqlite"}
     connect_args: dict[str, Any] = {}
     if url.backend == "sqlite":
         path = (
@@ -113,6 +116,10 @@ def make_engine(
             keepalives_count=3,
         )
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=connect_timeout)
+    if pool is not None:
+        for name in ("pool_size", "max_overflow", "pool_timeout"):
+            kwargs.pop(name, None)
+        kwargs.update(pool)
     engine = sqlalchemy.create_engine(url.sqlalchemy_url, connect_args=connect_args, **kwargs)
     if url.backend == "mysql":
         event.listen(engine, "connect", functools.partial(_mysql_query_timeout, query_timeout))
@@ -162,12 +169,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: Execution option of a session that only reads (``app.db.session(..., read_only=True)``).
+READ_ONLY: Final = "cellgate_read_only"
+
+
 def _sqlite_begin_immediate(conn: sqlalchemy.Connection) -> None:
     # A deferred transaction that reads and then writes cannot wait for a
     # concurrent writer: SQLite fails it at once with "database is locked".
     # Taking the write lock up front lets the busy timeout serialise writers,
     # so two processes creating the same cell get a clean duplicate error.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # A session that only reads never upgrades, so a plain BEGIN serves it
+    # and concurrent readers do not queue for the write lock.
+    statement = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+    # On the driver's connection, not exec_driver_sql: a BEGIN needs no result
+    # object, and that machinery was a sixth of a short session's CPU. Errors
+    # are wrapped as SQLAlchemy's own would be, for translate_errors.
+    driver = conn.connection.driver_connection
+    assert driver is not None  # a connection in a begin event is checked out
+    try:
+        driver.execute(statement)
+    except sqlite3.Error as exc:
+        raise sqlalchemy.exc.OperationalError(statement, None, exc) from exc
 
 
 def describe_db_error(exc: BaseException) -> str:
