@@ -48,7 +48,7 @@ from cellgate.errors import TransactionConflict
 T = TypeVar("T")
 
 #: The first retry waits up to this (seconds); each later one up to twice the previous cap.
-BACKOFF_BASE: Final = 0.02
+BACKOFF_BASE: Final = 0.05
 #: No retry waits longer than this (seconds).
 BACKOFF_CAP: Final = 1.0
 
