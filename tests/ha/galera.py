@@ -336,6 +336,9 @@ class GaleraCluster:
             "    timeout connect 2s\n"
             "    timeout client 60s\n"
             "    timeout server 60s\n"
+            # A connection refused by a dead node goes to the next server.
+            "    retries 3\n"
+            "    option redispatch\n"
             f"listen galera\n    bind {HOST}:{HAPROXY_PORT}\n"
             # A node marked down has its sessions cut, so clients reconnect
             # (to the next backup) at once instead of waiting on a dead socket.
@@ -365,6 +368,13 @@ class GaleraCluster:
             cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
             cur.execute(f"CREATE USER '{name}'@'%%' IDENTIFIED BY %s", (password,))
             cur.execute(f"GRANT ALL ON `{name}`.* TO '{name}'@'%'")
+        for node in self.nodes[1:]:  # each has applied it (a causal read waits until then)
+            with node.root(timeout=30) as conn, conn.cursor() as cur:
+                cur.execute("SET SESSION wsrep_sync_wait = 1")
+                cur.execute("SELECT COUNT(*) FROM mysql.user WHERE user = %s", (name,))
+                row = cur.fetchone()
+                if row is None or row[0] != 1:
+                    raise ClusterError(f"node{node.index + 1} has no user {name}")
         return name, password
 
     def drop_database(self, name: str) -> None:
@@ -430,18 +440,39 @@ def running_cluster() -> Iterator[GaleraCluster]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+#: The cluster of this process, once started (or why it could not start). Each
+#: test module that imports :func:`galera` gets a fixture definition of its own,
+#: so a plain session fixture would start one cluster per module, on the same
+#: ports; they share this one instead. The first definition set up stops it.
+_shared: list[GaleraCluster | str] = []
+
+
 @pytest.fixture(scope="session")
 def galera() -> Iterator[GaleraCluster]:
     """The session's Galera cluster (see the module docstring)."""
+    if _shared:
+        yield _use(_shared[0])
+        return
     with contextlib.ExitStack() as stack:
         try:
             cluster = stack.enter_context(running_cluster())
         except (ClusterError, OSError, subprocess.SubprocessError, KeyError) as exc:
-            message = f"the Galera cluster could not start: {exc}"
-            if in_ci():
-                pytest.fail(message)
-            pytest.skip(message)
-        yield cluster
+            _shared.append(f"the Galera cluster could not start: {exc}")
+            _use(_shared[0])
+            raise AssertionError("unreachable") from exc
+        _shared.append(cluster)
+        try:
+            yield cluster
+        finally:
+            _shared.clear()
+
+
+def _use(shared: GaleraCluster | str) -> GaleraCluster:
+    if isinstance(shared, GaleraCluster):
+        return shared
+    if in_ci():
+        pytest.fail(shared)
+    pytest.skip(shared)
 
 
 if __name__ == "__main__":  # python -m tests.ha.galera: start, report, stop
