@@ -28,6 +28,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--quick", action="store_true", help="fewer samples: under 45 s on SQLite + memory"
     )
+    run.add_argument(
+        "--galera",
+        action="store_true",
+        help="also start a 3-node Galera cluster (as root; tests/ha/galera.py) for the "
+        "galera_* and retry figures (otherwise null)",
+    )
     run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     run.add_argument("--plot", metavar="DIR", help="also write PNG plots (needs matplotlib)")
     return p

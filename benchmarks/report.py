@@ -60,6 +60,9 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "api_show_over_healthz_nodelay": ("x", False),
     "cli_version_ms": ("ms", True),
     "cli_startup_over_import_sqlalchemy": ("x", True),
+    "galera_two_writer_success": ("fraction", False),
+    "galera_two_writer_success_without_retry": ("fraction", False),
+    "retry_attempts_per_100_writes": ("retries", True),
 }
 
 

@@ -377,6 +377,13 @@ class GaleraCluster:
                     raise ClusterError(f"node{node.index + 1} has no user {name}")
         return name, password
 
+    def wait_schema(self, name: str, port: int) -> None:
+        """Until the node on ``port`` has applied ``name``'s API migrations (a causal read)."""
+        node = next(n for n in self.nodes if n.port == port)
+        with node.root(timeout=30) as conn, conn.cursor() as cur:
+            cur.execute("SET SESSION wsrep_sync_wait = 1")
+            cur.execute(f"SELECT COUNT(*) FROM `{name}`.alembic_version_api")
+
     def drop_database(self, name: str) -> None:
         node = next((n for n in self.nodes if n.running), None)
         if node is None:
