@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import gc
 import os
 import pwd
@@ -431,9 +432,55 @@ def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise ClusterError(f"nothing listens on {HOST}:{port} after {START_TIMEOUT:g}s")
 
 
+#: Serialises clusters across test runs on one machine (two worktrees, or the
+#: integrator's run beside a developer's): the ports are fixed, so a second
+#: run waits for the first one's cluster to be gone instead of failing to bind.
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "cellgate-galera-ports.lock"
+#: Seconds a run waits for another run's cluster (its tests take about 4 minutes).
+MACHINE_LOCK_WAIT = 240.0
+
+
+@contextlib.contextmanager
+def _ports_to_ourselves() -> Iterator[None]:
+    fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + MACHINE_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"another test run's Galera cluster held the ports for "
+                        f"{MACHINE_LOCK_WAIT:g}s ({MACHINE_LOCK})"
+                    ) from None
+                time.sleep(0.5)
+        # A run of older code takes no lock: wait for its ports to be free too.
+        while busy := [p for p in (*SQL_PORTS, *GCOMM_PORTS, HAPROXY_PORT) if _listening(p)]:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"ports {busy} are in use by something else")
+            time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def running_cluster() -> Iterator[GaleraCluster]:
     """Start a cluster in a fresh temporary directory; kill it and remove the directory after."""
+    with _ports_to_ourselves(), _started() as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def _started() -> Iterator[GaleraCluster]:
     base = Path(tempfile.mkdtemp(prefix="cellgate-galera-"))
     os.chmod(base, 0o755)
     cluster = GaleraCluster(base)

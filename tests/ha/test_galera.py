@@ -26,7 +26,9 @@ import pytest
 from cellgate import App, admin, load_settings
 from tests.ha.galera import SQL_PORTS, GaleraCluster, galera  # noqa: F401 (the fixture)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("galera")]
+# The first test of a run also waits for the cluster to start (about 12 s, more
+# on a loaded machine), and every test here waits on real nodes: generous bounds.
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("galera"), pytest.mark.timeout(300)]
 
 TOTAL_OPS = 200
 

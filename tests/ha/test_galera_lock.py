@@ -28,7 +28,9 @@ from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL
 from tests.ha.galera import SQL_PORTS, GaleraCluster, galera  # noqa: F401 (the fixture)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("galera")]
+# The first test of a run also waits for the cluster to start (about 12 s, more
+# on a loaded machine), and every test here waits on real nodes: generous bounds.
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("galera"), pytest.mark.timeout(300)]
 
 TRIES = 10
 HANG = 120  # seconds: "did not hang", never a measurement
@@ -82,6 +84,7 @@ def _revision_everywhere(name: str, password: str) -> list[str | None]:
     return found
 
 
+@pytest.mark.timeout(900)  # ten races of two processes: about 80 s alone, more under load
 def test_two_syncs_through_different_nodes_end_at_head_every_time(
     galera: GaleraCluster,  # noqa: F811
     tmp_path: Path,
