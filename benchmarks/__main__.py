@@ -34,6 +34,12 @@ def parser() -> argparse.ArgumentParser:
         help="also start the tests' PostgreSQL primary + standby (ports 25432-25433) and "
         "measure pg_failover_recovery_s (otherwise null)",
     )
+    run.add_argument(
+        "--galera",
+        action="store_true",
+        help="also start a 3-node Galera cluster (as root; tests/ha/galera.py) for the "
+        "galera_* and retry figures (otherwise null)",
+    )
     run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     run.add_argument("--plot", metavar="DIR", help="also write PNG plots (needs matplotlib)")
     return p

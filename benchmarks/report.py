@@ -71,6 +71,9 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "cli_version_ms": ("ms", True),
     "cli_startup_over_import_sqlalchemy": ("x", True),
     "pg_failover_recovery_s": ("s", True),
+    "galera_two_writer_success": ("fraction", False),
+    "galera_two_writer_success_without_retry": ("fraction", False),
+    "retry_attempts_per_100_writes": ("retries", True),
 }
 
 

@@ -587,6 +587,36 @@ class Phases:
         )
 
 
+GALERA_FIGURES = (
+    "galera_two_writer_success",
+    "galera_two_writer_success_without_retry",
+    "retry_attempts_per_100_writes",
+)
+
+
+def galera_figures(report: Report, *, enabled: bool, progress: Progress) -> None:
+    """The Galera figures (``benchmarks.galera``), or null with the reason."""
+    if not enabled:
+        for name in GALERA_FIGURES:
+            report.put(name, None, note="needs --galera (starts a 3-node cluster, as root)")
+        return
+    progress.step("Galera: two writers on two nodes, without and with the retry")
+    from benchmarks import galera
+
+    try:
+        found = galera.measure()
+    except Exception as exc:  # the cluster could not start here: reported, not fatal
+        for name in GALERA_FIGURES:
+            report.put(name, None, note=f"the Galera cluster is not up: {redact(str(exc))}")
+        return
+    for name in GALERA_FIGURES:
+        report.put(name, found[name])
+    report.notes["galera_two_writer_success"] = (
+        f"{2 * galera.WRITES} cell creates, 2 writers on 2 nodes at once; "
+        f"cluster start-up {found['startup_s']:.1f}s"
+    )
+
+
 def set_goals(report: Report) -> None:
     report.goal("lookup_speedup", ">= 50", lambda v: v >= 50)
     report.goal("show_routed_over_direct", "<= 1.15", lambda v: v <= 1.15)
@@ -605,6 +635,7 @@ def set_goals(report: Report) -> None:
     report.goal("api_show_over_healthz", ">= 0.6", lambda v: v >= 0.6)
     report.goal("api_show_over_healthz_nodelay", ">= 0.5 (what-if)", lambda v: v >= 0.5)
     report.goal("cli_startup_over_import_sqlalchemy", "<= 2.0", lambda v: v <= 2.0)
+    report.goal("galera_two_writer_success", "= 1.0", lambda v: v == 1.0)
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -619,6 +650,7 @@ def main(args: Any, argv: list[str]) -> int:
     set_goals(report)
     phases = Phases(args, report, plan, progress)
     phases.run()
+    galera_figures(report, enabled=args.galera, progress=progress)
     report.meta["duration_s"] = round(time.perf_counter() - progress.start, 1)
     report.meta["failures"] = phases.failures
     print(report.table())

@@ -43,6 +43,7 @@ from cellgate.routing.locator import InstanceLocator
 from cellgate.rpc.transport import Transport, TransportFactory, TransportRegistry
 from cellgate.sql.api_database import ApiDatabase
 from cellgate.sql.registry import EngineRegistry
+from cellgate.sql.retry import RetryPolicy, RetryStats
 from cellgate.urls import TransportURL
 
 T = TypeVar("T")
@@ -94,7 +95,15 @@ class App(Closing):
             idle_grace=settings.cells.idle_grace,
         )
         defaults = template_defaults(settings)
-        self.db = CellDatabases(self.api, self.engines, defaults, self.breakers)
+        self.db = CellDatabases(
+            self.api,
+            self.engines,
+            defaults,
+            self.breakers,
+            retry_policy=RetryPolicy(attempts=settings.database.conflict_attempts),
+        )
+        #: Conflict retries of every write this App made (API and cell databases).
+        self.retries: RetryStats = self.api.retries
         rpc = settings.rpc
         self.transports = TransportRegistry(
             max_transports=rpc.max_transports, rabbit=_rabbit_factory(rpc)

@@ -30,9 +30,11 @@ from cellgate.sql.api_database import ApiDatabase
 from cellgate.sql.budget import ConnectionBudgetExhausted
 from cellgate.sql.engines import READ_ONLY, translate_errors
 from cellgate.sql.registry import EngineRegistry
+from cellgate.sql.retry import RetryPolicy, RetryStats, run_transaction
 from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults, TransportURL
 
 U = TypeVar("U")
+T = TypeVar("T")
 
 _RENDERED_LIMIT = 4096
 _READ_ONLY: Final = {READ_ONLY: True}
@@ -69,11 +71,16 @@ class CellDatabases:
         engines: EngineRegistry,
         defaults: TemplateDefaults,
         breakers: BreakerRegistry,
+        *,
+        retry_policy: RetryPolicy | None = None,
     ):
         self._api = api
         self._engines = engines
         self._rendered = _Rendered(defaults.database_url)
         self._breakers = breakers
+        self._retry_policy = retry_policy or RetryPolicy()
+        #: Shared with the API database: one set of counts per App.
+        self.retries: RetryStats = api.retries
 
     def url_for(self, cell: CellMapping | StoredURL) -> DatabaseURL:
         """The cell's database URL, its template rendered (memoised per stored value)."""
@@ -189,11 +196,55 @@ class CellDatabases:
             raise
         attempt.succeeded()
 
+    def write(
+        self,
+        ctx: RequestContext,
+        transaction: Callable[[Session], T],
+        *,
+        guarded: bool = True,
+    ) -> T:
+        """Run ``transaction(session)`` on ``ctx.cell``'s database, whole again on a conflict.
+
+        Each attempt is a fresh :meth:`session` (``guarded`` as there); see
+        ``cellgate.sql.retry`` for what ``transaction`` may do.
+
+        :raises TransactionConflict: refused as a conflict on every attempt
+            (``[database] conflict_attempts``); nothing was written.
+        """
+
+        def attempt() -> T:
+            with self.session(ctx, guarded=guarded) as session:
+                return transaction(session)
+
+        return self.retrying(ctx, attempt)
+
+    def retrying(self, ctx: RequestContext, attempt: Callable[[], T]) -> T:
+        """Call ``attempt`` again on a conflict; it opens (and ends) its own transactions.
+
+        For a write that spans the cell database and the API database (an
+        instance and its mapping): ``attempt`` must leave nothing behind when
+        it raises.
+        """
+        cell = ctx.cell
+        if cell is None:
+            raise UntargetedContext(what="a cell database write")
+        return run_transaction(
+            attempt,
+            component=f"cell {cell.label} database",
+            database="cell",
+            policy=self._retry_policy,
+            stats=self.retries,
+        )
+
     @contextmanager
     def api_session(self) -> Iterator[Session]:
-        """A session in one transaction on the API database."""
+        """A session in one transaction on the API database (for reads; writes: :meth:`api_write`)."""
         with self._api.session() as session:
             yield session
+
+    def api_write(self, transaction: Callable[[Session], T]) -> T:
+        """:meth:`ApiDatabase.write`: a write on the API database, retried on a conflict."""
+        return self._api.write(transaction)
 
 
 class CellRPC:

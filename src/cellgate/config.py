@@ -38,6 +38,7 @@ DEFAULT_QUERY_TIMEOUT: Final = 30.0
 DEFAULT_VERIFY_TIMEOUT: Final = 3.0
 DEFAULT_CACHE_TTL: Final = 30.0
 DEFAULT_POOL_SIZE: Final = 2
+DEFAULT_CONFLICT_ATTEMPTS: Final = 16
 DEFAULT_MAX_ENGINES: Final = 1024
 DEFAULT_MAX_CONNECTIONS: Final = 128
 DEFAULT_MAX_IDLE_CONNECTIONS: Final = 64
@@ -202,6 +203,16 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "float",
     ),
     Option(
+        "api_database",
+        "conflict_attempts",
+        str(DEFAULT_CONFLICT_ATTEMPTS),
+        "Times a write transaction on the API database is run, whole, when the database "
+        "refuses it as a conflict (deadlock 1213, lock wait timeout 1205, Galera "
+        "certification failure; PostgreSQL 40001/40P01), with jittered waits between "
+        "attempts. Past that the request fails (exit 5, HTTP 503) with nothing written.",
+        "int",
+    ),
+    Option(
         "database",
         "connection",
         None,
@@ -223,6 +234,16 @@ OPTIONS: Final[tuple[Option, ...]] = (
         str(DEFAULT_QUERY_TIMEOUT),
         "Seconds a single cell database read or write may take.",
         "float",
+    ),
+    Option(
+        "database",
+        "conflict_attempts",
+        str(DEFAULT_CONFLICT_ATTEMPTS),
+        "Times a write transaction on a cell database is run, whole, when the database "
+        "refuses it as a conflict (deadlock 1213, lock wait timeout 1205, Galera "
+        "certification failure; PostgreSQL 40001/40P01), with jittered waits between "
+        "attempts. Past that the request fails (exit 5, HTTP 503) with nothing written.",
+        "int",
     ),
     Option(
         "cells",
@@ -334,6 +355,7 @@ class DatabaseSettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     query_timeout: float = DEFAULT_QUERY_TIMEOUT
     pool_size: int = DEFAULT_POOL_SIZE
+    conflict_attempts: int = DEFAULT_CONFLICT_ATTEMPTS
 
 
 @dataclass(frozen=True)
@@ -496,6 +518,7 @@ def _build(
             connection=get.url("api_database", "connection", api_default, DatabaseURL.parse),
             connect_timeout=get.number("api_database", "connect_timeout"),
             query_timeout=get.number("api_database", "query_timeout"),
+            conflict_attempts=get.count("api_database", "conflict_attempts"),
             encryption_keys=parse_keys(get.text("api_database", "encryption_keys")),
         ),
         database=DatabaseSettings(
@@ -503,6 +526,7 @@ def _build(
             connect_timeout=get.number("database", "connect_timeout"),
             query_timeout=get.number("database", "query_timeout"),
             pool_size=get.count("database", "pool_size"),
+            conflict_attempts=get.count("database", "conflict_attempts"),
         ),
         transport_url=get.url("DEFAULT", "transport_url", EMBEDDED_TRANSPORT, TransportURL.parse),
         state_path=state_path,

@@ -23,8 +23,9 @@ passed in already masked.
      ├── BackendError                a server could not be used
      │    ├── BackendUnavailable     refused, reset, bad credentials
      │    │    └── CellUnavailable   ... and it belongs to a cell
-     │    └── BackendTimeout         no answer within the deadline
-     │         └── CellTimeout
+     │    ├── BackendTimeout         no answer within the deadline
+     │    │    └── CellTimeout
+     │    └── TransactionConflict    refused as a conflict (deadlock, Galera) on every attempt
      ├── MoveError                   an instance move between cells cannot go on
      │    ├── InstanceMoving         a move of this instance is unfinished
      │    ├── MoveVerifyFailed       the copy differs from the source: nothing was flipped
@@ -378,6 +379,30 @@ class CellUnavailable(BackendUnavailable):
 
 class CellTimeout(BackendTimeout):
     """A cell did not answer within its deadline."""
+
+
+class TransactionConflict(BackendError):
+    """A write transaction was refused as conflicting with concurrent ones, every time.
+
+    Raised by :func:`cellgate.sql.retry.run_transaction` after ``attempts``
+    whole attempts were each rolled back by the server (``code`` is the last
+    driver code: ``1213`` deadlock or Galera certification failure, ``1205``
+    lock wait timeout, ``40001``/``40P01`` on PostgreSQL, ``SQLITE_BUSY``).
+    Nothing of the transaction was written, so running the same request
+    again later is safe; ``retry_after`` (whole seconds) says when.
+    """
+
+    generic_reason = "is busy with conflicting writes"
+
+    def __init__(self, *, component: str, attempts: int, code: str, retry_after: int = 1) -> None:
+        self.attempts = attempts
+        self.code = code
+        self.retry_after = retry_after
+        reason = (
+            f"the transaction conflicted with concurrent writes {attempts} times in a row "
+            f"(error {code}); nothing was written, try again"
+        )
+        super().__init__(component=component, reason=reason, public_reason=reason)
 
 
 class RoutingError(CellgateError):

@@ -26,6 +26,7 @@ import json
 import logging
 import random
 import re
+import sqlite3
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -48,7 +49,7 @@ from cellgate.celldb import queries
 from cellgate.cli import cli
 from cellgate.config import Settings, load_settings, template_defaults
 from cellgate.context import RequestContext
-from cellgate.errors import CellgateError, ConfigError
+from cellgate.errors import CellgateError, ConfigError, TransactionConflict
 from cellgate.logs import RedactingFilter, configure_logging
 from cellgate.results import Failed
 from cellgate.rpc.amqp.rabbit import _CallChannel
@@ -1017,6 +1018,37 @@ def test_a_password_in_the_query_string_is_masked(tmp_path: Path, scanner: Scann
     w.cli("cell", "verify", "q", expect=5)
     scanner.scan("mask_url", mask_url(url))
     scanner.scan("DatabaseURL", repr(DatabaseURL.parse(url)))
+    scanner.assert_clean()
+
+
+def test_a_write_refused_on_every_attempt_names_no_password(
+    tmp_path: Path, scanner: Scanner
+) -> None:
+    """TransactionConflict (conflict retry exhausted): its text, chain and traceback."""
+    w = build_world(tmp_path, scanner)
+    conf = tmp_path / "conflict.conf"
+    conf.write_text(
+        w.config.read_text(encoding="utf-8").replace(
+            "[api_database]\n", "[api_database]\nconflict_attempts = 2\nquery_timeout = 0.2\n"
+        ),
+        encoding="utf-8",
+    )
+    with App(load_settings(conf)) as app:
+        defaults = template_defaults(app.settings)
+        holder = sqlite3.connect(str(tmp_path / "api.sqlite"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(TransactionConflict) as refused:
+                app.api.write(
+                    lambda s: update_cell(
+                        s, "deadmy", transport_url=memory_url(PCT, "moved"), defaults=defaults
+                    )
+                )
+        finally:
+            holder.rollback()
+            holder.close()
+    scanner.scan_exception("TransactionConflict", refused.value)
+    scanner.scan("public_message", refused.value.public_message)
     scanner.assert_clean()
 
 

@@ -1,6 +1,8 @@
 """Cell mappings: ``cell create | list | show | update | delete | history | map-cell0``.
 
-Each function is one transaction on the API database of ``app``, after
+Each function is one transaction on the API database of ``app`` (a write
+runs whole again if the database refuses it as a conflict:
+``ApiDatabase.write``), after
 checking that its schema is at this code's head (so an old schema is reported
 as :class:`~cellgate.errors.SchemaMismatch`, not as a driver's "no such
 column"). Writes invalidate ``app``'s mapping cache, so the same ``App`` sees
@@ -58,17 +60,19 @@ def create_cell(
     :raises ConfigError: a URL or template is invalid.
     """
     app.api.require_current()
-    with app.api.session() as session:
-        created = mappings.create_cell(
+    defaults = template_defaults(app.settings)
+    created = app.api.write(
+        lambda session: mappings.create_cell(
             session,
             name=name,
             transport_url=transport_url,
             database_connection=database_connection,
             uuid=uuid,
             disabled=disabled,
-            defaults=template_defaults(app.settings),
+            defaults=defaults,
             actor=actor,
         )
+    )
     app.cells.invalidate()
     return created
 
@@ -103,8 +107,9 @@ def update_cell(
     :raises StaleCell: ``expected_version`` is given and the cell is at another.
     """
     app.api.require_current()
-    with app.api.session() as session:
-        updated = updates.update_cell(
+    defaults = template_defaults(app.settings)
+    updated = app.api.write(
+        lambda session: updates.update_cell(
             session,
             ident,
             name=name,
@@ -112,9 +117,10 @@ def update_cell(
             database_connection=database_connection,
             disabled=disabled,
             expected_version=expected_version,
-            defaults=template_defaults(app.settings),
+            defaults=defaults,
             actor=actor,
         )
+    )
     app.cells.invalidate()
     return updated
 
@@ -152,8 +158,9 @@ def delete_cell(
     ``force`` also removes its host mappings and deleted-instance mappings.
     """
     app.api.require_current()
-    with app.api.session() as session:
-        deleted = mappings.delete_cell(session, ident, force=force, actor=actor)
+    deleted = app.api.write(
+        lambda session: mappings.delete_cell(session, ident, force=force, actor=actor)
+    )
     app.cells.invalidate()
     return DeletedCell(deleted)
 
@@ -176,13 +183,12 @@ def map_cell0(
     settings = app.settings
     url = database_connection or settings.cell0_database().render(hide_password=False)
     app.api.require_current()
-    with app.api.session() as session:
-        cell0, created = mappings.map_cell0(
-            session,
-            database_connection=url,
-            defaults=template_defaults(settings),
-            actor=actor,
+    defaults = template_defaults(settings)
+    cell0, created = app.api.write(
+        lambda session: mappings.map_cell0(
+            session, database_connection=url, defaults=defaults, actor=actor
         )
+    )
     if created:
         app.cells.invalidate()
     return Cell0Mapping(cell0, created)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from cellgate.apidb.mappings import (
     CellMapping,
     encryption_of,
@@ -128,9 +130,14 @@ def reseal_cells(
         if dry_run:
             report.changed.append({"cell": label, "uuid": uuid, "before": before})
             continue
-        with api.session() as session:
+
+        def transaction(
+            session: Session, uuid: str = uuid, before: str = before
+        ) -> tuple[bool, str]:
             done = reseal_cell(session, uuid, mode=mode, actor=actor)
-            after = get_cell(session, uuid).encryption if done else before
+            return done, get_cell(session, uuid).encryption if done else before
+
+        done, after = api.write(transaction)
         if done:
             report.changed.append({"cell": label, "uuid": uuid, "before": before, "after": after})
             if on_cell is not None:

@@ -7,7 +7,8 @@ anywhere, any time, and more than once at a time:
   its result is :class:`~cellgate.results.Failed` and the other cells are
   still discovered.
 - Each cell's new mappings are written in one API transaction, so a cell is
-  either discovered completely or not at all.
+  either discovered completely or not at all (run whole again if the
+  database refuses it as a conflict).
 - Running it again maps nothing new, and concurrent runs each map whatever
   they get to first: :func:`~cellgate.apidb.hosts.map_host` lets the unique
   constraint on ``host_mapping.host`` decide, so no host is mapped twice and
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cellgate.apidb import hosts
 from cellgate.apidb.hosts import HostMapping, find_hosts, map_host
@@ -126,8 +128,11 @@ def select_cells(app: App, idents: Sequence[str] = ()) -> list[CellMapping]:
 
 def _discover_cell(app: App, cell: CellMapping) -> list[str]:
     found = service_hosts(app, cell)
-    mapped: list[str] = []
-    with app.api.session() as session:  # one transaction per cell
+
+    def transaction(session: Session) -> tuple[list[str], list[HostMapping]]:
+        # Fresh lists per attempt: a refused attempt's hosts were not mapped.
+        mapped: list[str] = []
+        elsewhere: list[HostMapping] = []
         existing = find_hosts(session, found)
         for host in found:
             mapping = existing.get(host)
@@ -136,12 +141,17 @@ def _discover_cell(app: App, cell: CellMapping) -> list[str]:
                 if created:
                     mapped.append(host)
             if mapping.cell_uuid != cell.uuid:
-                log.warning(
-                    "host %r reports in cell %s but is mapped to cell %s; left as it is",
-                    host,
-                    cell.label,
-                    mapping.cell_name or mapping.cell_uuid,
-                )
+                elsewhere.append(mapping)
+        return mapped, elsewhere
+
+    mapped, elsewhere = app.api.write(transaction)  # one transaction per cell
+    for mapping in elsewhere:
+        log.warning(
+            "host %r reports in cell %s but is mapped to cell %s; left as it is",
+            mapping.host,
+            cell.label,
+            mapping.cell_name or mapping.cell_uuid,
+        )
     return mapped
 
 
@@ -183,5 +193,4 @@ def delete_host(app: App, host: str) -> DeletedHost:
     its cell still lists it.
     """
     app.api.require_current()
-    with app.api.session() as session:
-        return DeletedHost(hosts.delete_host(session, host))
+    return DeletedHost(app.api.write(lambda session: hosts.delete_host(session, host)))

@@ -14,6 +14,10 @@ Each backend gets its own primitive, all keyed by (line, database):
   scoped to the current database.
 - **MariaDB/MySQL**: ``GET_LOCK(name, 0)``. Lock names are server-wide, so the
   name holds the line *and* the database name.
+- **MariaDB Galera** (``wsrep_on = ON``), where ``GET_LOCK`` is per node: a
+  lease row taken by a replicated, certified write
+  (:mod:`cellgate.migrations.cluster_lock` says how, and how a crashed holder
+  is detected). The runner renews it before each revision.
 - **SQLite**: ``flock`` on a sidecar file ``<database file>.<line>.migrate-lock``
   next to the database. The file is left in place; it holds no data.
 
@@ -48,6 +52,7 @@ import sqlalchemy.exc
 from sqlalchemy import Connection, text
 
 from cellgate.errors import BackendUnavailable, Hint, MigrationLocked
+from cellgate.migrations.cluster_lock import Lease, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +64,22 @@ _MAX_PAUSE = 0.5
 _MYSQL_NAME_MAX = 64  # GET_LOCK refuses longer names
 
 
+class Held:
+    """What :func:`migration_lock` yields: ``renew()`` before each step of a long run."""
+
+    def __init__(self, renew: Callable[[], None] | None = None) -> None:
+        self._renew = renew
+
+    def renew(self) -> None:
+        """Extend a lease (Galera); a no-op for session locks, which last as long as the session."""
+        if self._renew is not None:
+            self._renew()
+
+
 @contextmanager
 def migration_lock(
     conn: Connection, line: str, *, timeout: float, component: str
-) -> Iterator[None]:
+) -> Iterator[Held]:
     """Hold the migration lock of ``line`` on ``conn``'s database for the block.
 
     Waits up to ``timeout`` seconds (0: one attempt), then raises
@@ -73,21 +90,26 @@ def migration_lock(
     if conn.in_transaction():
         raise RuntimeError("take the migration lock before any transaction is open")
     backend = conn.dialect.name
+    held = Held()
     if backend == "sqlite":
         lock: contextlib.AbstractContextManager[bool] = _sqlite_lock(
             conn, line, timeout, component
         )
     elif backend == "postgresql":
         lock = _postgresql_lock(conn, line, timeout)
+    elif backend in ("mysql", "mariadb") and is_cluster(conn):
+        lease = Lease.prepare(conn, line)
+        lock = _cluster_lock(lease, timeout)
+        held = Held(lease.renew)
     elif backend in ("mysql", "mariadb"):
         lock = _mysql_lock(conn, line, timeout)
     else:
         raise RuntimeError(f"no migration lock for the {backend} backend")
-    with lock as held:
-        if not held:
+    with lock as got:
+        if not got:
             raise MigrationLocked(component=component, line=line, waited=timeout)
         log.debug("%s: holding the %s migration lock", component, line)
-        yield
+        yield held
 
 
 def _poll(attempt: Callable[[], bool], timeout: float) -> bool:
@@ -155,6 +177,23 @@ def _mysql_lock(conn: Connection, line: str, timeout: float) -> Iterator[bool]:
         yield True
     finally:
         _release(conn, text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+
+
+@contextmanager
+def _cluster_lock(lease: Lease, timeout: float) -> Iterator[bool]:
+    if not _poll(lease.try_take, timeout):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            lease.release()
+        except sqlalchemy.exc.SQLAlchemyError:
+            # Our connection id dies with the session: a sync on this node
+            # takes the row over at once, one elsewhere when the lease expires.
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                lease.conn.invalidate()
 
 
 def _release(

@@ -22,11 +22,14 @@ the next run completes the half-applied revision.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import sqlalchemy.exc
 from alembic import command
@@ -42,6 +45,9 @@ from cellgate.celldb.schema import CellBase
 from cellgate.errors import Hint, MigrationError, MigrationInterrupted
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT, migration_lock
 from cellgate.sql.engines import describe_db_error, is_backend_failure
+from cellgate.sql.retry import RetryPolicy, conflict_code
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -174,17 +180,18 @@ def apply(
     label = component or f"database {engine.url.render_as_string(hide_password=True)}"
     with (
         engine.connect() as conn,
-        migration_lock(conn, line.value, timeout=lock_timeout, component=label),
+        migration_lock(conn, line.value, timeout=lock_timeout, component=label) as held,
     ):
         # Read only now: a run we waited for may have done the work already.
-        before = current_on(conn, line)
+        before = _again(conn, label, lambda: current_on(conn, line))
         conn.rollback()
         if before == _resolve(line, revision):
             log.info("%s: already at %s, nothing to do", label, before or "base")
             return Applied(before, before)
         if verb == "upgrade":
             for step in _steps_up(line, before, revision):
-                _run(conn, line, verb, step, label)
+                _again(conn, label, held.renew)  # a lease (Galera) must outlast the revision
+                _again(conn, label, functools.partial(_run, conn, line, verb, step, label))
                 if stop is not None and stop.is_set() and step != _resolve(line, revision):
                     raise MigrationInterrupted(
                         component=label, line=line.value, reached=step, target=head(line)
@@ -211,6 +218,8 @@ def _run(conn: Connection, line: MigrationLine, verb: str, revision: str, label:
     except (sqlalchemy.exc.SQLAlchemyError, MigrationError) as exc:  # driver, ops or guards
         if isinstance(exc, sqlalchemy.exc.SQLAlchemyError) and is_backend_failure(exc):
             raise  # the server went away: the caller translates this
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and conflict_code(exc) is not None:
+            raise  # refused as a conflict (Galera): _again applies the revision again
         conn.rollback()
         reached = current_on(conn, line)
         conn.rollback()
@@ -223,6 +232,29 @@ def _run(conn: Connection, line: MigrationLine, verb: str, revision: str, label:
             hint_args={"revision": failed},
         ) from exc
     conn.commit()
+
+
+def _again(conn: Connection, label: str, step: Callable[[], T]) -> T:
+    """Call ``step`` again when the server refuses it as a conflict (``cellgate.sql.retry``).
+
+    On Galera a statement of a sync can be aborted by a write replicated from
+    another node (1213), even under the migration lock: the lock row keeps
+    other *syncs* out, not every other writer. Every step here may run twice:
+    reads, renewing the lease, and revisions, whose operations are guarded
+    (``cellgate.migrations.guarded``). Bounded like any write's retries.
+    """
+    policy = RetryPolicy()
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return step()
+        except sqlalchemy.exc.DBAPIError as exc:
+            code = conflict_code(exc)
+            if code is None or attempt == policy.attempts:
+                raise
+            conn.rollback()
+            log.warning("%s: refused as a conflict (%s); running the step again", label, code)
+            time.sleep(policy.delay(attempt))
+    raise AssertionError("unreachable: a policy has at least one attempt")
 
 
 def _steps_up(line: MigrationLine, before: str | None, revision: str) -> list[str]:

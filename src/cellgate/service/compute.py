@@ -13,6 +13,8 @@ import logging
 import threading
 from typing import Any, Final
 
+from sqlalchemy.orm import Session
+
 from cellgate.apidb.mappings import CellMapping
 from cellgate.app import App
 from cellgate.celldb import queries
@@ -51,8 +53,12 @@ class ComputeEndpoint:
         self.host = host
 
     def build(self, ctx: RequestContext, instance: str) -> dict[str, Any]:
-        with self._app.db.session(ctx) as session:
-            built = queries.set_state(session, instance, vm_state="active", host=self.host)
+        built = self._app.db.write(
+            ctx,
+            lambda session: queries.set_state(
+                session, instance, vm_state="active", host=self.host
+            ),
+        )
         if built is None:
             raise UnknownInstance(f"instance {instance} is not in this cell")
         log.info("%s: built %s on %s", ctx.request_id, instance, self.host)
@@ -62,19 +68,23 @@ class ComputeEndpoint:
         if action not in TRANSITIONS:
             raise InvalidState(f"unknown action {action!r}")
         allowed, result = TRANSITIONS[action]
-        with self._app.db.session(ctx) as session:
+
+        def transaction(session: Session) -> queries.Instance | None:
             current = queries.get_instance(session, instance, project_id=None)
             if current is None:
                 raise UnknownInstance(f"instance {instance} is not in this cell")
             if current.vm_state not in allowed:
                 raise InvalidState(f"cannot {action} an instance that is {current.vm_state}")
-            done = queries.set_state(session, instance, vm_state=result)
+            return queries.set_state(session, instance, vm_state=result)
+
+        done = self._app.db.write(ctx, transaction)
         assert done is not None
         return done.to_dict()
 
     def delete(self, ctx: RequestContext, instance: str) -> bool:
-        with self._app.db.session(ctx) as session:
-            return queries.soft_delete_instance(session, instance)
+        return self._app.db.write(
+            ctx, lambda session: queries.soft_delete_instance(session, instance)
+        )
 
     def ping(self, ctx: RequestContext) -> dict[str, Any]:
         return {"host": self.host, "cell": ctx.cell.name if ctx.cell else None}
@@ -117,8 +127,10 @@ class Worker:
 
     def heartbeat(self) -> None:
         ctx = RequestContext(request_id=f"req-heartbeat-{self.host}").for_cell(self.cell)
-        with self.app.db.session(ctx) as session:
-            queries.heartbeat(session, host=self.host, binary=BINARY, topic=TOPIC)
+        self.app.db.write(
+            ctx,
+            lambda session: queries.heartbeat(session, host=self.host, binary=BINARY, topic=TOPIC),
+        )
 
     def _beat(self) -> None:
         while not self._stopping.wait(self._interval):

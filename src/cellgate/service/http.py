@@ -51,6 +51,7 @@ from cellgate.errors import (
     RemoteError,
     RPCTimeout,
     SchemaMismatch,
+    TransactionConflict,
     UnsupportedVersion,
 )
 from cellgate.keyset import SortKey
@@ -79,7 +80,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (BackendError, 503),
 )
 #: Remote exception type names (from workers) -> HTTP status.
-REMOTE_STATUS = {"InvalidState": 409, "UnknownInstance": 404}
+REMOTE_STATUS = {"InvalidState": 409, "UnknownInstance": 404, "TransactionConflict": 503}
 
 
 class ApiError(Exception):
@@ -200,7 +201,7 @@ def error_body(status: int, code: str, message: str) -> JSONResponse:
 
 def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     """The ASGI application for ``app``; the caller owns and closes ``app``."""
-    metrics = Metrics(app.cells, app.breakers)
+    metrics = Metrics(app.cells, app.breakers, app.retries)
     instances = InstanceService(app, settings, metrics)
     tokens = {grant.token: grant for grant in settings.tokens}
     api = FastAPI(
@@ -264,7 +265,10 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         status = _status(exc)
         if isinstance(exc, RemoteError):
             status = REMOTE_STATUS.get(exc.exc_type, 502)
-            return error_body(status, exc.exc_type, exc.remote_message)
+            remote = error_body(status, exc.exc_type, exc.remote_message)
+            if exc.exc_type == "TransactionConflict":  # the worker's write: nothing written
+                remote.headers["Retry-After"] = "1"
+            return remote
         if isinstance(exc, BackendError | SchemaMismatch):
             # Clients learn what cannot be used, not where it lives: the full
             # message (address, driver text; password masked) is for the log.
@@ -276,7 +280,10 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
                 status,
                 redact(str(exc)),
             )
-            return error_body(status, type(exc).__name__, exc.public_message)
+            response = error_body(status, type(exc).__name__, exc.public_message)
+            if isinstance(exc, TransactionConflict):  # nothing was written: safe to resend
+                response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         # The REST API's own words: no CLI hint, no shell command (service.hints).
         return error_body(status, type(exc).__name__, rest_message(exc))
 

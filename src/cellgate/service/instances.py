@@ -137,32 +137,13 @@ class InstanceService:
         chosen = self._choose_cell(ctx, cell)
         cctx = ctx.for_cell(chosen)
         instance_uuid = str(uuidlib.uuid4())
-        mapped = False
-        try:
-            with self.metrics.timed(chosen, "create"), self.app.db.session(cctx) as cell_session:
-                created = queries.add_instance(
-                    cell_session,
-                    uuid=instance_uuid,
-                    name=name,
-                    project_id=ctx.project_id,
-                    user_id=ctx.user_id,
-                )
-                # The mapping commits first, inside the still-open cell transaction:
-                # if it fails, the cell row rolls back with the exception; if the
-                # cell commit then fails, _committed_anyway settles the mapping.
-                with self.app.db.api_session() as api_session:
-                    mapping_db.add_mapping(
-                        api_session,
-                        instance_uuid=instance_uuid,
-                        cell=chosen,
-                        project_id=ctx.project_id,
-                        user_id=ctx.user_id,
-                    )
-                mapped = True
-                cell_session.commit()
-        except Exception:
-            if not mapped or not self._committed_anyway(cctx, instance_uuid):
-                raise
+        project_id = ctx.project_id
+        with self.metrics.timed(chosen, "create"):
+            # Whole again if the cell refuses its transaction as a conflict: an
+            # attempt that raises has left neither the row nor the mapping.
+            created = self.app.db.retrying(
+                cctx, lambda: self._insert(cctx, instance_uuid, name, project_id)
+            )
         try:
             self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).cast(
                 "build", instance=instance_uuid
@@ -171,6 +152,41 @@ class InstanceService:
             self._undo_create(cctx, instance_uuid, exc)
             raise
         return {**created.to_dict(), "cell": chosen.name}
+
+    def _insert(
+        self, cctx: RequestContext, instance_uuid: str, name: str, project_id: str
+    ) -> queries.Instance:
+        """One attempt at writing the instance's row and its mapping; both or neither."""
+        assert cctx.cell is not None
+        cell = cctx.cell
+        mapped = False
+        try:
+            with self.app.db.session(cctx) as cell_session:
+                created = queries.add_instance(
+                    cell_session,
+                    uuid=instance_uuid,
+                    name=name,
+                    project_id=project_id,
+                    user_id=cctx.user_id,
+                )
+                # The mapping commits first, inside the still-open cell transaction:
+                # if it fails, the cell row rolls back with the exception; if the
+                # cell commit then fails, _committed_anyway settles the mapping.
+                self.app.db.api_write(
+                    lambda api_session: mapping_db.add_mapping(
+                        api_session,
+                        instance_uuid=instance_uuid,
+                        cell=cell,
+                        project_id=project_id,
+                        user_id=cctx.user_id,
+                    )
+                )
+                mapped = True
+                cell_session.commit()
+        except Exception:
+            if not mapped or not self._committed_anyway(cctx, instance_uuid):
+                raise
+        return created
 
     def _undo_create(self, cctx: RequestContext, instance_uuid: str, cause: Exception) -> None:
         """The build could not be sent: remove the committed row, then its mapping.
@@ -192,8 +208,11 @@ class InstanceService:
         label = cctx.cell.label
         self.app.locator.forget(instance_uuid)
         try:
-            with self.app.db.session(cctx, guarded=False) as session:
-                queries.hard_delete_instance(session, instance_uuid)
+            self.app.db.write(
+                cctx,
+                lambda session: queries.hard_delete_instance(session, instance_uuid),
+                guarded=False,
+            )
         except CellgateError as exc:
             if isinstance(exc, BackendTimeout):
                 log.warning(
@@ -216,8 +235,11 @@ class InstanceService:
         assert cctx.cell is not None
         label = cctx.cell.label
         try:
-            with self.app.db.session(cctx, guarded=False) as session:
-                marked = queries.set_state(session, instance_uuid, vm_state="error")
+            marked = self.app.db.write(
+                cctx,
+                lambda session: queries.set_state(session, instance_uuid, vm_state="error"),
+                guarded=False,
+            )
         except CellgateError as exc:
             log.warning(
                 "instance %s: its build could not be sent to cell %s (%s), and neither "
@@ -250,8 +272,9 @@ class InstanceService:
         What is left, a mapping without an instance, answers 404 to show.
         """
         try:
-            with self.app.db.api_session() as api_session:
-                mapping_db.remove_mapping(api_session, instance_uuid)
+            self.app.db.api_write(
+                lambda api_session: mapping_db.remove_mapping(api_session, instance_uuid)
+            )
         except CellgateError as exc:
             log.warning(
                 "instance %s: %s; its mapping could not be removed (%s) and is left "
@@ -344,8 +367,7 @@ class InstanceService:
             if deleted or attempt:
                 break
             self.app.locator.forget(canonical)
-        with self.app.db.api_session() as session:
-            mapping_db.queue_for_delete(session, canonical)
+        self.app.db.api_write(lambda session: mapping_db.queue_for_delete(session, canonical))
         self.app.locator.forget(canonical)
 
     def action(self, ctx: RequestContext, instance: str, action: str) -> dict[str, Any]:

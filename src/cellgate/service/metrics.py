@@ -9,7 +9,13 @@
 - ``cellgate_cell_breaker_state{cell}`` (0 closed, 1 half_open, 2 open) and
   ``cellgate_cell_breaker_trips_total{cell}``: read from the App's circuit
   breakers at scrape time, one series per cell that was called, like the
-  other ``cell`` labels (the cell's name, else its uuid).
+  other ``cell`` labels (the cell's name, else its uuid);
+- ``cellgate_db_conflict_retries_total{database,code}``: write transactions run
+  again because the database refused them as a conflict (``database`` is
+  ``api`` or ``cell``; ``code`` the driver's: 1213, 1205, 40001, 40P01,
+  SQLITE_BUSY), and ``cellgate_db_conflict_exhausted_total{database}``: writes
+  that failed after their last attempt (``cellgate.sql.retry``); read from the
+  App's counts at scrape time.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from cellgate.apidb.mappings import CellMapping
 from cellgate.errors import RPCTimeout
 from cellgate.routing.breaker import BreakerRegistry, is_breaker_failure
 from cellgate.routing.cache import MappingCache
+from cellgate.sql.retry import RetryStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -80,6 +87,29 @@ class _BreakerCollector(Collector):
         yield trips
 
 
+class _RetryCollector(Collector):
+    def __init__(self, retries: RetryStats) -> None:
+        self._retries = retries
+
+    def collect(self) -> Iterable[Metric]:
+        retried = CounterMetricFamily(
+            "cellgate_db_conflict_retries",
+            "Write transactions run again, whole, after the database refused them as a conflict.",
+            labels=["database", "code"],
+        )
+        for (database, code), count in sorted(self._retries.retries().items()):
+            retried.add_metric([database, code], count)
+        exhausted = CounterMetricFamily(
+            "cellgate_db_conflict_exhausted",
+            "Write transactions refused as a conflict on every attempt (nothing written).",
+            labels=["database"],
+        )
+        for database, count in sorted(self._retries.exhausted_counts().items()):
+            exhausted.add_metric([database], count)
+        yield retried
+        yield exhausted
+
+
 def cell_failed(exc: BaseException) -> bool:
     """Whether ``exc`` means the cell did not serve the work.
 
@@ -91,7 +121,12 @@ def cell_failed(exc: BaseException) -> bool:
 
 
 class Metrics:
-    def __init__(self, cache: MappingCache, breakers: BreakerRegistry | None = None) -> None:
+    def __init__(
+        self,
+        cache: MappingCache,
+        breakers: BreakerRegistry | None = None,
+        retries: RetryStats | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "cellgate_cell_request_seconds",
@@ -114,6 +149,8 @@ class Metrics:
         self.registry.register(_CacheCollector(cache))
         if breakers is not None:
             self.registry.register(_BreakerCollector(breakers))
+        if retries is not None:
+            self.registry.register(_RetryCollector(retries))
 
     @contextmanager
     def timed(self, cell: CellMapping, op: str) -> Iterator[None]:

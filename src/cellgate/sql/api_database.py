@@ -11,9 +11,10 @@ handle uses for its schema check.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +26,9 @@ from cellgate.keyring import SESSION_INFO_KEY, KeyRing
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
 from cellgate.migrations.runner import Applied, MigrationLine, apply, current, head
 from cellgate.sql.engines import make_engine, translate_errors
+from cellgate.sql.retry import RetryPolicy, RetryStats, run_transaction
+
+T = TypeVar("T")
 
 
 class ApiDatabase:
@@ -35,8 +39,11 @@ class ApiDatabase:
     the keys of the process that opened the session, and with no others.
     """
 
-    def __init__(self, settings: ApiDatabaseSettings) -> None:
+    def __init__(self, settings: ApiDatabaseSettings, retries: RetryStats | None = None) -> None:
         self.settings = settings
+        #: Conflict retries of :meth:`write` (the App shares one with its cell sessions).
+        self.retries = retries if retries is not None else RetryStats()
+        self.retry_policy = RetryPolicy(attempts=settings.conflict_attempts)
         self.keyring = KeyRing(settings.encryption_keys)
         #: The subject of its errors; ``address`` (the masked URL) is kept apart
         #: so that API clients are not told where it lives.
@@ -73,6 +80,35 @@ class ApiDatabase:
         ):
             session.info[SESSION_INFO_KEY] = self.keyring
             yield session
+
+    def write(
+        self,
+        transaction: Callable[[Session], T],
+        *,
+        on_retry: Callable[[int, str], None] | None = None,
+    ) -> T:
+        """Run ``transaction(session)`` in a fresh transaction, whole again on a conflict.
+
+        Every API database write goes through here (``cellgate.sql.retry``
+        says why whole, and what ``transaction`` may do). ``on_retry`` is
+        for tests.
+
+        :raises TransactionConflict: refused as a conflict on every attempt
+            (``[api_database] conflict_attempts``); nothing was written.
+        """
+
+        def attempt() -> T:
+            with self.session() as session:
+                return transaction(session)
+
+        return run_transaction(
+            attempt,
+            component=self.subject,
+            database="api",
+            policy=self.retry_policy,
+            stats=self.retries,
+            on_retry=on_retry,
+        )
 
     def create_file(self) -> None:
         """For a SQLite API database: create its directory and empty file if missing.
