@@ -28,6 +28,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--quick", action="store_true", help="fewer samples: under 45 s on SQLite + memory"
     )
+    run.add_argument(
+        "--rabbit-cluster",
+        action="store_true",
+        help="also start a 3-node RabbitMQ cluster on loopback (tests/ha/rabbit.py) and "
+        "kill a node during casts (rabbit_node_loss_casts_lost; about 2 minutes)",
+    )
     run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     run.add_argument("--plot", metavar="DIR", help="also write PNG plots (needs matplotlib)")
     return p

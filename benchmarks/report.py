@@ -60,6 +60,7 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "api_show_over_healthz_nodelay": ("x", False),
     "cli_version_ms": ("ms", True),
     "cli_startup_over_import_sqlalchemy": ("x", True),
+    "rabbit_node_loss_casts_lost": ("casts", True),
 }
 
 
