@@ -103,7 +103,9 @@ class Outcome:
 
 
 @contextlib.contextmanager
-def cell_app(cluster: RabbitCluster, tmp_path: Path) -> Iterator[tuple[App, str]]:
+def cell_app(
+    cluster: RabbitCluster, tmp_path: Path, queue_type: str = "quorum"
+) -> Iterator[tuple[App, str]]:
     """An ``App`` with one cell ``h`` on a fresh vhost of ``cluster`` (removed after)."""
     vhost = f"cgha-{uuid.uuid4().hex[:10]}"
     cluster.add_vhost(vhost)
@@ -111,7 +113,7 @@ def cell_app(cluster: RabbitCluster, tmp_path: Path) -> Iterator[tuple[App, str]
     conf.write_text(
         f"[api_database]\nconnection = sqlite:///{tmp_path}/api.sqlite\n"
         "[DEFAULT]\nrpc_response_timeout = 5\n"
-        "[rpc]\nconnect_timeout = 2\nheartbeat = 5\nqueue_type = quorum\n"
+        f"[rpc]\nconnect_timeout = 2\nheartbeat = 5\nqueue_type = {queue_type}\n"
         "[cells]\nbreaker_threshold = 0\n",
         encoding="utf-8",
     )

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from cellgate import App
+from cellgate import App, CellUnavailable, RequestContext, RPCClient, RPCTimeout, Target
 from tests.ha import rabbit, rabbit_drill
 from tests.ha.rabbit import RabbitCluster
+from tests.ha.rabbit_drill import Ledger
 from tests.support import unavailable
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -61,3 +62,46 @@ def test_killing_the_queue_leader_loses_no_confirmed_cast_and_calls_resume(
     assert outcome.lost == 0
     assert outcome.reconnects >= 1  # the server's node died: it re-declared and re-consumed
     assert outcome.consuming
+
+
+def test_a_classic_topic_queue_is_unavailable_while_its_node_is_down(
+    rabbit_cluster: RabbitCluster, tmp_path: Path
+) -> None:
+    """Why quorum: under ``queue_type = classic`` the topic queue lives on one node.
+
+    With that node killed, calls get no answer however often they are tried
+    (the queue is down, not moved), and the server cannot consume from it on
+    another node; once the node is back, the same server answers again.
+    """
+    with rabbit_drill.cell_app(rabbit_cluster, tmp_path, "classic") as (app, vhost):
+        srv = app.rpc.server(
+            app.cells.get(rabbit_drill.CTX, "h"), Target(rabbit_drill.TOPIC), [Ledger()]
+        ).start()
+        victim = None
+        try:
+            assert srv._listener.ready.wait(30)  # type: ignore[attr-defined]
+            victim = rabbit_cluster.node(rabbit_cluster.queue_node(vhost, rabbit_drill.QUEUE))
+            with app.target_cell(RequestContext(), "h") as cctx:
+                client = app.rpc.client(cctx, Target(rabbit_drill.TOPIC)).prepare(timeout=2)
+                assert client.call("ping") == "pong"
+                victim.kill()
+                outcomes = []
+                for _ in range(5):
+                    try:
+                        outcomes.append(client.call("ping"))
+                    except (RPCTimeout, CellUnavailable) as exc:
+                        outcomes.append(type(exc).__name__)
+                assert "pong" not in outcomes, outcomes
+                rabbit_cluster.restart(victim)
+                assert rabbit_drill.until(lambda: _answers(client), 120)
+        finally:
+            srv.stop()
+            if victim is not None and not victim.running:
+                rabbit_cluster.restart(victim)
+
+
+def _answers(client: RPCClient) -> bool:
+    try:
+        return bool(client.call("ping") == "pong")
+    except (RPCTimeout, CellUnavailable):
+        return False
