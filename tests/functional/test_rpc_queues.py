@@ -25,7 +25,7 @@ from cellgate.apidb.mappings import create_cell
 from cellgate.rpc.amqp.rabbit import kombu_urls
 from cellgate.rpc.server import RPCServer
 from cellgate.sql.api_database import ApiDatabase
-from cellgate.urls import TemplateDefaults, TransportURL
+from cellgate.urls import TemplateDefaults, TransportURL, url_passwords
 from tests.support import Broker
 
 pytestmark = pytest.mark.backends
@@ -170,8 +170,10 @@ def test_an_unroutable_cast_is_refused_under_quorum_and_dropped_under_classic(
 ) -> None:
     """No server ever declared the topic: classic drops the cast as before; quorum says so."""
     if cell.app.settings.rpc.queue_type == "quorum":
-        with pytest.raises(CellUnavailable, match="NO_ROUTE"):
+        with pytest.raises(CellUnavailable, match="NO_ROUTE") as info:
             cell.cast(1)
+        for secret in url_passwords(cell.url):  # a new error path: masked like every other
+            assert secret not in str(info.value) and secret not in repr(info.value)
     else:
         cell.cast(1)
     cell.cast(2, fanout=True)  # fanout casts are fire and forget under both
@@ -206,3 +208,5 @@ def test_the_transient_queues_of_earlier_releases_are_replaced_when_empty_and_un
                 srv.stop()
     queue_type = cell.app.settings.rpc.queue_type
     assert (cell.queues()[name]["durable"], cell.queues()[name]["type"]) == ("true", queue_type)
+    for secret in url_passwords(cell.url):  # the new error log line names no password
+        assert secret not in caplog.text
