@@ -40,6 +40,12 @@ def parser() -> argparse.ArgumentParser:
         help="also start a 3-node Galera cluster (as root; tests/ha/galera.py) for the "
         "galera_* and retry figures (otherwise null)",
     )
+    run.add_argument(
+        "--rabbit-cluster",
+        action="store_true",
+        help="also start a 3-node RabbitMQ cluster on loopback (tests/ha/rabbit.py) and "
+        "kill a node during casts (rabbit_node_loss_casts_lost; about 2 minutes)",
+    )
     run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     run.add_argument("--plot", metavar="DIR", help="also write PNG plots (needs matplotlib)")
     return p

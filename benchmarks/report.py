@@ -74,6 +74,7 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "galera_two_writer_success": ("fraction", False),
     "galera_two_writer_success_without_retry": ("fraction", False),
     "retry_attempts_per_100_writes": ("retries", True),
+    "rabbit_node_loss_casts_lost": ("casts", True),
 }
 
 

@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,6 +165,36 @@ class Phases:
 
         self.step("PostgreSQL failover (primary + standby)", (name,), measure)
 
+    def rabbit_cluster(self) -> None:
+        name = "rabbit_node_loss_casts_lost"
+        if not self.args.rabbit_cluster:
+            self.report.put(
+                name, None, note="needs --rabbit-cluster (a 3-node RabbitMQ cluster it starts)"
+            )
+            return
+
+        def measure() -> None:
+            # The cluster and the drill are the cluster tests' own (tests/ha/).
+            from tests.ha import rabbit, rabbit_drill
+
+            why = rabbit.available()
+            if why is not None:
+                raise RuntimeError(why)
+            with (
+                rabbit.running_cluster() as cluster,
+                tempfile.TemporaryDirectory(prefix="cgbench-") as tmp,
+                rabbit_drill.cell_app(cluster, Path(tmp)) as (app, vhost),
+            ):
+                outcome = rabbit_drill.kill_leader_during_loop(cluster, app, vhost)
+                started = cluster.startup_seconds
+            self.report.put(
+                name,
+                outcome.lost,
+                note=f"{outcome.summary()}; cluster started in {started:.0f}s",
+            )
+
+        self.step("RabbitMQ cluster: SIGKILL of the quorum queue's leader", (name,), measure)
+
     def show_point(self, app: App, d: Deployment, cells: int) -> Any:
         pair = routing.show(app, d, self.plan)
         points = self.report.series.setdefault(
@@ -188,6 +219,7 @@ class Phases:
     def run(self) -> None:
         self.cli_startup()
         self.failover()
+        self.rabbit_cluster()
         self.progress.step(f"setting up {self.backend} + {self.args.transport}")
         with Deployment.create(self.backend, self.args.transport) as d:
             with App(d.settings) as app:
@@ -633,6 +665,7 @@ def set_goals(report: Report) -> None:
     report.goal("rpc_call_over_raw_kombu", "<= 1.3", lambda v: v <= 1.3)
     report.goal("rpc_call_over_oslo_messaging", "<= 0.5", lambda v: v <= 0.5)
     report.goal("api_show_over_healthz", ">= 0.6", lambda v: v >= 0.6)
+    report.goal("rabbit_node_loss_casts_lost", "= 0", lambda v: v == 0)
     report.goal("api_show_over_healthz_nodelay", ">= 0.5 (what-if)", lambda v: v >= 0.5)
     report.goal("cli_startup_over_import_sqlalchemy", "<= 2.0", lambda v: v <= 2.0)
     report.goal("galera_two_writer_success", "= 1.0", lambda v: v == 1.0)

@@ -63,7 +63,13 @@ def _rabbit_factory(rpc: RPCSettings) -> TransportFactory:
     def make(url: TransportURL) -> Transport:
         from cellgate.rpc.amqp.rabbit import RabbitTransport
 
-        return RabbitTransport(url, connect_timeout=rpc.connect_timeout, heartbeat=rpc.heartbeat)
+        return RabbitTransport(
+            url,
+            connect_timeout=rpc.connect_timeout,
+            heartbeat=rpc.heartbeat,
+            queue_type=rpc.queue_type,
+            confirm_timeout=rpc.response_timeout,
+        )
 
     return make
 

@@ -56,6 +56,9 @@ DEFAULT_CELL_TIMEOUT: Final = 5.0
 DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
 DEFAULT_SERVICE_DOWN_TIME: Final = 30.0
 SCHEDULER_POLICIES: Final = ("fewest_instances", "round_robin")
+#: RabbitMQ queue types for topic queues; the first is the default (see
+#: docs/deployment.md "Production topology" for why classic).
+QUEUE_TYPES: Final = ("classic", "quorum")
 EMBEDDED_TRANSPORT: Final = "memory://cellgate"
 
 
@@ -124,6 +127,15 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Broker connections (one per transport URL) a process keeps for clients at most; "
         "the least recently used is closed beyond that.",
         "int",
+    ),
+    Option(
+        "rpc",
+        "queue_type",
+        QUEUE_TYPES[0],
+        "RabbitMQ type of the (durable) topic queues: classic or quorum. quorum needs "
+        "RabbitMQ 3.8+ and replicates each topic queue over the cluster's nodes; a cast "
+        "then returns only once the broker has confirmed it (at-least-once delivery). "
+        "Changing it needs the topic queues empty and unused; see docs/operations.md.",
     ),
     Option(
         "api",
@@ -390,6 +402,7 @@ class RPCSettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     heartbeat: int = DEFAULT_HEARTBEAT
     max_transports: int = DEFAULT_MAX_TRANSPORTS
+    queue_type: str = QUEUE_TYPES[0]
 
 
 @dataclass(frozen=True)
@@ -554,6 +567,7 @@ def _build(
             connect_timeout=get.number("rpc", "connect_timeout"),
             heartbeat=get.count("rpc", "heartbeat"),
             max_transports=get.count("rpc", "max_transports"),
+            queue_type=get.choice("rpc", "queue_type", QUEUE_TYPES),
         ),
         service=ServiceSettings(
             listen=get.text("api", "listen") or "127.0.0.1",

@@ -71,10 +71,22 @@ class Recorder:
         return "must not be callable"
 
 
-@pytest.fixture(params=["memory", pytest.param("rabbit", marks=pytest.mark.backends)])
-def transport_url(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("rabbit", marks=pytest.mark.backends),
+        pytest.param("rabbit-quorum", marks=pytest.mark.backends),
+    ]
+)
+def rpc_mode(request: pytest.FixtureRequest) -> str:
+    """The transport, and for RabbitMQ the ``[rpc] queue_type`` (classic or quorum)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def transport_url(request: pytest.FixtureRequest, rpc_mode: str) -> Iterator[Callable[[], str]]:
     """Makes a fresh, isolated transport URL per call (one broker per cell)."""
-    if request.param == "memory":
+    if rpc_mode == "memory":
         counter = iter(range(1000))
         yield lambda: f"memory://b{next(counter)}-{id(request)}"
         return
@@ -112,11 +124,15 @@ def _wait_ready(srv: object) -> None:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, transport_url: Callable[[], str]) -> Iterator[Deployment]:
+def deployment(
+    tmp_path: Path, transport_url: Callable[[], str], rpc_mode: str
+) -> Iterator[Deployment]:
+    queue_type = "quorum" if rpc_mode == "rabbit-quorum" else "classic"
     conf = tmp_path / "c.conf"
     conf.write_text(
         f"[api_database]\nconnection = sqlite:///{tmp_path}/api.sqlite\n"
-        "[DEFAULT]\nrpc_response_timeout = 10\n[rpc]\nconnect_timeout = 2\n",
+        "[DEFAULT]\nrpc_response_timeout = 10\n"
+        f"[rpc]\nconnect_timeout = 2\nqueue_type = {queue_type}\n",
         encoding="utf-8",
     )
     settings = load_settings(conf)

@@ -523,3 +523,19 @@ def test_negative_idle_grace_is_a_config_error(tmp_path: Path, home: Path, value
     conf = write(tmp_path / "c.conf", f"[cells]\nidle_grace = {value}\n")
     with pytest.raises(ConfigError, match="idle_grace must be a number of at least 0"):
         load_settings(conf, {"HOME": str(home)})
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", "classic"), ("quorum", "quorum")])
+def test_rpc_queue_type_defaults_to_classic(
+    tmp_path: Path, home: Path, text: str, expected: str
+) -> None:
+    conf = write(tmp_path / "c.conf", f"[rpc]\nqueue_type = {text}\n")
+    assert load_settings(conf, {"HOME": str(home)}).rpc.queue_type == expected
+    assert "queue_type = classic" in sample_config()
+
+
+def test_an_unknown_rpc_queue_type_is_a_config_error(tmp_path: Path, home: Path) -> None:
+    conf = write(tmp_path / "c.conf", "[rpc]\nqueue_type = stream\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(conf, {"HOME": str(home)})
+    assert "[rpc] queue_type must be one of classic, quorum, got 'stream'" in str(info.value)

@@ -1,20 +1,25 @@
 """The RabbitMQ driver: kombu (py-amqp) under the :class:`Transport` seam.
 
-Layout on the broker, per vhost (one vhost per cell is the recommended setup):
-
-- direct exchange ``cellgate``; queue ``cellgate:TOPIC`` bound with key
-  ``TOPIC`` (shared by the topic's servers: round robin) and queue
-  ``cellgate:TOPIC:SERVER`` bound with ``TOPIC:SERVER``;
-- fanout exchange ``cellgate:TOPIC:fanout``; each server binds an exclusive,
-  auto-deleted queue to it.
-
-Names are joined with ``:``, which a topic or server name cannot contain, so
-topic ``a.b`` with server ``c`` never meets topic ``a.b.c``.
+The queues and exchanges are in :mod:`cellgate.rpc.amqp.queues`.
 
 Calls wait for their reply on RabbitMQ's *direct reply-to*
 (``amq.rabbitmq.reply-to``): no reply queue is declared per caller, and the
 request carries an expiration equal to its timeout so an unanswered request
 does not linger. Call channels are pooled (one call per channel at a time).
+
+Casts are persistent messages (delivery mode 2) in durable queues, so on a
+single broker they survive its restart; call requests are transient.
+**Casts in quorum mode** (``[rpc] queue_type = quorum``) to a topic queue
+are also ``mandatory`` and confirmed: ``cast``
+returns only once the broker has confirmed the message (for a quorum queue:
+written on a majority of its nodes), and raises when it was refused, returned
+as unroutable (no server has ever declared the queue), or not confirmed
+within the confirm timeout (``[DEFAULT] rpc_response_timeout``). Confirms use
+a channel of their own, so an acknowledgement is never mistaken for another
+message's. Fanout casts, and every cast in classic mode, are fire and forget.
+A server acknowledges a message as it takes it (at-most-once per delivery); a
+broker node that dies before it saw that acknowledgement delivers the message
+again, so a confirmed cast is delivered at least once, perhaps twice.
 
 Every wait is bounded: connect timeout, reply timeout, and ``drain_events``
 slices of at most one second between which heartbeats are checked. A server's
@@ -36,19 +41,20 @@ import uuid
 from typing import Any, Final
 from urllib.parse import quote
 
+from amqp.exceptions import MessageNacked
 from kombu.connection import Connection
-from kombu.entity import Exchange, Queue
+from kombu.entity import Queue
 from kombu.messaging import Consumer, Producer
 
 from cellgate.errors import BackendUnavailable
 from cellgate.rpc.amqp.broker import DEFAULT_AMQP_PORT, describe_amqp_error
+from cellgate.rpc.amqp.queues import QUORUM, QueueMismatch, declare, routing, server_queues
 from cellgate.rpc.target import Target
 from cellgate.rpc.transport import Incoming, Listener, OnMessage, Transport
 from cellgate.urls import TransportURL
 
 log = logging.getLogger(__name__)
 
-EXCHANGE: Final = "cellgate"
 REPLY_TO: Final = "amq.rabbitmq.reply-to"
 MAX_IDLE_CHANNELS: Final = 8
 _BACKOFF_START: Final = 0.5
@@ -79,11 +85,23 @@ def connect(conn: Connection, hosts: int) -> None:
 
 
 class RabbitTransport(Transport):
-    def __init__(self, url: TransportURL, *, connect_timeout: float, heartbeat: int) -> None:
+    def __init__(
+        self,
+        url: TransportURL,
+        *,
+        connect_timeout: float,
+        heartbeat: int,
+        queue_type: str = "classic",
+        confirm_timeout: float = 60.0,
+    ) -> None:
         self._url = url
         self._kombu_url = kombu_urls(url)
         self._connect_timeout = connect_timeout
         self._heartbeat = heartbeat
+        self.queue_type = queue_type
+        #: Casts to topic queues are persistent and confirmed (quorum mode).
+        self.confirmed_casts = queue_type == QUORUM
+        self.confirm_timeout = confirm_timeout
         #: The brokers, by host and port only; in errors, apart from the subject.
         self.address = ",".join(f"{h.hostname}:{h.port or DEFAULT_AMQP_PORT}" for h in url.hosts)
         self.label = f"transport {self.address}"
@@ -146,7 +164,10 @@ class RabbitTransport(Transport):
         return result
 
     def cast(self, target: Target, body: bytes) -> None:
-        self._with_channel(lambda ch: ch.publish(target, body, reply=False, timeout=None))
+        if self.confirmed_casts and not target.fanout:
+            self._with_channel(lambda ch: ch.publish_confirmed(target, body))
+        else:
+            self._with_channel(lambda ch: ch.publish(target, body, reply=False, timeout=None))
 
     def listen(self, target: Target, on_message: OnMessage) -> Listener:
         return _RabbitListener(self, target, on_message)
@@ -167,13 +188,6 @@ class _StaleConnection(Exception):
     """A pooled connection died while idle; the operation may be retried."""
 
 
-def _routing(target: Target) -> tuple[Exchange, str]:
-    if target.fanout:
-        return Exchange(f"{EXCHANGE}:{target.topic}:fanout", type="fanout", durable=False), ""
-    key = f"{target.topic}:{target.server}" if target.server else target.topic
-    return Exchange(EXCHANGE, type="direct", durable=False), key
-
-
 class _CallChannel:
     """One connection + channel + reply consumer; used by one call at a time."""
 
@@ -184,6 +198,8 @@ class _CallChannel:
         self._waiting: str | None = None
         self._reply: bytes | None = None
         self._consumer: Consumer | None = None
+        self._confirm_channel: Any = None
+        self._returned: list[str] = []
         try:
             connect(self._conn, self._transport.host_count)
             self._channel = self._conn.channel()
@@ -196,7 +212,7 @@ class _CallChannel:
         return tuple(self._conn.connection_errors) + tuple(self._conn.channel_errors)
 
     def publish(self, target: Target, body: bytes, *, reply: bool, timeout: float | None) -> str:
-        exchange, key = _routing(target)
+        exchange, key = routing(target)
         correlation_id = uuid.uuid4().hex
         headers: dict[str, Any] = {}
         if reply:
@@ -213,12 +229,57 @@ class _CallChannel:
                 routing_key=key,
                 content_type="application/json",
                 content_encoding="utf-8",
+                # Casts persist in a durable queue; a call is useless past its timeout.
+                delivery_mode=1 if reply else 2,
                 retry=False,
                 **headers,
             )
         except self._errors() as exc:
             raise _StaleConnection() from exc
         return correlation_id
+
+    def publish_confirmed(self, target: Target, body: bytes) -> None:
+        """Publish a persistent, mandatory message and wait for the broker's confirm."""
+        exchange, key = routing(target)
+        try:
+            channel = self._confirm_channel
+            if channel is None:
+                channel = self._conn.channel()
+                channel.events["basic_return"].add(self._on_return)
+                exchange(channel).declare()
+                self._confirm_channel = channel
+            message = channel.prepare_message(
+                body,
+                content_type="application/json",
+                content_encoding="utf-8",
+                properties={"delivery_mode": 2},
+            )
+        except self._errors() as exc:
+            raise _StaleConnection() from exc
+        self._returned.clear()
+        timeout = self._transport.confirm_timeout
+        try:
+            # A connection that dies before the confirm may or may not have
+            # stored the message: the error reaches the caller, no retry here.
+            channel.basic_publish_confirm(
+                message,
+                exchange=exchange.name,
+                routing_key=key,
+                mandatory=True,
+                confirm_timeout=timeout,
+            )
+        except TimeoutError as exc:
+            self._confirm_channel = None  # a late confirm must not answer the next cast
+            raise self._transport.unavailable(
+                TimeoutError(f"no confirm from the broker within {timeout:g}s")
+            ) from exc
+        except (*self._errors(), MessageNacked) as exc:
+            raise self._transport.unavailable(exc) from exc
+        if self._returned:
+            raise self._transport.unavailable(RuntimeError(self._returned[0]))
+
+    def _on_return(self, exc: BaseException, exchange: str, key: str, _message: Any) -> None:
+        self._returned.append(f"{describe_amqp_error(exc)} (routing key {key!r})")
 
     def call(self, target: Target, body: bytes, timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
@@ -289,29 +350,7 @@ class _RabbitListener(Listener):
         self._thread.start()
 
     def _queues(self) -> list[Queue]:
-        topic, server = self._target.topic, self._target.server
-        direct = Exchange(EXCHANGE, type="direct", durable=False)
-        queues = [Queue(f"{EXCHANGE}:{topic}", direct, routing_key=topic, durable=False)]
-        if server:
-            queues.append(
-                Queue(
-                    f"{EXCHANGE}:{topic}:{server}",
-                    direct,
-                    routing_key=f"{topic}:{server}",
-                    durable=False,
-                )
-            )
-        fanout = Exchange(f"{EXCHANGE}:{topic}:fanout", type="fanout", durable=False)
-        queues.append(
-            Queue(
-                f"{EXCHANGE}:{topic}:fanout:{uuid.uuid4().hex[:12]}",
-                fanout,
-                durable=False,
-                exclusive=True,
-                auto_delete=True,
-            )
-        )
-        return queues
+        return server_queues(self._target, self._transport.queue_type)
 
     def _run(self) -> None:
         backoff = _BACKOFF_START
@@ -319,9 +358,12 @@ class _RabbitListener(Listener):
             conn = self._transport.connection()
             try:
                 connect(conn, self._transport.host_count)
-                channel = conn.channel()
+                queues = self._queues()
+                channel = declare(conn, queues)
                 channel.basic_qos(0, 16, False)
-                with Consumer(channel, queues=self._queues(), on_message=self._deliver):
+                with Consumer(
+                    channel, queues=queues, on_message=self._deliver, auto_declare=False
+                ):
                     self.ready.set()
                     backoff = _BACKOFF_START
                     while not self._stopping.is_set():
@@ -333,7 +375,9 @@ class _RabbitListener(Listener):
                     break
                 self.ready.clear()
                 self.reconnects += 1
-                log.warning(
+                level = logging.ERROR if isinstance(exc, QueueMismatch) else logging.WARNING
+                log.log(
+                    level,
                     "%s: consumer for %s lost (%s); reconnecting in %.1fs",
                     self._transport.label,
                     self._target,
