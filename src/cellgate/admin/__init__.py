@@ -39,11 +39,16 @@ db sync/version        :func:`sync_cells`, :func:`cell_versions`
 host discover          :func:`discover_hosts`
 host list/delete       :func:`list_hosts`, :func:`delete_host`
 quickstart             :func:`quickstart`
+db archive-deleted     :func:`archive_deleted`
+db purge               :func:`purge_deleted`
 =====================  ===================================
 """
 
 from __future__ import annotations
 
+from cellgate.admin import archive as archive
+from cellgate.admin.archive import archive_deleted as archive_deleted
+from cellgate.admin.archive import purge_deleted as purge_deleted
 from cellgate.admin.cells import Cell0Mapping as Cell0Mapping
 from cellgate.admin.cells import DeletedCell as DeletedCell
 from cellgate.admin.cells import cell_history as cell_history
@@ -89,6 +94,8 @@ __all__ = [
     "ResealReport",
     "VersionInfo",
     "api_version",
+    "archive",
+    "archive_deleted",
     "cell_history",
     "cell_versions",
     "create_cell",
@@ -102,6 +109,7 @@ __all__ = [
     "list_hosts",
     "map_cell0",
     "preview_update",
+    "purge_deleted",
     "quickstart",
     "reseal_cells",
     "rotate_key",
