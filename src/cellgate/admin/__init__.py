@@ -41,6 +41,7 @@ host list/delete       :func:`list_hosts`, :func:`delete_host`
 quickstart             :func:`quickstart`
 db archive-deleted     :func:`archive_deleted`
 db purge               :func:`purge_deleted`
+upgrade check          :func:`upgrade_check`
 =====================  ===================================
 """
 
@@ -78,6 +79,8 @@ from cellgate.admin.migrate import cell_versions as cell_versions
 from cellgate.admin.migrate import sync_api as sync_api
 from cellgate.admin.migrate import sync_cells as sync_cells
 from cellgate.admin.quickstart import quickstart as quickstart
+from cellgate.admin.upgrade import UpgradeReport as UpgradeReport
+from cellgate.admin.upgrade import upgrade_check as upgrade_check
 from cellgate.admin.verify import CellReport as CellReport
 from cellgate.admin.verify import Check as Check
 from cellgate.admin.verify import verify_cells as verify_cells
@@ -92,6 +95,7 @@ __all__ = [
     "DeletedHost",
     "HostDiscovery",
     "ResealReport",
+    "UpgradeReport",
     "VersionInfo",
     "api_version",
     "archive",
@@ -117,5 +121,6 @@ __all__ = [
     "sync_api",
     "sync_cells",
     "update_cell",
+    "upgrade_check",
     "verify_cells",
 ]

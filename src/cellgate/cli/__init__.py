@@ -42,6 +42,7 @@ COMMANDS = {
     "cell": "cellgate.cli.cells:cell",
     "host": "cellgate.cli.hosts:host",
     "quickstart": "cellgate.cli.misc:quickstart",
+    "upgrade": "cellgate.cli.upgrade:upgrade",
     "serve": "cellgate.cli.serve:serve",
     "all-in-one": "cellgate.cli.serve:all_in_one",
     "demo": "cellgate.cli.serve:demo",
