@@ -472,6 +472,12 @@ def test_every_cli_command_hides_every_password(tmp_path: Path, scanner: Scanner
     for dead in ("deadmy", "deadpg", "long", "tpl", "cell0"):
         w.every_way("db", "sync", "--cell", dead, expect=5)
     w.every_way("db", "version", "--cell", "nope", expect=3)
+    # archive and purge: dead cells are reported per cell, with their (masked) errors
+    w.every_way("db", "archive-deleted", "--all-cells", expect=5)
+    w.every_way("db", "archive-deleted", "--all-cells", "--dry-run", expect=5)
+    w.every_way("db", "archive-deleted", "--cell", "deadpg", "--cell", "good1", expect=5)
+    w.every_way("db", "purge", "--all-cells", "--before", "2030-01-01", expect=5)
+    w.every_way("upgrade", "check", expect=2)  # dead cells fail their checks, masked
 
     w.every_way("cell", "list")
     w.every_way("cell", "list", "--enabled-only")

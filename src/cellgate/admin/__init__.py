@@ -41,11 +41,17 @@ host list/delete       :func:`list_hosts`, :func:`delete_host`
 instance move          :func:`move_instance`, :func:`resume_move`, :func:`rollback_move`
 cell drain             :func:`drain_cell`
 quickstart             :func:`quickstart`
+db archive-deleted     :func:`archive_deleted`
+db purge               :func:`purge_deleted`
+upgrade check          :func:`upgrade_check`
 =====================  ===================================
 """
 
 from __future__ import annotations
 
+from cellgate.admin import archive as archive
+from cellgate.admin.archive import archive_deleted as archive_deleted
+from cellgate.admin.archive import purge_deleted as purge_deleted
 from cellgate.admin.cells import Cell0Mapping as Cell0Mapping
 from cellgate.admin.cells import DeletedCell as DeletedCell
 from cellgate.admin.cells import cell_history as cell_history
@@ -81,6 +87,8 @@ from cellgate.admin.move import resume_move as resume_move
 from cellgate.admin.move import rollback_move as rollback_move
 from cellgate.admin.move import show_move as show_move
 from cellgate.admin.quickstart import quickstart as quickstart
+from cellgate.admin.upgrade import UpgradeReport as UpgradeReport
+from cellgate.admin.upgrade import upgrade_check as upgrade_check
 from cellgate.admin.verify import CellReport as CellReport
 from cellgate.admin.verify import Check as Check
 from cellgate.admin.verify import verify_cells as verify_cells
@@ -96,8 +104,11 @@ __all__ = [
     "DrainReport",
     "HostDiscovery",
     "ResealReport",
+    "UpgradeReport",
     "VersionInfo",
     "api_version",
+    "archive",
+    "archive_deleted",
     "cell_history",
     "cell_versions",
     "create_cell",
@@ -113,6 +124,7 @@ __all__ = [
     "map_cell0",
     "move_instance",
     "preview_update",
+    "purge_deleted",
     "quickstart",
     "reseal_cells",
     "resume_move",
@@ -123,5 +135,6 @@ __all__ = [
     "sync_api",
     "sync_cells",
     "update_cell",
+    "upgrade_check",
     "verify_cells",
 ]

@@ -8,6 +8,17 @@ extends it through new revisions of the cell line.
 belong to an instance: moving an instance to another cell copies them and
 archiving a deleted instance moves them with it. A new per-instance table is
 added there, or ``tests/unit/test_cell_schema.py`` fails.
+
+Each of those tables has a *shadow* table (:data:`SHADOW`, ``shadow_<name>``)
+with the same columns and types: ``cellgate db archive-deleted`` moves a
+soft-deleted instance and its rows there, ``cellgate db purge`` deletes them
+for good. Shadow tables are derived here from their source tables, so a
+column added to a model without adding it to the shadow table in the same
+revision is drift that ``tests/migrations/test_lines.py`` (models against
+migrations) and ``tests/migrations/test_shadow_tables.py`` (shadow against
+source, on every backend) report. Shadow tables keep the primary key (a row
+is archived once) but no unique constraint and no foreign key: an archived
+row never blocks a live one, and a purge deletes in any order.
 """
 
 from __future__ import annotations
@@ -15,7 +26,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Final
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, false, text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cellgate.dbtypes import Timestamp, new_metadata, utcnow
@@ -93,3 +115,39 @@ PER_INSTANCE: Final[tuple[tuple[type[CellBase], str], ...]] = (
     (InstanceRow, "uuid"),
     (InstanceActionRow, "instance_uuid"),
 )
+
+
+#: The prefix of every shadow table's name.
+SHADOW_PREFIX: Final = "shadow_"
+
+#: Indexes a shadow table has, beyond its primary key: what archive and purge
+#: look rows up by (the instance, and the age of a deleted instance).
+_SHADOW_INDEXES: Final = {
+    "instances": ("deleted_at", "uuid"),
+    "instance_actions": ("instance_uuid",),
+}
+
+
+def _shadow_of(source: Table) -> Table:
+    columns = [
+        Column(
+            c.name,
+            c.type,
+            primary_key=c.primary_key,
+            autoincrement=False,
+            nullable=c.nullable or False,
+        )
+        for c in source.columns
+    ]
+    indexes = [
+        Index(f"ix_{SHADOW_PREFIX}{source.name}_{name}", name)
+        for name in _SHADOW_INDEXES.get(source.name, ())
+    ]
+    return Table(SHADOW_PREFIX + source.name, CellBase.metadata, *columns, *indexes)
+
+
+#: Source table name -> its shadow table, for every table in :data:`PER_INSTANCE`.
+SHADOW: Final[dict[str, Table]] = {
+    model.__tablename__: _shadow_of(CellBase.metadata.tables[model.__tablename__])
+    for model, _ in PER_INSTANCE
+}

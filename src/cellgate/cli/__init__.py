@@ -43,6 +43,7 @@ COMMANDS = {
     "host": "cellgate.cli.hosts:host",
     "instance": "cellgate.cli.moves:instance",
     "quickstart": "cellgate.cli.misc:quickstart",
+    "upgrade": "cellgate.cli.upgrade:upgrade",
     "serve": "cellgate.cli.serve:serve",
     "all-in-one": "cellgate.cli.serve:all_in_one",
     "demo": "cellgate.cli.serve:demo",

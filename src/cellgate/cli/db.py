@@ -144,3 +144,14 @@ def _finish(outcomes: list[admin.DatabaseOutcome], as_json: bool) -> None:
     if failures:
         click.get_current_context().exit(exit_code_for(failures[0]))
     click.get_current_context().exit(ExitCode.OK)
+
+
+def _register_lifecycle() -> None:
+    # Kept in their own module for size; imported here so `cellgate db` lists them.
+    from cellgate.cli.archive import archive_deleted, purge
+
+    db.add_command(archive_deleted)
+    db.add_command(purge)
+
+
+_register_lifecycle()
