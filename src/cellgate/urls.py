@@ -51,6 +51,10 @@ NO_TRANSPORT: Final = "none:///"
 TEMPLATE_FIELDS: Final = frozenset(
     {"scheme", "username", "password", "hostname", "port", "path", "query", "fragment"}
 )
+#: Per-host placeholders of a multi-host default URL, numbered from 1 (Nova's
+#: ``{username1}``, ``{hostname2}`` ...): ``{hostname1}`` is the first host's.
+INDEXED_FIELDS: Final = frozenset({"username", "password", "hostname", "port"})
+_INDEXED_RE: Final = re.compile(r"^(username|password|hostname|port)([1-9][0-9]*)$")
 # Fields that may be empty in the default URL without making the result wrong.
 _OPTIONAL_FIELDS: Final = frozenset({"path", "query", "fragment"})
 
@@ -142,8 +146,12 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY_RE.search(unquote_plus(key)))
 
 
+def _is_field(name: str) -> bool:
+    return name in TEMPLATE_FIELDS or _INDEXED_RE.match(name) is not None
+
+
 def _is_placeholder(value: str) -> bool:
-    return value.startswith("{") and value.endswith("}") and value[1:-1] in TEMPLATE_FIELDS
+    return value.startswith("{") and value.endswith("}") and _is_field(value[1:-1])
 
 
 def _split(raw: str) -> _Parts | None:
@@ -638,7 +646,10 @@ def expand(template: str, default: str | None, *, option: str) -> str:
     ``template`` may use ``{scheme}``, ``{username}``, ``{password}``,
     ``{hostname}``, ``{port}``, ``{path}``, ``{query}`` and ``{fragment}``,
     filled from ``default`` (the value of ``option`` in this host's config;
-    the first host of a multi-host URL). A URL without placeholders is
+    the first host of a multi-host URL), and the indexed ``{username1}``,
+    ``{password1}``, ``{hostname1}``, ``{port1}``, ``{username2}`` ... of
+    the N-th host of a multi-host default, as Nova's templates use them (an
+    index past the default's last host is an error). A URL without placeholders is
     returned unchanged. Any failure raises :class:`ConfigError`; the raw
     template is never used in place of a rendered URL.
     """
@@ -649,9 +660,10 @@ def expand(template: str, default: str | None, *, option: str) -> str:
     masked = mask_url(template)
     if any(spec or conv for _, f, spec, conv in parsed if f is not None):
         raise InvalidURL(url=masked, reason="placeholders take no conversion or format spec")
-    unknown = sorted({f for f in fields if f not in TEMPLATE_FIELDS})
+    unknown = sorted({f for f in fields if not _is_field(f)})
     if unknown:
         allowed = ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))
+        allowed += ", and {username1}, {password1}, {hostname1}, {port1}, {username2} ..."
         raise InvalidURL(
             url=masked, reason=f"unknown placeholder {{{unknown[0]}}} (allowed: {allowed})"
         )
@@ -675,7 +687,23 @@ def expand(template: str, default: str | None, *, option: str) -> str:
         "query": parts.query,
         "fragment": parts.fragment,
     }
+    for index, each in enumerate(parts.hosts, start=1):
+        values.update(
+            {
+                f"username{index}": each.username,
+                f"password{index}": each.password,
+                f"hostname{index}": each.hostname,
+                f"port{index}": each.port,
+            }
+        )
     for field in fields:
+        if field not in values:  # an indexed field past the last host
+            raise ConfigError(
+                f"URL template {masked!r} uses {{{field}}} but {option} has only"
+                f" {len(parts.hosts)} host(s)",
+                hint=Hint.ADD_TEMPLATE_FIELD,
+                hint_args={"field": field, "option": option},
+            )
         if values[field] is None or (values[field] == "" and field not in _OPTIONAL_FIELDS):
             raise ConfigError(
                 f"URL template {masked!r} uses {{{field}}} but {option} has no {field}",

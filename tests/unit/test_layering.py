@@ -42,6 +42,14 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "cellgate.celldb": ("cellgate.sql", "cellgate.migrations", "cellgate.app"),
     **{layer: ("cellgate.app", "cellgate.admin", *EDGES) for layer in DATA_LAYER[2:]},
     "cellgate.service": ("cellgate.cli",),
+    # What cellgate knows of Nova: pure, like apidb; admin brings the engines.
+    "cellgate.nova": (
+        "cellgate.sql",
+        "cellgate.migrations",
+        "cellgate.app",
+        "cellgate.admin",
+        *EDGES,
+    ),
 }
 
 #: Third-party packages only one place may import.
