@@ -125,6 +125,7 @@ class Hint(enum.Enum):
     REPAIR_MYSQL_REVISION = "repair_mysql_revision"  # hint_args: revision
     FIX_AND_RERUN = "fix_and_rerun"  # hint_args: revision (rolled back)
     RESUME_MOVE = "resume_move"  # hint_args: job (an unfinished move)
+    FINISH_MOVES = "finish_moves"  # a cell with unfinished move jobs
 
 
 class CellgateError(Exception):

@@ -206,3 +206,14 @@ def test_the_copy_hash_covers_every_per_instance_table(cells: TwoCells) -> None:
     assert set(found) == {"instances", "instance_actions"}
     assert "hidden" not in found["instances"][0] and "id" not in found["instances"][0]
     assert rows.digest(found)[0] == 3
+
+
+def test_a_cell_with_an_unfinished_move_cannot_be_deleted(cells: TwoCells) -> None:
+    (uuid,) = cells.seed(1)
+    job = _result(cells, "instance", "move", uuid, "--to", "cell2", "--grace", "3600")
+    # cell1 has no instance mapped any more, only the hidden rows the grace period keeps.
+    refused = cells.d.run("cell", "delete", "cell1", "--force", ok=False)
+    assert refused.exit_code == ExitCode.CONFLICT, refused.output
+    assert "unfinished instance move" in refused.stderr and "--rollback" in refused.stderr
+    _result(cells, "instance", "move", "--rollback", job["job"])
+    cells.d.run("cell", "delete", "cell2")  # nothing of the instance is left there

@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from cellgate import RequestContext, SortKey
+from cellgate import App, RequestContext, SortKey
+from cellgate.apidb.schema import MoveBatchRow
 from cellgate.config import ServiceSettings
 from cellgate.service.instances import InstanceService
 from cellgate.service.metrics import Metrics
@@ -139,6 +141,63 @@ def test_a_rollback_killed_at_every_write_resumes_to_the_source(
             done = cells.job_of(app, uuid)
             assert done is not None and done.state == "rolled_back", (nth, where, done)
         _check_seen_once(cells, uuid, "cell1")
+
+
+@pytest.mark.timeout(900)
+def test_a_drain_killed_anywhere_resumes_and_moves_each_instance_once(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A drain killed at writes spread over its run; ``--resume DRAIN`` finishes it.
+
+    Each trial drains the other way (cell1 -> cell2, then back), so the same
+    four instances travel on; after every resume all of them are in the
+    target exactly once, with their original rows, and every batch has a
+    verdict (``interrupted`` for the one the kill cut short).
+    """
+    cells = TwoCells(deployment).setup()
+    seeded = cells.seed(4)
+    originals = {u: snapshot(cells, u) for u in seeded}
+    ways = [("cell1", "cell2"), ("cell2", "cell1")]
+
+    def drain(source: str, target: str) -> tuple[str, ...]:
+        return ("cell", "drain", source, "--to", target, "--canary", "1", "--wave-size", "2",
+                "--grace", "0")  # fmt: skip
+
+    counted = tmp_path / "count"
+    proc = _start(deployment, 0, counted, *drain(*ways[0]))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    writes = int(counted.read_text())
+    trials = list(range(2, writes, max(1, writes // 6)))
+    for number, nth in enumerate(trials, start=1):
+        source, target = ways[number % 2]
+        ready = tmp_path / f"drain-{nth}"
+        proc = _start(deployment, nth, ready, *drain(source, target))
+        where = _wait_for(ready, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        with cells.app() as app:
+            for uuid in seeded:
+                cell = cells.assert_one_visible(app, uuid)
+                _check_seen_once(cells, uuid, cell)
+            drain_id = _last_drain(app, cells.cell(app, source).uuid)
+        resumed = ["--resume", drain_id] if drain_id else []
+        final = _lines(cells.d.run(*drain(source, target), *resumed, "--json").stdout)[-1]
+        assert final["status"] == "ok", (nth, where, final)
+        assert all(b["state"] in ("ok", "interrupted") for b in final["batches"]), final
+        with cells.app() as app:
+            for uuid in seeded:
+                assert cells.assert_intact(app, uuid, originals[uuid]) == target, (nth, where)
+
+
+def _last_drain(app: App, source: str) -> str | None:
+    """The latest drain out of ``source`` (an older one resumed just carries on)."""
+    with app.db.api_session() as s:
+        return s.scalars(
+            select(MoveBatchRow.drain_id)
+            .where(MoveBatchRow.source_cell == source)
+            .order_by(MoveBatchRow.id.desc())
+        ).first()
 
 
 def _lines(stdout: str) -> list[dict[str, object]]:

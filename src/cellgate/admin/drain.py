@@ -115,6 +115,10 @@ def drain_cell(
                 resume_move(app, job.job_id, on_progress=on_progress)
             except MoveVerifyFailed as exc:
                 return _with_failure(report, exc)
+        report = _close_interrupted(app, report)
+    with app.api.session() as session:
+        total = len(mapping_db.live_in_cell(session, source.uuid))
+    on_progress({"event": "drain", "drain": drain_id, "total": total})
     number = (done[-1].batch + 1) if done else 0
     first = not done and canary > 0
     while True:
@@ -186,6 +190,27 @@ def _run_batch(
             return moved, exc
         moved += 1
     return moved, None
+
+
+def _close_interrupted(app: App, report: DrainReport) -> DrainReport:
+    """Give a verdict to the batches a killed drain left ``running`` (their moves are done)."""
+    with app.api.session() as session:
+        jobs = moves.jobs_of_drain(session, report.drain_id)
+        for batch in report.batches:
+            if batch.state != "running":
+                continue
+            mine = [j for j in jobs if j.batch == batch.batch]
+            moved = sum(j.state in ("done", "waiting") for j in mine)
+            moves.finish_batch(
+                session,
+                report.drain_id,
+                batch.batch,
+                state="interrupted",
+                moved=moved,
+                verdict=f"interrupted; {moved} moved and verified (finished by --resume)",
+            )
+        batches = moves.batches_of_drain(session, report.drain_id)
+    return DrainReport(report.drain_id, report.source, report.target, False, batches)
 
 
 def _with_failure(report: DrainReport, failure: MoveVerifyFailed) -> DrainReport:

@@ -40,6 +40,7 @@ from cellgate.apidb.schema import (
     HostMappingRow,
     InstanceMappingRow,
     MappingGenerationRow,
+    MoveJobRow,
 )
 from cellgate.dbtypes import utcnow
 from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell, Hint, StaleCell
@@ -391,7 +392,9 @@ def delete_cell(
 ) -> CellMapping:
     """Soft-delete a cell and scrub its URLs.
 
-    Refused while hosts or instances are mapped to it. With ``force``, host
+    Refused while hosts or instances are mapped to it, or while a move of an
+    instance from or to it is unfinished (its rows are still there, hidden,
+    until the move is purged or rolled back). With ``force``, host
     mappings and mappings of instances already queued for deletion are
     removed with it; live instances always block the delete.
     """
@@ -412,6 +415,18 @@ def delete_cell(
             ident=ident,
             reason=f"still has {live} instance(s) mapped to it",
             hint=Hint.MOVE_INSTANCES,
+        )
+    moving = _count(
+        session,
+        MoveJobRow,
+        MoveJobRow.active_instance.is_not(None),
+        (MoveJobRow.source_cell == row.uuid) | (MoveJobRow.target_cell == row.uuid),
+    )
+    if moving:  # even with force: rows of those instances are still in the cell
+        raise CellInUse(
+            ident=ident,
+            reason=f"has {moving} unfinished instance move(s) from or to it",
+            hint=Hint.FINISH_MOVES,
         )
     if (hosts or queued) and not force:
         raise CellInUse(

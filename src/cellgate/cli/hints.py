@@ -75,6 +75,8 @@ CLI_HINTS: Final[dict[Hint, str]] = {
     ),
     Hint.FIX_AND_RERUN: "{revision} was rolled back; fix the cause and run the same command again",
     Hint.RESUME_MOVE: "finish it with 'cellgate instance move --resume {job}' (or --rollback)",
+    Hint.FINISH_MOVES: "finish each with 'cellgate instance move --resume JOB' once its grace "
+    "period is over, or undo it with --rollback JOB",
 }
 
 

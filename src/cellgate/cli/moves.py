@@ -10,6 +10,7 @@ the end of :mod:`cellgate.cli.cells`.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -156,26 +157,36 @@ def cell_drain(
     (exit 7) with that instance intact in the source cell.
     """
 
+    bar = _Bar(enabled=not as_json and sys.stderr.isatty())
+
     def report(event: dict[str, Any]) -> None:
         if as_json:
             _json_line(event)
-        elif event["event"] == "batch":
+        elif event["event"] == "drain":
+            bar.start(event["total"])
+        elif event["event"] == "step" and event["step"] == "flipped":
+            bar.advance()
+        elif event["event"] == "batch" and not bar.enabled:
             progress(f"batch {event['batch']}: moving {event['size']} instance(s)")
         elif event["event"] == "batch_done":
+            bar.finish()
             progress(f"batch {event['batch']}: {event['state']}, {event['moved']} moved")
 
-    done = admin.drain_cell(
-        state.app,
-        cell,
-        to=target,
-        wave_size=wave_size,
-        canary=canary,
-        dry_run=dry_run,
-        max_rate=max_rate,
-        grace=grace,
-        resume=resume,
-        on_progress=report,
-    )
+    try:
+        done = admin.drain_cell(
+            state.app,
+            cell,
+            to=target,
+            wave_size=wave_size,
+            canary=canary,
+            dry_run=dry_run,
+            max_rate=max_rate,
+            grace=grace,
+            resume=resume,
+            on_progress=report,
+        )
+    finally:
+        bar.finish()
     data = done.to_dict(error_text)
     if as_json:
         _json_line({"event": "result", **data})
@@ -187,3 +198,31 @@ def cell_drain(
     if done.failure is not None:
         click.echo(f"cellgate: error: {redact(error_text(done.failure))}", err=True)
     click.get_current_context().exit(exit_code_for(done.failure) if done.failure else ExitCode.OK)
+
+
+class _Bar:
+    """A progress bar of instances flipped, on a terminal's stderr only (one line, redrawn)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._total = 0
+        self._done = 0
+        self._drawn = False
+
+    def start(self, total: int) -> None:
+        self._total = total
+
+    def advance(self) -> None:
+        if not self.enabled or not self._total:
+            return
+        self._done += 1
+        width = 30
+        filled = width * min(self._done, self._total) // self._total
+        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {self._done}/{self._total} moved"
+        click.echo(line, err=True, nl=False)
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn:
+            click.echo("", err=True)
+            self._drawn = False
