@@ -65,6 +65,8 @@ class Listing(Generic[Row]):
     #: key values of the last item when the page is full (pass as ``after``).
     next_after: tuple[Any, ...] | None
     cells: int
+    #: uuids of the cells asked (after pruning): those in ``down`` did not answer.
+    asked: frozenset[str]
     rows_read: int
     fetches: int
 
@@ -166,6 +168,7 @@ def list_across_cells(
         down=down,
         next_after=items[-1].values if full else None,
         cells=len(streams),
+        asked=frozenset(streams),
         rows_read=counters["rows"],
         fetches=counters["fetches"],
     )

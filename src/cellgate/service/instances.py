@@ -423,7 +423,7 @@ class InstanceService:
         raise_bugs(listing.down.values())  # a 500 for this request, not a down cell
         down = [c for c in cells if c.uuid in listing.down]
         for cell in cells:
-            if cell.uuid in listing.down or any(i.cell.uuid == cell.uuid for i in listing.items):
+            if cell.uuid in listing.asked:
                 self.metrics.cell_up(cell, cell.uuid not in listing.down)
         rows = [
             (keyset.sort_key(keys, item.values), {**item.row.to_dict(), "cell": item.cell.name})
@@ -433,9 +433,14 @@ class InstanceService:
         rows.sort(key=lambda r: r[0])
         # One row per uuid: while a move flips an instance, its copy and its
         # source are both visible for the moment between their two commits.
-        unique = list({record["uuid"]: (key, record) for key, record in reversed(rows)}.values())
-        unique.sort(key=lambda r: r[0])
-        page = [record for _, record in unique[:limit]]
+        page: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for _, record in rows:
+            if len(page) == limit:
+                break
+            if record["uuid"] not in seen:
+                seen.add(record["uuid"])
+                page.append(record)
         next_marker = page[-1]["uuid"] if len(page) == limit else None
         down_cells = [
             {"uuid": c.uuid, "name": c.name, "reason": _reason(listing.down[c.uuid], ctx)}
