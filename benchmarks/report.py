@@ -36,6 +36,7 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "locator_hit_rate_zipf_1x": ("fraction", False),
     "locator_hit_rate_zipf_2x": ("fraction", False),
     "locator_hit_rate_zipf_4x": ("fraction", False),
+    "routing_overhead_over_proxy_hop": ("x", True),
     "gc_full_pause_ms": ("ms", True),
     "gc_full_pause_frozen_ms": ("ms", True),
     "scatter_single_ms": ("ms", True),

@@ -16,7 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks import api, capacity, heap, listing, locator, routing, rpc, scatter, startup
+from benchmarks import (
+    api,
+    capacity,
+    heap,
+    listing,
+    locator,
+    proxyhop,
+    routing,
+    rpc,
+    scatter,
+    startup,
+)
 from benchmarks.deploy import MAIN_CELLS, MAX_CELLS, SCATTER_CELLS, Deployment
 from benchmarks.report import Report
 from benchmarks.routing import FULL, QUICK, Plan
@@ -282,6 +293,7 @@ class Phases:
             lambda: r.put("target_cell_us", routing.target_cell(app, d, plan), scale=1e6),
         )
         self.locator(app, d)
+        self.proxy_hop(app, d)
         self.gc_pauses(d)
         self.rpc(app, d)
         for nodelay in (False, True):
@@ -313,6 +325,24 @@ class Phases:
             }
 
         self.step("instance locator hit rate (Zipf)", names, measure)
+
+    def proxy_hop(self, app: App, d: Deployment) -> None:
+        name = "routing_overhead_over_proxy_hop"
+        why = proxyhop.unavailable(d)
+        if why is not None:
+            self.report.put(name, None, note=f"not run: {why}")
+            return
+
+        def measure() -> None:
+            ratio, routed, direct, proxied = proxyhop.overhead_over_hop(app, d, self.plan)
+            note = (
+                f"(routed - direct) / (through HAProxy - direct), {self.backend}: "
+                f"routed {routed.median * 1e6:.0f} us, direct {direct.median * 1e6:.0f} us, "
+                f"through HAProxy {proxied.median * 1e6:.0f} us (medians)"
+            )
+            self.report.put(name, ratio, note=note)
+
+        self.step("routing vs one HAProxy hop", (name,), measure)
 
     def gc_pauses(self, d: Deployment) -> None:
         names = ("gc_full_pause_ms", "gc_full_pause_frozen_ms")
@@ -697,6 +727,7 @@ def set_goals(report: Report) -> None:
     report.goal("scatter_100_engines_created", "= 0", lambda v: v == 0)
     report.goal("locator_hit_rate_zipf_2x", ">= 0.7", lambda v: v >= 0.7)
     report.goal("gc_full_pause_frozen_ms", "<= 10", lambda v: v <= 10)
+    report.goal("routing_overhead_over_proxy_hop", "<= 0.25", lambda v: v <= 0.25)
     for count in (10, 100):
         report.goal(
             f"list_page100_rows_read_over_nova_{count}_cells", "<= 0.5", lambda v: v <= 0.5

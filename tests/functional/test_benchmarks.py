@@ -29,6 +29,7 @@ FIGURES = (
     "locator_hit_rate_zipf_2x",
     "locator_hit_rate_zipf_4x",
     "gc_full_pause_ms",
+    "routing_overhead_over_proxy_hop",
     "gc_full_pause_frozen_ms",
     "scatter_single_ms",
     "scatter_100_ms",
@@ -82,7 +83,11 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     for name, value in figures.items():
         assert value is None or isinstance(value, int | float), (name, value)
     # Not measurable on SQLite + memory: null, with the reason beside it.
-    for name in ("rpc_call_over_raw_kombu", "rpc_call_over_oslo_messaging"):
+    for name in (
+        "rpc_call_over_raw_kombu",
+        "rpc_call_over_oslo_messaging",
+        "routing_overhead_over_proxy_hop",
+    ):
         if figures[name] is None:
             assert doc["notes"].get(name), f"{name} is null without a reason"
 
