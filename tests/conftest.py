@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import Broker, Server, close_pools
+from tests.xdist_groups import pytest_collection_modifyitems
+
+__all__ = ["pytest_collection_modifyitems"]  # a hook: xdist_group under pytest 9.2
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),

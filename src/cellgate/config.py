@@ -38,7 +38,7 @@ DEFAULT_QUERY_TIMEOUT: Final = 30.0
 DEFAULT_VERIFY_TIMEOUT: Final = 3.0
 DEFAULT_CACHE_TTL: Final = 30.0
 DEFAULT_POOL_SIZE: Final = 2
-DEFAULT_CONFLICT_ATTEMPTS: Final = 16
+DEFAULT_CONFLICT_ATTEMPTS: Final = 64
 DEFAULT_MAX_ENGINES: Final = 1024
 DEFAULT_MAX_CONNECTIONS: Final = 128
 DEFAULT_MAX_IDLE_CONNECTIONS: Final = 64
@@ -221,7 +221,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Times a write transaction on the API database is run, whole, when the database "
         "refuses it as a conflict (deadlock 1213, lock wait timeout 1205, Galera "
         "certification failure; PostgreSQL 40001/40P01), with jittered waits between "
-        "attempts. Past that the request fails (exit 5, HTTP 503) with nothing written.",
+        "attempts, for at most 10 s from the first attempt. Past that the request fails "
+        "(exit 5, HTTP 503) with nothing written.",
         "int",
     ),
     Option(
@@ -254,7 +255,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Times a write transaction on a cell database is run, whole, when the database "
         "refuses it as a conflict (deadlock 1213, lock wait timeout 1205, Galera "
         "certification failure; PostgreSQL 40001/40P01), with jittered waits between "
-        "attempts. Past that the request fails (exit 5, HTTP 503) with nothing written.",
+        "attempts, for at most 10 s from the first attempt. Past that the request fails "
+        "(exit 5, HTTP 503) with nothing written.",
         "int",
     ),
     Option(

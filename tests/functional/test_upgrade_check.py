@@ -9,6 +9,7 @@ host cannot render. Exit code = verdict (0 ok, 1 warning, 2 failure).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +18,10 @@ import pytest
 from sqlalchemy.orm import Session
 
 from cellgate import admin
+from cellgate.admin.upgrade import Status
 from cellgate.app import App
 from cellgate.celldb.schema import ServiceRow
+from cellgate.dbtypes import utcnow
 from cellgate.migrations import runner
 from cellgate.migrations.runner import MigrationLine
 from tests.functional.conftest import Deployment
@@ -44,9 +47,11 @@ def _failing(checks: dict[str, tuple[str, list[str]]]) -> dict[str, str]:
     return {name: status for name, (status, _) in checks.items() if status != "ok"}
 
 
-def _service(fleet: Fleet, cell: str, host: str, version: int = 0) -> None:
+def _service(fleet: Fleet, cell: str, host: str, version: int = 0, *, live: bool = True) -> None:
+    """A worker's service row, as its heartbeat writes it (``live``: it beat just now)."""
+    seen = utcnow() - dt.timedelta(seconds=0 if live else 3600)
     with Session(fleet.engine(cell)) as session, session.begin():
-        session.add(ServiceRow(host=host, binary="compute", version=version))
+        session.add(ServiceRow(host=host, binary="compute", version=version, last_seen_at=seen))
 
 
 def test_a_clean_deployment_passes_and_cell_problems_fail(fleet: Fleet) -> None:
@@ -83,6 +88,8 @@ def test_a_clean_deployment_passes_and_cell_problems_fail(fleet: Fleet) -> None:
     assert "cell stale: at cell_0002" in details and f"127.0.0.2:{port}" in details
     assert "cell cell2" in details
     assert checks["worker_versions"][0] == "failure"  # the down cell's workers are unknown
+    unread = [d for d in checks["worker_versions"][1] if "cell downcell" in d]
+    assert len(unread) == 1 and unread[0].endswith("; last-known RPC version none")
 
 
 def test_mapping_problems_fail(fleet: Fleet) -> None:
@@ -99,13 +106,20 @@ def test_mapping_problems_fail(fleet: Fleet) -> None:
         fleet.urls["cell0"].render(hide_password=False),
     )
 
+    _service(fleet, "cell2", "gone-host", version=0, live=False)  # stopped long ago
+    fleet.d.run("host", "discover")
+    with App(fleet.d.settings()) as app:
+        report = admin.upgrade_check(app, min_service_version=1)
+    assert {f.name: f for f in report.findings}["worker_versions"].status == Status.OK
     _service(fleet, "cell2", "old-host", version=0)
     fleet.d.run("host", "discover")
     with App(fleet.d.settings()) as app:
         report = admin.upgrade_check(app, min_service_version=1)
     found = {f.name: f for f in report.findings}
     assert found["worker_versions"].status == admin.upgrade.Status.FAILURE
-    assert "old-host runs service version 0" in found["worker_versions"].details[0]
+    assert found["worker_versions"].details == [
+        "cell cell2: host old-host runs service version 0, older than 1"
+    ]
     assert report.verdict == admin.upgrade.Status.FAILURE
 
     previous = runner.revisions(MigrationLine.API)[-2]

@@ -13,7 +13,7 @@ The ports are fixed, so two pytest processes (two xdist workers, or two
 runs in two worktrees on this machine) must not hold them at once: the first
 fixture a session uses takes an exclusive lock on :data:`LOCK_FILE` (bounded
 wait) and keeps it until that session ends. The tests also carry the xdist
-group ``postgres-ha`` (made to work under pytest 9 by tests/ha/conftest.py),
+group ``postgres-ha`` (made to work under pytest 9 by tests/xdist_groups.py),
 so within one run a single worker holds it; the lock keeps apart two runs.
 
 Fixtures (session-scoped):

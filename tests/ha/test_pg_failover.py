@@ -22,16 +22,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from cellgate.cli import cli
+from cellgate.config import ApiDatabaseSettings
+from cellgate.sql.api_database import ApiDatabase
 from cellgate.sql.engines import make_engine
+from cellgate.sql.retry import CONNECT_CODE
 from cellgate.urls import DatabaseURL
 from tests.ha.postgres import (
     PRIMARY_PORT,
@@ -103,6 +108,62 @@ def test_writes_resume_on_the_promoted_standby_and_no_acknowledged_write_is_lost
     lost = sorted(set(loop.acked) - stored)
     assert not lost, f"acknowledged writes missing on the new primary: {lost[:20]}"
     assert len(loop.acked_on(PRIMARY_PORT)) >= 20 and len(loop.acked_on(STANDBY_PORT)) >= 20
+
+
+def _insert(n: int) -> Callable[[Session], int]:
+    def transaction(session: Session) -> int:
+        return int(
+            session.execute(
+                text(
+                    "INSERT INTO writes (n, port) VALUES (:n, inet_server_port()) RETURNING port"
+                ),
+                {"n": n},
+            ).scalar_one()
+        )
+
+    return transaction
+
+
+@pytest.mark.timeout(300)
+def test_a_write_that_finds_no_primary_at_its_start_waits_for_the_promotion(
+    cluster: PgCluster,
+) -> None:
+    """Primary gone, standby not yet promoted: the write is retried, not failed (issue 15).
+
+    The order of a real failover (Patroni promotes a standby only after the
+    primary is gone): the old primary crashes first, so the next write's
+    connection finds no server that takes writes (libpq tries both hosts of
+    the URL; the standby refuses ``target_session_attrs=read-write``). That
+    is a failure before any statement, which ``ApiDatabase.write`` retries on
+    a fresh connection; the standby is promoted when the first retry is
+    seen, and the retried attempt lands on it, with no error to the caller.
+    """
+    api = ApiDatabase(
+        ApiDatabaseSettings(
+            connection=DatabaseURL.parse(cluster.multi_host_url()),
+            connect_timeout=CONNECT_TIMEOUT,
+            query_timeout=QUERY_TIMEOUT,
+        )
+    )
+    try:
+        assert api.write(_insert(1)) == PRIMARY_PORT
+        cluster.broken = True
+        cluster.primary.stop("immediate")
+        seen: list[str] = []
+
+        def promote_once(retry: int, code: str) -> None:
+            seen.append(code)
+            if len(seen) == 1:
+                cluster.standby.promote()  # pg_ctl promote -w: read-write when it returns
+
+        assert api.write(_insert(2), on_retry=promote_once) == STANDBY_PORT
+        assert seen and set(seen) == {CONNECT_CODE}
+        assert api.retries.retries() == {("api", CONNECT_CODE): len(seen)}
+    finally:
+        api.close()
+    with cluster.standby.connect() as conn:
+        rows = conn.execute("SELECT n, port FROM writes ORDER BY n").fetchall()
+    assert [tuple(r) for r in rows] == [(1, PRIMARY_PORT), (2, STANDBY_PORT)]
 
 
 def test_the_cli_follows_the_primary_across_a_failover(cluster: PgCluster, tmp_path: Path) -> None:

@@ -17,19 +17,24 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from cellgate.admin.versions import LastKnown
 from cellgate.apidb.mappings import CellMapping, from_row, keyring, live_select
 from cellgate.apidb.schema import CellMappingRow, HostMappingRow, InstanceMappingRow
 from cellgate.app import App
+from cellgate.celldb.queries import live_worker_versions
 from cellgate.celldb.schema import InstanceRow, ServiceRow
+from cellgate.celldb.versions import MIN_SERVICE_VERSION, oldest
 from cellgate.context import RequestContext
+from cellgate.dbtypes import utcnow
 from cellgate.errors import CellgateError
 from cellgate.migrations.runner import MigrationLine, current, drift, head, revisions
 from cellgate.results import Failed, Ok, TimedOut, raise_bugs
 
-#: The oldest service (RPC) version the previous release's workers report;
-#: a live worker older than it must be upgraded first.
-PREVIOUS_RELEASE_SERVICE_VERSION: Final = 0
+#: The oldest service version the previous release's workers report
+#: (cellgate.celldb.versions); a live worker older than it must be upgraded first.
+PREVIOUS_RELEASE_SERVICE_VERSION: Final = MIN_SERVICE_VERSION
 
 #: Every check's stable name, in report order.
 CHECKS: Final = (
@@ -85,6 +90,7 @@ class _CellScan:
     hosts: list[str]
     versions: dict[str, int]  # host -> oldest version among its live services
     instances: set[str]
+    rpc_version: str | None = None  # the oldest RPC version a live worker serves
 
 
 def _finding(name: str, problems: list[str], bad: Status = Status.FAILURE) -> Finding:
@@ -164,15 +170,16 @@ def upgrade_check(
     raise_bugs(scans.values())
     by_uuid = {c.uuid: c for c in cells}
     ok: dict[str, _CellScan] = {}
-    down: list[str] = []
+    down_by_uuid: dict[str, str] = {}
     for uuid, result in scans.items():
         label = by_uuid[uuid].label
         if isinstance(result, Ok):
             ok[uuid] = result.value
         elif isinstance(result, TimedOut):
-            down.append(f"cell {label}: no answer within {result.timeout:g} s")
+            down_by_uuid[uuid] = f"cell {label}: no answer within {result.timeout:g} s"
         elif isinstance(result, Failed):
-            down.append(f"cell {label}: {result.error}")
+            down_by_uuid[uuid] = f"cell {label}: {result.error}"
+    down = list(down_by_uuid.values())
 
     findings.append(_finding("cell_db_revisions", down + _revision_problems(by_uuid, ok)))
     findings.append(
@@ -210,7 +217,17 @@ def upgrade_check(
         for h, v in scan.versions.items()
         if v < min_service_version
     ]
-    findings.append(_finding("worker_versions", down + old))
+    # What the API caps each cell's calls at: recorded as last known here too,
+    # and shown for the cells that could not be read.
+    last_known = LastKnown.of(app)
+    for uuid, scan in ok.items():
+        if scan.rpc_version is not None:
+            last_known.record(uuid, scan.rpc_version)
+    unread = [
+        f"{line}; last-known RPC version {last_known.get(uuid) or 'none'}"
+        for uuid, line in down_by_uuid.items()
+    ]
+    findings.append(_finding("worker_versions", unread + old))
     return UpgradeReport(findings)
 
 
@@ -222,15 +239,25 @@ def _scan(app: App, ctx: RequestContext, timeout: float) -> _CellScan:
         if revision != head(MigrationLine.CELL):
             return _CellScan(revision, [], [], {}, set())
         differences = drift(engine, MigrationLine.CELL)[:10]
-        with engine.connect() as conn:
-            services = conn.execute(
-                select(ServiceRow.host, ServiceRow.version).where(ServiceRow.deleted == 0)
+        with Session(engine) as session:
+            hosts = set(session.scalars(select(ServiceRow.host).where(ServiceRow.deleted == 0)))
+            live = live_worker_versions(
+                session, now=utcnow(), down_after=app.settings.service.service_down_time
             )
             versions: dict[str, int] = {}
-            for host, version in services:
-                versions[host] = min(version, versions.get(host, version))
-            instances = set(conn.scalars(select(InstanceRow.uuid)))
-    return _CellScan(revision, differences, sorted(versions), versions, instances)
+            for worker in live:  # only live workers: a dead row's version says nothing
+                versions[worker.host] = min(
+                    worker.version, versions.get(worker.host, worker.version)
+                )
+            instances = set(session.scalars(select(InstanceRow.uuid)))
+    return _CellScan(
+        revision,
+        differences,
+        sorted(hosts),
+        versions,
+        instances,
+        oldest([w.rpc_version for w in live]),
+    )
 
 
 def _revision_problems(cells: dict[str, CellMapping], scans: dict[str, _CellScan]) -> list[str]:

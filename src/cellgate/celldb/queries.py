@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from cellgate import keyset
 from cellgate.celldb.schema import InstanceRow, ServiceRow
+from cellgate.celldb.versions import RPC_VERSION, SERVICE_VERSION, rpc_version_for
 from cellgate.dbtypes import utcnow
 from cellgate.keyset import SortKey
 
@@ -208,8 +209,21 @@ class Service:
         )
 
 
-def heartbeat(session: Session, *, host: str, binary: str, topic: str) -> None:
-    """Create the service row on first call, then bump its counter and timestamp."""
+def heartbeat(
+    session: Session,
+    *,
+    host: str,
+    binary: str,
+    topic: str,
+    version: int = SERVICE_VERSION,
+    rpc_version: str = RPC_VERSION,
+) -> None:
+    """Create the service row on first call, then bump its counter and timestamp.
+
+    Every beat also writes the worker's service and RPC versions
+    (cellgate.celldb.versions): a worker upgraded in place reports its new
+    versions at its next beat.
+    """
     row = session.scalars(
         select(ServiceRow).where(
             ServiceRow.host == host, ServiceRow.binary == binary, ServiceRow.deleted == 0
@@ -219,13 +233,53 @@ def heartbeat(session: Session, *, host: str, binary: str, topic: str) -> None:
     if row is None:
         session.add(
             ServiceRow(
-                host=host, binary=binary, topic=topic, last_seen_at=now, deleted=0, report_count=1
+                host=host,
+                binary=binary,
+                topic=topic,
+                last_seen_at=now,
+                deleted=0,
+                report_count=1,
+                version=version,
+                rpc_version=rpc_version,
             )
         )
     else:
         row.last_seen_at = now
         row.report_count += 1
+        row.version = version
+        row.rpc_version = rpc_version
     session.flush()
+
+
+@dataclass(frozen=True)
+class WorkerVersion:
+    """One live service row's versions (``rpc_version`` derived if the row predates it)."""
+
+    host: str
+    binary: str
+    version: int
+    rpc_version: str
+
+
+def live_worker_versions(
+    session: Session, *, now: dt.datetime, down_after: float
+) -> list[WorkerVersion]:
+    """The versions of every service that heartbeated within ``down_after`` seconds."""
+    rows = session.execute(
+        select(
+            ServiceRow.host,
+            ServiceRow.binary,
+            ServiceRow.version,
+            ServiceRow.rpc_version,
+            ServiceRow.last_seen_at,
+        ).where(ServiceRow.deleted == 0)  # disabled ones too: they still consume
+    )
+    out = []
+    for host, binary, version, rpc_version, seen in rows:
+        if seen is None or (now - seen).total_seconds() > down_after:
+            continue
+        out.append(WorkerVersion(host, binary, version, rpc_version or rpc_version_for(version)))
+    return out
 
 
 def list_services(session: Session) -> list[Service]:

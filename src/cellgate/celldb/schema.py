@@ -103,6 +103,10 @@ class ServiceRow(CellBase):
     #: The RPC/service version the worker on this host runs, written with
     #: every heartbeat (0: a worker older than the column).
     version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    #: The RPC API version (``MAJOR.MINOR``) that worker serves, written with
+    #: every heartbeat since cell_0004; NULL in rows of older workers until
+    #: ``db migrate-data`` fills it from ``version`` (cellgate.celldb.versions).
+    rpc_version: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)

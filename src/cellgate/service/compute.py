@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from cellgate.apidb.mappings import CellMapping
 from cellgate.app import App
 from cellgate.celldb import queries
+from cellgate.celldb.versions import RPC_VERSION, SERVICE_VERSION
 from cellgate.context import RequestContext
 from cellgate.errors import CellgateError, ConfigError, Hint
 from cellgate.rpc.server import RPCServer
@@ -26,7 +27,9 @@ from cellgate.rpc.target import Target
 log = logging.getLogger(__name__)
 
 TOPIC: Final = "compute"
-VERSION: Final = "1.0"
+#: The compute RPC API this worker serves (history: cellgate.celldb.versions);
+#: the API sends each call at this version capped by the cell's oldest worker.
+VERSION: Final = RPC_VERSION
 BINARY: Final = "cellgate-worker"
 
 #: action -> (states it may start from, state it leaves the instance in)
@@ -87,7 +90,12 @@ class ComputeEndpoint:
         )
 
     def ping(self, ctx: RequestContext) -> dict[str, Any]:
-        return {"host": self.host, "cell": ctx.cell.name if ctx.cell else None}
+        """Who answered; since 1.1 also the service version it runs."""
+        return {
+            "host": self.host,
+            "cell": ctx.cell.name if ctx.cell else None,
+            "service_version": SERVICE_VERSION,
+        }
 
 
 class Worker:
@@ -129,7 +137,14 @@ class Worker:
         ctx = RequestContext(request_id=f"req-heartbeat-{self.host}").for_cell(self.cell)
         self.app.db.write(
             ctx,
-            lambda session: queries.heartbeat(session, host=self.host, binary=BINARY, topic=TOPIC),
+            lambda session: queries.heartbeat(
+                session,
+                host=self.host,
+                binary=BINARY,
+                topic=TOPIC,
+                version=SERVICE_VERSION,
+                rpc_version=VERSION,
+            ),
         )
 
     def _beat(self) -> None:

@@ -203,6 +203,9 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     """The ASGI application for ``app``; the caller owns and closes ``app``."""
     metrics = Metrics(app.cells, app.breakers, app.retries)
     instances = InstanceService(app, settings, metrics)
+    # Every cell's RPC version cap, read in the background: start-up never
+    # waits for a cell (cellgate.admin.versions).
+    instances.versions.start()
     tokens = {grant.token: grant for grant in settings.tokens}
     api = FastAPI(
         title="cellgate",

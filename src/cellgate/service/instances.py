@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cellgate import keyset
+from cellgate.admin.versions import VersionCaps
 from cellgate.apidb import instances as mapping_db
 from cellgate.apidb import moves
 from cellgate.apidb.mappings import CellMapping, normalize_uuid
@@ -50,7 +51,7 @@ from cellgate.errors import (
 from cellgate.keyset import SortKey
 from cellgate.results import Failed, Ok, raise_bugs
 from cellgate.rpc.target import Target
-from cellgate.service.compute import TOPIC, VERSION
+from cellgate.service.compute import TOPIC
 from cellgate.service.hints import rest_message
 from cellgate.service.metrics import Metrics
 from cellgate.urls import redact
@@ -68,11 +69,23 @@ class Page:
 
 
 class InstanceService:
-    def __init__(self, app: App, settings: ServiceSettings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: App,
+        settings: ServiceSettings,
+        metrics: Metrics,
+        versions: VersionCaps | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        #: The RPC version each cell's calls go at (its oldest live worker's).
+        self.versions = versions if versions is not None else VersionCaps(app)
         self._turn = itertools.count()
+
+    def _target(self, cctx: RequestContext) -> Target:
+        assert cctx.cell is not None
+        return Target(TOPIC, version=self.versions.version_for(cctx.cell))
 
     # -- lookup ---------------------------------------------------------------
     def _locate(self, ctx: RequestContext, instance: str) -> tuple[RequestContext, str]:
@@ -145,9 +158,7 @@ class InstanceService:
                 cctx, lambda: self._insert(cctx, instance_uuid, name, project_id)
             )
         try:
-            self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).cast(
-                "build", instance=instance_uuid
-            )
+            self.app.rpc.client(cctx, self._target(cctx)).cast("build", instance=instance_uuid)
         except Exception as exc:  # the broker failed (503): both rows are committed
             self._undo_create(cctx, instance_uuid, exc)
             raise
@@ -389,7 +400,7 @@ class InstanceService:
 
     def _compute(self, cctx: RequestContext) -> Any:
         timeout = min(self.app.settings.rpc.response_timeout, 30.0)
-        return self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).prepare(timeout=timeout)
+        return self.app.rpc.client(cctx, self._target(cctx)).prepare(timeout=timeout)
 
     # -- list -------------------------------------------------------------------
     def page(

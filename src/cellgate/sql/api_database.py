@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import sqlalchemy.exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,7 +27,7 @@ from cellgate.keyring import SESSION_INFO_KEY, KeyRing
 from cellgate.migrations.lock import DEFAULT_LOCK_TIMEOUT
 from cellgate.migrations.runner import Applied, MigrationLine, apply, current, head
 from cellgate.sql.engines import make_engine, translate_errors
-from cellgate.sql.retry import RetryPolicy, RetryStats, run_transaction
+from cellgate.sql.retry import RetryPolicy, RetryStats, mark_start_failure, run_transaction
 
 T = TypeVar("T")
 
@@ -79,6 +80,15 @@ class ApiDatabase:
             self._sessions.begin() as session,
         ):
             session.info[SESSION_INFO_KEY] = self.keyring
+            if self.settings.connection.backend != "sqlite":
+                # Check the connection out before the caller's first statement:
+                # a failure here is one no statement of it followed, which
+                # :meth:`write` may run again on a fresh connection.
+                try:
+                    session.connection()
+                except sqlalchemy.exc.DBAPIError as exc:
+                    mark_start_failure(exc)
+                    raise
             yield session
 
     def write(
@@ -90,8 +100,10 @@ class ApiDatabase:
         """Run ``transaction(session)`` in a fresh transaction, whole again on a conflict.
 
         Every API database write goes through here (``cellgate.sql.retry``
-        says why whole, and what ``transaction`` may do). ``on_retry`` is
-        for tests.
+        says why whole, and what ``transaction`` may do). A connection that
+        could not be had at the start of an attempt (a PostgreSQL failover
+        under way) is tried again on a fresh one, a few times. ``on_retry``
+        is for tests.
 
         :raises TransactionConflict: refused as a conflict on every attempt
             (``[api_database] conflict_attempts``); nothing was written.
