@@ -189,6 +189,7 @@ def running(
     cells: dict[str, CellSpec],
     scanner: Scanner,
     workers: bool = False,
+    rpc_heartbeat: int = 30,
 ) -> Iterator[Rig]:
     """Migrate and map everything, then run the App and its REST API until the block ends."""
     conf = tmp / "faults.conf"
@@ -205,6 +206,7 @@ def running(
         f"query_timeout = {QUERY_TIMEOUT:g}\n"
         "[rpc]\n"
         f"connect_timeout = {CONNECT_TIMEOUT:g}\n"
+        f"heartbeat = {rpc_heartbeat}\n"
         "[cells]\n"
         f"cache_ttl = {CACHE_TTL:g}\n"
         f"breaker_cooldown = {BREAKER_COOLDOWN:g}\n"

@@ -6,8 +6,10 @@ The whole request path of the spec lives here:
   ``target_cell`` -> that cell's database;
 - ``create``: pick a cell, write the instance to the cell database *and* its
   mapping to the API database so that neither is left without the other,
-  then cast ``build`` to that cell's workers (if that fails, both rows are
-  removed again before the 503);
+  then cast ``build`` to that cell's workers, confirmed by the broker (if
+  that fails or is not confirmed, both rows are removed again before the
+  503); a build that still never happens is ended by the reconciler
+  (``cellgate.service.reconcile``);
 - ``delete`` / actions: RPC call to the cell's workers; refused with
   ``InstanceMoving`` (409) while a move job copies the instance's rows
   (``cellgate.admin.move``), and re-routed once when the cell named by a
@@ -145,7 +147,9 @@ class InstanceService:
                 cctx, lambda: self._insert(cctx, instance_uuid, name, project_id)
             )
         try:
-            self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).cast(
+            # Confirmed: a 202 means the broker has the build in a queue a
+            # worker consumes from, not just that it left this process.
+            self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).prepare(confirm=True).cast(
                 "build", instance=instance_uuid
             )
         except Exception as exc:  # the broker failed (503): both rows are committed
