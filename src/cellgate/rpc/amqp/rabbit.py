@@ -5,18 +5,22 @@ The queues and exchanges are in :mod:`cellgate.rpc.amqp.queues`.
 Calls wait for their reply on RabbitMQ's *direct reply-to*
 (``amq.rabbitmq.reply-to``): no reply queue is declared per caller, and the
 request carries an expiration equal to its timeout so an unanswered request
-does not linger. Call channels are pooled (one call per channel at a time).
+does not linger. Call channels are pooled (one call per channel at a time);
+a pooled one idle for more than half the heartbeat, or whose socket shows
+the broker closed it, is replaced before anything is sent on it (an idle
+connection sends no heartbeats, so the broker closes it).
 
 Casts are persistent messages (delivery mode 2) in durable queues, so on a
 single broker they survive its restart; call requests are transient.
-**Casts in quorum mode** (``[rpc] queue_type = quorum``) to a topic queue
-are also ``mandatory`` and confirmed: ``cast``
+**Casts in quorum mode** (``[rpc] queue_type = quorum``) to a topic queue,
+and casts sent with ``confirm=True`` in either mode (builds), are also
+``mandatory`` and confirmed: ``cast``
 returns only once the broker has confirmed the message (for a quorum queue:
 written on a majority of its nodes), and raises when it was refused, returned
 as unroutable (no server has ever declared the queue), or not confirmed
 within the confirm timeout (``[DEFAULT] rpc_response_timeout``). Confirms use
 a channel of their own, so an acknowledgement is never mistaken for another
-message's. Fanout casts, and every cast in classic mode, are fire and forget.
+message's. Fanout casts, and other casts in classic mode, are fire and forget.
 A server acknowledges a message as it takes it (at-most-once per delivery); a
 broker node that dies before it saw that acknowledgement delivers the message
 again, so a confirmed cast is delivered at least once, perhaps twice.
