@@ -190,6 +190,7 @@ def running(
     scanner: Scanner,
     workers: bool = False,
     rpc_heartbeat: int = 30,
+    request_timeout: float = 60.0,
 ) -> Iterator[Rig]:
     """Migrate and map everything, then run the App and its REST API until the block ends."""
     conf = tmp / "faults.conf"
@@ -214,6 +215,7 @@ def running(
         f"auth_tokens = {ADMIN_TOKEN.password}:admin:admin+member, "
         f"{DEMO_TOKEN.password}:demo:member\n"
         f"cell_timeout = {CELL_TIMEOUT:g}\n"
+        f"request_timeout = {request_timeout:g}\n"
         "[worker]\n"
         "heartbeat_interval = 0.5\n",
         encoding="utf-8",

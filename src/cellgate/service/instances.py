@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cellgate import keyset
+from cellgate import deadline, keyset
 from cellgate.apidb import instances as mapping_db
 from cellgate.apidb import moves
 from cellgate.apidb.mappings import CellMapping, normalize_uuid
@@ -108,12 +109,15 @@ class InstanceService:
             with self.app.db.session(c, guarded=guarded, read_only=True) as session:
                 return queries.get_instance(session, instance, project_id=project)
 
-        timeout = self.settings.cell_timeout
+        timeout = _bounded(cctx, self.settings.cell_timeout)
         result = self.app.scatter_gather(cctx, [cell], read, timeout=timeout)[cell.uuid]
         if isinstance(result, Ok):
             return result.value
         if isinstance(result, Failed):
             raise result.error
+        if timeout < self.settings.cell_timeout:  # the request's deadline, not the cell's
+            with deadline.scope(cctx.deadline):
+                raise deadline.exceeded(f"cell {cell.label} answered")
         reason = f"no answer within {timeout:g}s"
         raise CellTimeout(component=f"cell {cell.label}", reason=reason, public_reason=reason)
 
@@ -209,6 +213,13 @@ class InstanceService:
         instance's uuid, as when a COMMIT's outcome is unknown.
         """
         assert cctx.cell is not None
+        with deadline.lifted():  # bounded by its own timeouts, not the request's
+            self._undo_create_lifted(cctx.without_deadline(), instance_uuid, cause)
+
+    def _undo_create_lifted(
+        self, cctx: RequestContext, instance_uuid: str, cause: Exception
+    ) -> None:
+        assert cctx.cell is not None
         label = cctx.cell.label
         self.app.locator.forget(instance_uuid)
         try:
@@ -302,7 +313,8 @@ class InstanceService:
         """
         assert cctx.cell is not None
         try:
-            found = self._fetch(cctx, instance_uuid, None, guarded=False)
+            with deadline.lifted():  # bounded by cell_timeout, not the request's deadline
+                found = self._fetch(cctx.without_deadline(), instance_uuid, None, guarded=False)
         except CellgateError as exc:
             log.warning(
                 "instance %s: cell %s failed at COMMIT and cannot say whether the row "
@@ -319,7 +331,8 @@ class InstanceService:
                 cctx.cell.label,
             )
             return True
-        self._unmap(instance_uuid, f"cell {cctx.cell.label} failed at COMMIT")
+        with deadline.lifted():
+            self._unmap(instance_uuid, f"cell {cctx.cell.label} failed at COMMIT")
         return False
 
     def _choose_cell(self, ctx: RequestContext, ident: str | None) -> CellMapping:
@@ -338,7 +351,9 @@ class InstanceService:
             with self.app.db.session(cctx, read_only=True) as session:
                 return queries.count_instances(session)
 
-        results = self.app.scatter_gather(ctx, cells, count, timeout=self.settings.cell_timeout)
+        results = self.app.scatter_gather(
+            ctx, cells, count, timeout=_bounded(ctx, self.settings.cell_timeout)
+        )
         raise_bugs(results.values())
         counts = {c.uuid: r.value for c in cells if isinstance(r := results[c.uuid], Ok)}
         if not counts:
@@ -392,7 +407,10 @@ class InstanceService:
         raise InstanceNotFound(uuid=instance)  # pragma: no cover - the loop returns or raises
 
     def _compute(self, cctx: RequestContext) -> Any:
-        timeout = min(self.app.settings.rpc.response_timeout, 30.0)
+        timeout = _bounded(cctx, min(self.app.settings.rpc.response_timeout, 30.0))
+        if timeout <= 0:
+            with deadline.scope(cctx.deadline):
+                raise deadline.exceeded("the call to the cell's workers")
         return self.app.rpc.client(cctx, Target(TOPIC, version=VERSION)).prepare(timeout=timeout)
 
     # -- list -------------------------------------------------------------------
@@ -422,7 +440,7 @@ class InstanceService:
             after=after,
             cells=cells,
             prune_to_project=project,
-            timeout=self.settings.cell_timeout,
+            timeout=_bounded(ctx, self.settings.cell_timeout),
         )
         raise_bugs(listing.down.values())  # a 500 for this request, not a down cell
         down = [c for c in cells if c.uuid in listing.down]
@@ -494,6 +512,13 @@ class InstanceService:
         if found is None:
             raise InstanceNotFound(uuid=marker)
         return found.sort_values(keys)
+
+
+def _bounded(ctx: RequestContext, timeout: float) -> float:
+    """``timeout``, or what is left of the request's deadline if that is shorter."""
+    if ctx.deadline is None:
+        return timeout
+    return max(0.0, min(timeout, ctx.deadline - time.monotonic()))
 
 
 def _minimal_values(
