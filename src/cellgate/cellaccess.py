@@ -18,6 +18,7 @@ from typing import Final, Generic, TypeVar
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from cellgate import deadline
 from cellgate.apidb.mappings import CellMapping
 from cellgate.context import RequestContext
 from cellgate.errors import CellgateError, CellTimeout, CellUnavailable, UntargetedContext
@@ -172,6 +173,7 @@ class CellDatabases:
         attempt = self._breakers.admit(cell) if guarded else UNGUARDED
         try:
             with (
+                deadline.scope(ctx.deadline),
                 translate_errors(
                     f"cell {cell.label} database",
                     address=str(url),

@@ -53,6 +53,8 @@ DEFAULT_HEARTBEAT: Final = 30
 DEFAULT_MAX_TRANSPORTS: Final = 64
 DEFAULT_API_PORT: Final = 8780
 DEFAULT_CELL_TIMEOUT: Final = 5.0
+DEFAULT_BUILD_TIMEOUT: Final = 600.0
+DEFAULT_REQUEST_TIMEOUT: Final = 15.0
 DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
 DEFAULT_SERVICE_DOWN_TIME: Final = 30.0
 SCHEDULER_POLICIES: Final = ("fewest_instances", "round_robin")
@@ -157,6 +159,23 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "cell_timeout",
         str(DEFAULT_CELL_TIMEOUT),
         "Seconds a request waits for each cell before reporting it down.",
+        "float",
+    ),
+    Option(
+        "api",
+        "request_timeout",
+        str(DEFAULT_REQUEST_TIMEOUT),
+        "Seconds a REST request may work, everything included (API database, cells, "
+        "RPC): no statement starts after it and every wait is cut to it (HTTP 504 "
+        "DeadlineExceeded). Each cell is still given at most cell_timeout within it.",
+        "float",
+    ),
+    Option(
+        "api",
+        "build_timeout",
+        str(DEFAULT_BUILD_TIMEOUT),
+        "Seconds an instance may stay building before the API service's reconciler "
+        "marks it error (its build was lost or never carried out); 0 turns it off.",
         "float",
     ),
     Option(
@@ -424,6 +443,10 @@ class ServiceSettings:
     port: int = DEFAULT_API_PORT
     tokens: tuple[TokenGrant, ...] = ()
     cell_timeout: float = DEFAULT_CELL_TIMEOUT
+    #: Seconds a REST request may work in all (its deadline, cellgate.deadline).
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: Seconds ``building`` before the reconciler says ``error``; 0: never.
+    build_timeout: float = DEFAULT_BUILD_TIMEOUT
     scheduler_policy: str = SCHEDULER_POLICIES[0]
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     service_down_time: float = DEFAULT_SERVICE_DOWN_TIME
@@ -576,6 +599,8 @@ def _build(
             port=get.count("api", "port"),
             tokens=parse_tokens(get.text("api", "auth_tokens"), get.where("api", "auth_tokens")),
             cell_timeout=get.number("api", "cell_timeout"),
+            request_timeout=get.number("api", "request_timeout"),
+            build_timeout=get.number("api", "build_timeout", minimum=0),
             scheduler_policy=get.choice("scheduler", "policy", SCHEDULER_POLICIES),
             heartbeat_interval=get.number("worker", "heartbeat_interval"),
             service_down_time=get.number("worker", "service_down_time"),

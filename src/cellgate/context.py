@@ -4,7 +4,9 @@ A :class:`RequestContext` is frozen. Targeting a cell returns a *copy*
 (:meth:`RequestContext.for_cell`), so a context shared between threads or
 scatter-gather branches can never be re-pointed under another caller's feet
 (Nova's ``set_target_cell`` mutates in place). It is passed explicitly; no
-thread-local or global holds "the current context".
+thread-local or global holds "the current context"; the request deadline it
+carries is entered as a context variable by the code doing the work
+(:mod:`cellgate.deadline`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ class RequestContext:
     roles: tuple[str, ...] = ()
     request_id: str = field(default_factory=_request_id)
     cell: CellMapping | None = None
+    #: The request's deadline, a ``time.monotonic()`` instant (``None``: none).
+    #: Local to this process: it never travels over RPC (see cellgate.deadline).
+    deadline: float | None = field(default=None, compare=False)
+
+    def without_deadline(self) -> RequestContext:
+        """A copy with no deadline, for undoing what a request half did."""
+        return replace(self, deadline=None)
 
     def for_cell(self, cell: CellMapping | None) -> RequestContext:
         """A copy of this context targeting ``cell``; ``self`` is unchanged."""

@@ -382,6 +382,15 @@ class CellTimeout(BackendTimeout):
     """A cell did not answer within its deadline."""
 
 
+class DeadlineExceeded(BackendTimeout):
+    """The request's deadline (``[api] request_timeout``) passed before its work was done.
+
+    Raised by the database seam before a statement (or when a driver wait cut
+    short by the deadline fails); HTTP 504. It says the request ran out of
+    time, not that a server is down, so it never counts against a breaker.
+    """
+
+
 class TransactionConflict(BackendError):
     """A write transaction was refused as conflicting with concurrent ones, every time.
 

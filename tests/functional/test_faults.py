@@ -189,6 +189,8 @@ def running(
     cells: dict[str, CellSpec],
     scanner: Scanner,
     workers: bool = False,
+    rpc_heartbeat: int = 30,
+    request_timeout: float = 60.0,
 ) -> Iterator[Rig]:
     """Migrate and map everything, then run the App and its REST API until the block ends."""
     conf = tmp / "faults.conf"
@@ -205,6 +207,7 @@ def running(
         f"query_timeout = {QUERY_TIMEOUT:g}\n"
         "[rpc]\n"
         f"connect_timeout = {CONNECT_TIMEOUT:g}\n"
+        f"heartbeat = {rpc_heartbeat}\n"
         "[cells]\n"
         f"cache_ttl = {CACHE_TTL:g}\n"
         f"breaker_cooldown = {BREAKER_COOLDOWN:g}\n"
@@ -212,6 +215,7 @@ def running(
         f"auth_tokens = {ADMIN_TOKEN.password}:admin:admin+member, "
         f"{DEMO_TOKEN.password}:demo:member\n"
         f"cell_timeout = {CELL_TIMEOUT:g}\n"
+        f"request_timeout = {request_timeout:g}\n"
         "[worker]\n"
         "heartbeat_interval = 0.5\n",
         encoding="utf-8",

@@ -155,8 +155,13 @@ def set_state(
     vm_state: str,
     task_state: str | None = None,
     host: str | None = None,
+    only_from: str | None = None,
 ) -> Instance | None:
     """Set the live instance's state; ``None`` if it is missing, deleted or hidden.
+
+    With ``only_from``, only an instance in that state changes (``None``
+    otherwise): a build that arrives after the reconciler gave up on it
+    (``error``), or a second delivery of one, changes nothing.
 
     One ``UPDATE ... WHERE`` on the row's liveness, not a read then a write:
     a move that hid the row after a worker read it wins (every backend
@@ -167,9 +172,10 @@ def set_state(
     if host is not None:
         values["host"] = host
     values["updated_at"] = utcnow()
-    result = session.execute(
-        update(InstanceRow).where(InstanceRow.uuid == uuid, *_live()).values(**values)
-    )
+    where = [InstanceRow.uuid == uuid, *_live()]
+    if only_from is not None:
+        where.append(InstanceRow.vm_state == only_from)
+    result = session.execute(update(InstanceRow).where(*where).values(**values))
     if not getattr(result, "rowcount", 0):
         return None
     row = session.scalars(select(InstanceRow).where(InstanceRow.uuid == uuid)).first()
@@ -177,6 +183,37 @@ def set_state(
         return None
     session.refresh(row)
     return _instance(row)
+
+
+def fail_stuck_builds(session: Session, *, created_before: dt.datetime) -> list[str]:
+    """Mark every live instance still ``building`` that was created before the cut-off
+    ``error``; return their uuids (sorted).
+
+    One ``UPDATE ... WHERE vm_state = 'building'`` per found uuid set: a build
+    that lands meanwhile wins (its row is no longer ``building``), and is not
+    reported.
+    """
+    stuck = list(
+        session.scalars(
+            select(InstanceRow.uuid)
+            .where(
+                *_live(),
+                InstanceRow.vm_state == "building",
+                InstanceRow.created_at < created_before,
+            )
+            .order_by(InstanceRow.uuid)
+        )
+    )
+    failed = []
+    for uuid in stuck:
+        result = session.execute(
+            update(InstanceRow)
+            .where(InstanceRow.uuid == uuid, *_live(), InstanceRow.vm_state == "building")
+            .values(vm_state="error", task_state=None, updated_at=utcnow())
+        )
+        if getattr(result, "rowcount", 0):
+            failed.append(uuid)
+    return failed
 
 
 def soft_delete_instance(session: Session, uuid: str) -> bool:

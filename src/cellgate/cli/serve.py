@@ -25,6 +25,7 @@ from cellgate.service.allinone import AllInOne
 from cellgate.service.compute import Worker
 from cellgate.service.demo import run_demo
 from cellgate.service.http import create_api
+from cellgate.service.reconcile import BuildReconciler
 from cellgate.service.runner import HttpServer, wait_for_signals
 
 
@@ -40,17 +41,24 @@ def serve() -> None:
 )
 @pass_state
 def serve_api(state: CliState, host: str | None, port: int | None) -> None:
-    """Serve the REST API until SIGTERM; SIGHUP reloads cell mappings."""
+    """Serve the REST API until SIGTERM; SIGHUP reloads cell mappings.
+
+    Also runs the build reconciler ([api] build_timeout).
+    """
     app = state.app
     app.api.require_current()
     service = app.settings.service
     server = HttpServer(
         create_api(app, service), host or service.listen, port or service.port
     ).start()
+    reconciler = BuildReconciler(
+        app, build_timeout=service.build_timeout, cell_timeout=service.cell_timeout
+    ).start()
     progress(f"cellgate API listening on {server.url}")
     try:
         wait_for_signals(app.reload_in_background)
     finally:
+        reconciler.stop()
         server.stop()
 
 

@@ -47,7 +47,7 @@ from typing import Any, Final
 from cellgate import forksafe
 from cellgate.apidb.mappings import CellMapping
 from cellgate.config import DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD
-from cellgate.errors import BackendError, CellUnavailable
+from cellgate.errors import BackendError, CellUnavailable, DeadlineExceeded
 from cellgate.sql.engines import is_backend_failure
 
 #: Cells tracked at most; beyond that, the least recently used closed ones are forgotten.
@@ -99,6 +99,8 @@ CLOSED: Final = BreakerStatus(BreakerState.CLOSED)
 
 def is_breaker_failure(exc: BaseException) -> bool:
     """True if ``exc`` says the cell's server could not be used (it counts)."""
+    if isinstance(exc, DeadlineExceeded):  # the request's time ran out, not the cell
+        return False
     return isinstance(exc, BackendError) or is_backend_failure(exc)
 
 

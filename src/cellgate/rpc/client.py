@@ -42,6 +42,8 @@ class RPCClient:
     timeout: float = DEFAULT_RPC_TIMEOUT
     #: The cells' circuit breakers; ``None``: calls are not guarded.
     breakers: BreakerRegistry | None = field(default=None, repr=False, compare=False)
+    #: Casts wait for the broker's confirm (see :meth:`Transport.cast`).
+    confirm: bool = False
 
     @property
     def _cell(self) -> str:
@@ -54,6 +56,7 @@ class RPCClient:
         server: str | None = None,
         version: str | None = None,
         fanout: bool | None = None,
+        confirm: bool | None = None,
     ) -> RPCClient:
         """A copy with some settings overridden; this client is unchanged."""
         target = self.target
@@ -65,7 +68,10 @@ class RPCClient:
                 version=version if version is not None else target.version,
             )
         return replace(
-            self, target=target, timeout=timeout if timeout is not None else self.timeout
+            self,
+            target=target,
+            timeout=timeout if timeout is not None else self.timeout,
+            confirm=confirm if confirm is not None else self.confirm,
         )
 
     def call(self, method: str, **kwargs: Any) -> Any:
@@ -109,11 +115,18 @@ class RPCClient:
         )
 
     def cast(self, method: str, **kwargs: Any) -> None:
-        """Send ``method(ctx, **kwargs)`` without waiting (to every server if fanout)."""
+        """Send ``method(ctx, **kwargs)`` without waiting for a reply (to every server if fanout).
+
+        With ``confirm`` (``prepare(confirm=True)``) it returns once the
+        broker has the message for a queue a server consumes from.
+
+        :raises CellUnavailable: the broker could not be used or, confirmed,
+            did not take the message.
+        """
         request = Request.new(method, kwargs, self.ctx.to_dict(), self.target.version)
         with self._guarded():
             try:
-                self.transport.cast(self.target, request.encode())
+                self.transport.cast(self.target, request.encode(), confirm=self.confirm)
             except BackendUnavailable as exc:
                 raise self._unavailable(exc) from exc
 

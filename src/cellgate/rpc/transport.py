@@ -75,8 +75,14 @@ class Transport(abc.ABC):
         """Send ``body`` to one server of ``target``; return its reply body."""
 
     @abc.abstractmethod
-    def cast(self, target: Target, body: bytes) -> None:
-        """Send ``body`` to one server (or, for fanout, every server) of ``target``."""
+    def cast(self, target: Target, body: bytes, *, confirm: bool = False) -> None:
+        """Send ``body`` to one server (or, for fanout, every server) of ``target``.
+
+        ``confirm=True`` (topic targets only) returns only once the broker
+        has taken the message for a queue some server consumes from, and
+        raises :class:`~cellgate.errors.BackendUnavailable` when it did not:
+        a cast whose loss nobody would notice otherwise (a build) uses it.
+        """
 
     @abc.abstractmethod
     def listen(self, target: Target, on_message: OnMessage) -> Listener:
@@ -95,7 +101,7 @@ class NullTransport(Transport):
     def call(self, target: Target, body: bytes, timeout: float) -> bytes:
         raise NoTransport(cell=self._label)
 
-    def cast(self, target: Target, body: bytes) -> None:
+    def cast(self, target: Target, body: bytes, *, confirm: bool = False) -> None:
         raise NoTransport(cell=self._label)
 
     def listen(self, target: Target, on_message: OnMessage) -> Listener:
@@ -141,11 +147,16 @@ class MemoryBroker:
         self._lock = threading.Lock()
         self._listeners: list[_MemoryListener] = []
         self._turn = itertools.count()
+        #: Confirmed casts nobody listened for yet, by (topic, server).
+        self._backlog: dict[tuple[str, str | None], list[Incoming]] = {}
 
     def subscribe(self, target: Target, on_message: OnMessage) -> _MemoryListener:
         listener = _MemoryListener(self, target, on_message)
         with self._lock:
             self._listeners.append(listener)
+            waiting = self._backlog.pop((target.topic, target.server), [])
+        for message in waiting:
+            listener.deliver(message)
         return listener
 
     def unsubscribe(self, listener: _MemoryListener) -> None:
@@ -153,8 +164,13 @@ class MemoryBroker:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    def route(self, target: Target, message: Incoming) -> None:
-        """Deliver like RabbitMQ would; with no subscriber the message is dropped."""
+    def route(self, target: Target, message: Incoming, *, keep: bool = False) -> None:
+        """Deliver like RabbitMQ would; with no subscriber the message is dropped.
+
+        ``keep`` (a confirmed cast to a topic): with no subscriber the message
+        waits for the first server that listens on its topic, as in a durable
+        queue, instead of being dropped.
+        """
         with self._lock:
             same_topic = [lst for lst in self._listeners if lst.target.topic == target.topic]
             if target.fanout:
@@ -163,6 +179,8 @@ class MemoryBroker:
                 if target.server is not None:
                     same_topic = [lst for lst in same_topic if lst.target.server == target.server]
                 chosen = [same_topic[next(self._turn) % len(same_topic)]] if same_topic else []
+            if not chosen and keep:
+                self._backlog.setdefault((target.topic, target.server), []).append(message)
         for listener in chosen:
             listener.deliver(message)
 
@@ -188,8 +206,12 @@ class MemoryTransport(Transport):
         except FutureTimeout:
             raise TimeoutError(f"no reply within {timeout:g}s") from None
 
-    def cast(self, target: Target, body: bytes) -> None:
-        self.broker.route(target, Incoming(body))
+    def cast(self, target: Target, body: bytes, *, confirm: bool = False) -> None:
+        if confirm and target.fanout:
+            raise ValueError(
+                "a confirmed cast needs a topic queue; fanout casts are not confirmed"
+            )
+        self.broker.route(target, Incoming(body), keep=confirm)
 
     def listen(self, target: Target, on_message: OnMessage) -> Listener:
         return self.broker.subscribe(target, on_message)

@@ -1,7 +1,8 @@
 """The embedded all-in-one deployment: everything in one process, no servers.
 
 SQLite files for the API database, cell0 and each cell; one ``memory://``
-broker per cell; the REST API and one worker per cell sharing one ``App``.
+broker per cell; the REST API, its build reconciler and one worker per cell
+sharing one ``App``.
 It is the README's default and what the demo drives.
 """
 
@@ -18,6 +19,7 @@ from cellgate.context import RequestContext
 from cellgate.results import Failed
 from cellgate.service.compute import Worker
 from cellgate.service.http import create_api
+from cellgate.service.reconcile import BuildReconciler
 from cellgate.service.runner import HttpServer
 
 _SETUP = RequestContext(request_id="req-all-in-one")
@@ -32,6 +34,11 @@ class AllInOne(Closing):
         self.app = App(settings)
         self.workers: dict[str, Worker] = {}
         self._server: HttpServer | None = None
+        self.reconciler = BuildReconciler(
+            self.app,
+            build_timeout=settings.service.build_timeout,
+            cell_timeout=settings.service.cell_timeout,
+        )
         try:
             admin.quickstart(self.app, on_step=on_step)
             for cell in self.app.cells.list(_SETUP, include_cell0=False):
@@ -40,6 +47,7 @@ class AllInOne(Closing):
             self._server = HttpServer(
                 create_api(self.app, service), service.listen, service.port
             ).start()
+            self.reconciler.start()
         except BaseException:
             self.close()
             raise
@@ -75,6 +83,7 @@ class AllInOne(Closing):
         return cell
 
     def close(self) -> None:
+        self.reconciler.stop()
         if self._server is not None:
             self._server.stop()
         for worker in self.workers.values():

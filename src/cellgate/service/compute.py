@@ -56,16 +56,35 @@ class ComputeEndpoint:
         self.host = host
 
     def build(self, ctx: RequestContext, instance: str) -> dict[str, Any]:
-        built = self._app.db.write(
-            ctx,
-            lambda session: queries.set_state(
-                session, instance, vm_state="active", host=self.host
-            ),
-        )
-        if built is None:
+        """Build a ``building`` instance; any other state is left alone.
+
+        A build is delivered at least once when confirmed, and may arrive
+        after the API's reconciler marked the instance ``error``
+        (``[api] build_timeout``): neither a second delivery nor a late one
+        changes the instance.
+        """
+
+        def transaction(session: Session) -> tuple[queries.Instance | None, bool]:
+            built = queries.set_state(
+                session, instance, vm_state="active", host=self.host, only_from="building"
+            )
+            if built is not None:
+                return built, True
+            return queries.get_instance(session, instance, project_id=None), False
+
+        found, built = self._app.db.write(ctx, transaction)
+        if found is None:
             raise UnknownInstance(f"instance {instance} is not in this cell")
-        log.info("%s: built %s on %s", ctx.request_id, instance, self.host)
-        return built.to_dict()
+        if built:
+            log.info("%s: built %s on %s", ctx.request_id, instance, self.host)
+        else:
+            log.warning(
+                "%s: build of %s ignored: it is %s, not building",
+                ctx.request_id,
+                instance,
+                found.vm_state,
+            )
+        return found.to_dict()
 
     def act(self, ctx: RequestContext, instance: str, action: str) -> dict[str, Any]:
         if action not in TRANSITIONS:

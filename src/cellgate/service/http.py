@@ -20,6 +20,7 @@ built inside :func:`create_api`.
 
 import logging
 import secrets as pysecrets
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -30,7 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from cellgate import keyset
+from cellgate import deadline, keyset
 from cellgate.apidb.hosts import list_hosts
 from cellgate.apidb.mappings import CellMapping
 from cellgate.app import App
@@ -42,6 +43,7 @@ from cellgate.errors import (
     CellgateError,
     CellNotFound,
     ConfigError,
+    DeadlineExceeded,
     EncryptionKeyError,
     HostNotMapped,
     InstanceMoving,
@@ -76,6 +78,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (UnsupportedVersion, 409),
     (NoTransport, 409),
     (RPCTimeout, 504),
+    (DeadlineExceeded, 504),  # before BackendError: the request ran out of time
     (SchemaMismatch, 503),
     (BackendError, 503),
 )
@@ -242,7 +245,11 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
                 found = isinstance(value, str) and control_character(value)
                 if found:
                     raise InvalidRequest(f"{where}.{key}: contains {found}")
-        ctx = RequestContext(project_id=grant.project_id, roles=grant.roles)
+        ctx = RequestContext(
+            project_id=grant.project_id,
+            roles=grant.roles,
+            deadline=deadline.at(settings.request_timeout),
+        )
         if x_request_id:  # keep the caller's id for log correlation, bounded
             ctx = replace(ctx, request_id=x_request_id[:64])
         request.state.request_id = ctx.request_id  # for the error handlers' log lines
@@ -252,6 +259,10 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         if not ctx.is_admin:
             raise Forbidden("this needs the admin role")
         return ctx
+
+    def within(ctx: RequestContext) -> AbstractContextManager[None]:
+        """The request's deadline for the work done on this (the endpoint's) thread."""
+        return deadline.scope(ctx.deadline, settings.request_timeout)
 
     Ctx = Annotated[RequestContext, Depends(context)]
     Admin = Annotated[RequestContext, Depends(admin)]
@@ -333,7 +344,8 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
 
     @api.post("/v1/instances", status_code=202)
     def create_instance(body: CreateInstance, ctx: Ctx) -> dict[str, Any]:
-        return {"instance": instances.create(ctx, body.name, body.cell)}
+        with within(ctx):
+            return {"instance": instances.create(ctx, body.name, body.cell)}
 
     @api.get("/v1/instances")
     def list_instances(
@@ -342,7 +354,8 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         marker: Annotated[str | None, Query(max_length=36)] = None,
         sort: Annotated[str, Query(max_length=200, description=SORT_HELP)] = "created_at",
     ) -> dict[str, Any]:
-        page = instances.page(ctx, limit=limit, marker=marker, sort=parse_sort(sort))
+        with within(ctx):
+            page = instances.page(ctx, limit=limit, marker=marker, sort=parse_sort(sort))
         return {
             "instances": page.instances,
             "down_cells": page.down_cells,
@@ -351,31 +364,37 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
 
     @api.get("/v1/instances/{instance}")
     def show_instance(instance: str, ctx: Ctx) -> dict[str, Any]:
-        return {"instance": instances.show(ctx, instance)}
+        with within(ctx):
+            return {"instance": instances.show(ctx, instance)}
 
     @api.delete("/v1/instances/{instance}", status_code=204)
     def delete_instance(instance: str, ctx: Ctx) -> Response:
-        instances.delete(ctx, instance)
+        with within(ctx):
+            instances.delete(ctx, instance)
         return Response(status_code=204)
 
     @api.post("/v1/instances/{instance}/action")
     def act(instance: str, body: InstanceAction, ctx: Ctx) -> dict[str, Any]:
-        return {"instance": instances.action(ctx, instance, body.action)}
+        with within(ctx):
+            return {"instance": instances.action(ctx, instance, body.action)}
 
     # The models document the shape; the dict is returned as built, so the
     # mapping's fields keep their order and new ones need no model change.
     @api.get("/v1/cells", response_model=None, responses={200: {"model": CellList}})
     def cells(ctx: Admin) -> dict[str, Any]:
-        found = app.cells.list(ctx, include_disabled=True)
-        return {"cells": _with_health(app, ctx, found, settings, metrics)}
+        with within(ctx):
+            found = app.cells.list(ctx, include_disabled=True)
+            return {"cells": _with_health(app, ctx, found, settings, metrics)}
 
     @api.get("/v1/cells/{cell}", response_model=None, responses={200: {"model": CellOne}})
     def cell(cell: str, ctx: Admin) -> dict[str, Any]:
-        return {"cell": _with_health(app, ctx, [app.cells.get(ctx, cell)], settings, metrics)[0]}
+        with within(ctx):
+            found = [app.cells.get(ctx, cell)]
+            return {"cell": _with_health(app, ctx, found, settings, metrics)[0]}
 
     @api.get("/v1/hosts")
     def hosts(ctx: Admin, cell: str | None = None) -> dict[str, Any]:
-        with app.db.api_session() as session:
+        with within(ctx), app.db.api_session() as session:
             return {"hosts": [h.to_dict() for h in list_hosts(session, cell)]}
 
     return api

@@ -6,8 +6,10 @@ The whole request path of the spec lives here:
   ``target_cell`` -> that cell's database;
 - ``create``: pick a cell, write the instance to the cell database *and* its
   mapping to the API database so that neither is left without the other,
-  then cast ``build`` to that cell's workers (if that fails, both rows are
-  removed again before the 503);
+  then cast ``build`` to that cell's workers, confirmed by the broker (if
+  that fails or is not confirmed, both rows are removed again before the
+  503); a build that still never happens is ended by the reconciler
+  (``cellgate.service.reconcile``);
 - ``delete`` / actions: RPC call to the cell's workers; refused with
   ``InstanceMoving`` (409) while a move job copies the instance's rows
   (``cellgate.admin.move``), and re-routed once when the cell named by a
@@ -24,12 +26,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cellgate import keyset
+from cellgate import deadline, keyset
 from cellgate.admin.versions import VersionCaps
 from cellgate.apidb import instances as mapping_db
 from cellgate.apidb import moves
@@ -119,12 +122,15 @@ class InstanceService:
             with self.app.db.session(c, guarded=guarded, read_only=True) as session:
                 return queries.get_instance(session, instance, project_id=project)
 
-        timeout = self.settings.cell_timeout
+        timeout = _bounded(cctx, self.settings.cell_timeout)
         result = self.app.scatter_gather(cctx, [cell], read, timeout=timeout)[cell.uuid]
         if isinstance(result, Ok):
             return result.value
         if isinstance(result, Failed):
             raise result.error
+        if timeout < self.settings.cell_timeout:  # the request's deadline, not the cell's
+            with deadline.scope(cctx.deadline):
+                raise deadline.exceeded(f"cell {cell.label} answered")
         reason = f"no answer within {timeout:g}s"
         raise CellTimeout(component=f"cell {cell.label}", reason=reason, public_reason=reason)
 
@@ -158,7 +164,11 @@ class InstanceService:
                 cctx, lambda: self._insert(cctx, instance_uuid, name, project_id)
             )
         try:
-            self.app.rpc.client(cctx, self._target(cctx)).cast("build", instance=instance_uuid)
+            # Confirmed: a 202 means the broker has the build in a queue a
+            # worker consumes from, not just that it left this process.
+            self.app.rpc.client(cctx, self._target(cctx)).prepare(confirm=True).cast(
+                "build", instance=instance_uuid
+            )
         except Exception as exc:  # the broker failed (503): both rows are committed
             self._undo_create(cctx, instance_uuid, exc)
             raise
@@ -215,6 +225,13 @@ class InstanceService:
         cell says is gone loses its mapping too; otherwise a warning names the
         instance's uuid, as when a COMMIT's outcome is unknown.
         """
+        assert cctx.cell is not None
+        with deadline.lifted():  # bounded by its own timeouts, not the request's
+            self._undo_create_lifted(cctx.without_deadline(), instance_uuid, cause)
+
+    def _undo_create_lifted(
+        self, cctx: RequestContext, instance_uuid: str, cause: Exception
+    ) -> None:
         assert cctx.cell is not None
         label = cctx.cell.label
         self.app.locator.forget(instance_uuid)
@@ -309,7 +326,8 @@ class InstanceService:
         """
         assert cctx.cell is not None
         try:
-            found = self._fetch(cctx, instance_uuid, None, guarded=False)
+            with deadline.lifted():  # bounded by cell_timeout, not the request's deadline
+                found = self._fetch(cctx.without_deadline(), instance_uuid, None, guarded=False)
         except CellgateError as exc:
             log.warning(
                 "instance %s: cell %s failed at COMMIT and cannot say whether the row "
@@ -326,7 +344,8 @@ class InstanceService:
                 cctx.cell.label,
             )
             return True
-        self._unmap(instance_uuid, f"cell {cctx.cell.label} failed at COMMIT")
+        with deadline.lifted():
+            self._unmap(instance_uuid, f"cell {cctx.cell.label} failed at COMMIT")
         return False
 
     def _choose_cell(self, ctx: RequestContext, ident: str | None) -> CellMapping:
@@ -345,7 +364,9 @@ class InstanceService:
             with self.app.db.session(cctx, read_only=True) as session:
                 return queries.count_instances(session)
 
-        results = self.app.scatter_gather(ctx, cells, count, timeout=self.settings.cell_timeout)
+        results = self.app.scatter_gather(
+            ctx, cells, count, timeout=_bounded(ctx, self.settings.cell_timeout)
+        )
         raise_bugs(results.values())
         counts = {c.uuid: r.value for c in cells if isinstance(r := results[c.uuid], Ok)}
         if not counts:
@@ -399,7 +420,10 @@ class InstanceService:
         raise InstanceNotFound(uuid=instance)  # pragma: no cover - the loop returns or raises
 
     def _compute(self, cctx: RequestContext) -> Any:
-        timeout = min(self.app.settings.rpc.response_timeout, 30.0)
+        timeout = _bounded(cctx, min(self.app.settings.rpc.response_timeout, 30.0))
+        if timeout <= 0:
+            with deadline.scope(cctx.deadline):
+                raise deadline.exceeded("the call to the cell's workers")
         return self.app.rpc.client(cctx, self._target(cctx)).prepare(timeout=timeout)
 
     # -- list -------------------------------------------------------------------
@@ -429,7 +453,7 @@ class InstanceService:
             after=after,
             cells=cells,
             prune_to_project=project,
-            timeout=self.settings.cell_timeout,
+            timeout=_bounded(ctx, self.settings.cell_timeout),
         )
         raise_bugs(listing.down.values())  # a 500 for this request, not a down cell
         down = [c for c in cells if c.uuid in listing.down]
@@ -501,6 +525,13 @@ class InstanceService:
         if found is None:
             raise InstanceNotFound(uuid=marker)
         return found.sort_values(keys)
+
+
+def _bounded(ctx: RequestContext, timeout: float) -> float:
+    """``timeout``, or what is left of the request's deadline if that is shorter."""
+    if ctx.deadline is None:
+        return timeout
+    return max(0.0, min(timeout, ctx.deadline - time.monotonic()))
 
 
 def _minimal_values(

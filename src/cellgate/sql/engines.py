@@ -28,6 +28,7 @@ import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from cellgate import deadline
 from cellgate.errors import BackendTimeout, BackendUnavailable, Hint
 from cellgate.urls import DatabaseURL, redact
 
@@ -136,10 +137,18 @@ def make_engine(
         # The URI form is the only way to pass mode=ro through sqlite3.connect.
         target = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
     engine = sqlalchemy.create_engine(target, connect_args=connect_args, **kwargs)
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        functools.partial(_before_statement, query_timeout, url.backend == "mysql"),
+    )
     if read_only and url.backend == "mysql":
         event.listen(engine, "connect", _mysql_read_only)
     if url.backend == "mysql":
         event.listen(engine, "connect", functools.partial(_mysql_query_timeout, query_timeout))
+        # Within a request, each wait is bounded by what is left of its deadline too.
+        event.listen(engine, "checkout", functools.partial(_mysql_bounded, query_timeout))
+        event.listen(engine, "checkin", functools.partial(_mysql_unbounded, query_timeout))
     if url.backend == "postgresql":
         deadline = query_timeout + CLIENT_GRACE
         event.listen(engine, "do_connect", functools.partial(_pg_connect, deadline))
@@ -182,9 +191,29 @@ def _keep_pool_on_deadline(context: sqlalchemy.engine.ExceptionContext) -> None:
         context.invalidate_pool_on_disconnect = False
 
 
-def _mysql_query_timeout(timeout: float, dbapi_connection: Any, _record: Any) -> None:
+def _before_statement(
+    query_timeout: float, mysql: bool, conn: sqlalchemy.Connection, *_args: Any
+) -> None:
+    # No statement starts once the request's deadline has passed (cellgate.deadline).
+    deadline.check("a database statement")
+    if mysql and deadline.remaining() is not None:
+        _mysql_query_timeout(deadline.bound(query_timeout), conn.connection.dbapi_connection)
+
+
+def _mysql_bounded(timeout: float, dbapi_connection: Any, *_args: Any) -> None:
+    if deadline.remaining() is not None:
+        _mysql_query_timeout(deadline.bound(timeout), dbapi_connection)
+
+
+def _mysql_unbounded(timeout: float, dbapi_connection: Any, *_args: Any) -> None:
+    if dbapi_connection is not None:
+        _mysql_query_timeout(timeout, dbapi_connection)
+
+
+def _mysql_query_timeout(timeout: float, dbapi_connection: Any, _record: Any = None) -> None:
     # PyMySQL keeps its socket timeouts in these attributes and applies them
     # on every read and write; there is no public setter.
+    timeout = max(timeout, 0.01)  # 0 would make the socket non-blocking
     dbapi_connection._read_timeout = timeout
     dbapi_connection._write_timeout = timeout
 
@@ -323,6 +352,8 @@ def translate_errors(
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         if not is_backend_failure(exc):
             raise
+        if deadline.expired():  # a wait cut short by the request's deadline
+            raise deadline.exceeded("the database answered") from exc
         error = timeout if is_timeout(exc) else unavailable
         raise error(
             component=component, address=address, reason=describe_db_error(exc), hint=hint

@@ -38,6 +38,8 @@ import psycopg
 import psycopg.errors
 from psycopg.abc import RV, PQGen
 
+from cellgate import deadline
+
 #: psycopg's internal "the wait's timeout expired" error. Pinned psycopg
 #: (pyproject) and tests/ha/test_pg_client_timeout.py catch a rename.
 _WAIT_TIMEOUT: type[Exception] = psycopg.errors._WaitTimeout
@@ -61,14 +63,18 @@ class DeadlineConnection(psycopg.Connection[Any]):
         self, gen: PQGen[RV], interval: float = _INTERVAL, timeout: float | None = None
     ) -> RV:
         own = timeout is None and self.deadline is not None
+        limit = self.deadline
+        if own and limit is not None:
+            # Within a request: no longer than what is left of its deadline.
+            limit = max(deadline.bound(limit), 0.001)
         try:
-            return super().wait(gen, interval, self.deadline if own else timeout)
+            return super().wait(gen, interval, limit if own else timeout)
         except _WAIT_TIMEOUT:
-            if not own:
+            if not own or limit is None:
                 raise  # psycopg asked for this timeout itself, and handles it
             self.close()  # mid-protocol: never to be used again
             raise ClientDeadlineExceeded(
-                f"timed out: no answer from the server within {self.deadline:g} s "
+                f"timed out: no answer from the server within {limit:g} s "
                 "(client-side deadline); connection closed"
             ) from None
 

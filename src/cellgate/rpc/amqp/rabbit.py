@@ -5,18 +5,22 @@ The queues and exchanges are in :mod:`cellgate.rpc.amqp.queues`.
 Calls wait for their reply on RabbitMQ's *direct reply-to*
 (``amq.rabbitmq.reply-to``): no reply queue is declared per caller, and the
 request carries an expiration equal to its timeout so an unanswered request
-does not linger. Call channels are pooled (one call per channel at a time).
+does not linger. Call channels are pooled (one call per channel at a time);
+a pooled one idle for more than half the heartbeat, or whose socket shows
+the broker closed it, is replaced before anything is sent on it (an idle
+connection sends no heartbeats, so the broker closes it).
 
 Casts are persistent messages (delivery mode 2) in durable queues, so on a
 single broker they survive its restart; call requests are transient.
-**Casts in quorum mode** (``[rpc] queue_type = quorum``) to a topic queue
-are also ``mandatory`` and confirmed: ``cast``
+**Casts in quorum mode** (``[rpc] queue_type = quorum``) to a topic queue,
+and casts sent with ``confirm=True`` in either mode (builds), are also
+``mandatory`` and confirmed: ``cast``
 returns only once the broker has confirmed the message (for a quorum queue:
 written on a majority of its nodes), and raises when it was refused, returned
 as unroutable (no server has ever declared the queue), or not confirmed
 within the confirm timeout (``[DEFAULT] rpc_response_timeout``). Confirms use
 a channel of their own, so an acknowledgement is never mistaken for another
-message's. Fanout casts, and every cast in classic mode, are fire and forget.
+message's. Fanout casts, and other casts in classic mode, are fire and forget.
 A server acknowledges a message as it takes it (at-most-once per delivery); a
 broker node that dies before it saw that acknowledgement delivers the message
 again, so a confirmed cast is delivered at least once, perhaps twice.
@@ -35,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import select
 import threading
 import time
 import uuid
@@ -96,7 +101,7 @@ class RabbitTransport(Transport):
     ) -> None:
         self._url = url
         self._kombu_url = kombu_urls(url)
-        self._connect_timeout = connect_timeout
+        self.connect_timeout = connect_timeout
         self._heartbeat = heartbeat
         self.queue_type = queue_type
         #: Casts to topic queues are persistent and confirmed (quorum mode).
@@ -109,6 +114,8 @@ class RabbitTransport(Transport):
         self._idle: queue.LifoQueue[_CallChannel] = queue.LifoQueue()
         self._lock = threading.Lock()
         self._closed = False
+        #: Pooled connections found dead (or idle too long) and replaced.
+        self.stale_discarded = 0
 
     # -- connections ------------------------------------------------------
     def connection(self) -> Connection:
@@ -116,7 +123,7 @@ class RabbitTransport(Transport):
         return Connection(
             self._kombu_url,
             failover_strategy="round-robin",
-            connect_timeout=self._connect_timeout,
+            connect_timeout=self.connect_timeout,
             heartbeat=self._heartbeat,
             transport_options={"max_retries": 1},
         )
@@ -126,16 +133,44 @@ class RabbitTransport(Transport):
             component="transport", address=self.address, reason=describe_amqp_error(exc)
         )
 
+    @property
+    def max_idle(self) -> float | None:
+        """Seconds a pooled channel may sit idle and still be handed out.
+
+        Idle, a pooled connection sends no heartbeat, and the broker closes
+        a client it has not heard from for about its heartbeat timeout. Half
+        of it is safe whatever the broker counts as missed; with heartbeats
+        off the broker never closes an idle client, so only the socket check
+        of :meth:`_CallChannel.usable` applies.
+        """
+        return self._heartbeat / 2 if self._heartbeat > 0 else None
+
     def _acquire(self) -> _CallChannel:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            return _CallChannel(self)
+        """A pooled channel that is still usable, else a new one.
+
+        A pooled connection that sat idle too long, or that the broker closed
+        meanwhile (its socket has an EOF or a Connection.Close waiting), is
+        closed here, before anything is sent on it, and counted in
+        ``stale_discarded``: nothing was lost, and no error is raised (nor
+        counted against the cell's breaker) for it.
+        """
+        while True:
+            try:
+                channel = self._idle.get_nowait()
+            except queue.Empty:
+                return _CallChannel(self)
+            if channel.usable(self.max_idle):
+                return channel
+            channel.close(graceful=False)
+            with self._lock:
+                self.stale_discarded += 1
+            log.debug("%s: discarded a stale pooled connection", self.label)
 
     def _release(self, channel: _CallChannel) -> None:
         if self._closed or self._idle.qsize() >= MAX_IDLE_CHANNELS:
             channel.close()
         else:
+            channel.idle_since = time.monotonic()
             self._idle.put(channel)
 
     def _with_channel(self, action: Any) -> Any:
@@ -145,12 +180,12 @@ class RabbitTransport(Transport):
             try:
                 result = action(channel)
             except _StaleConnection as exc:
-                channel.close()
+                channel.close(graceful=False)
                 if attempt == 2:
                     raise self.unavailable(exc.__cause__ or exc) from exc
                 continue
             except BaseException:
-                channel.close()
+                channel.close(graceful=False)
                 raise
             self._release(channel)
             return result
@@ -163,8 +198,12 @@ class RabbitTransport(Transport):
         result: bytes = self._with_channel(lambda ch: ch.call(target, body, timeout))
         return result
 
-    def cast(self, target: Target, body: bytes) -> None:
-        if self.confirmed_casts and not target.fanout:
+    def cast(self, target: Target, body: bytes, *, confirm: bool = False) -> None:
+        if target.fanout and confirm:
+            raise ValueError(
+                "a confirmed cast needs a topic queue; fanout casts are not confirmed"
+            )
+        if confirm or (self.confirmed_casts and not target.fanout):
             self._with_channel(lambda ch: ch.publish_confirmed(target, body))
         else:
             self._with_channel(lambda ch: ch.publish(target, body, reply=False, timeout=None))
@@ -200,6 +239,7 @@ class _CallChannel:
         self._consumer: Consumer | None = None
         self._confirm_channel: Any = None
         self._returned: list[str] = []
+        self.idle_since = time.monotonic()
         try:
             connect(self._conn, self._transport.host_count)
             self._channel = self._conn.channel()
@@ -210,6 +250,32 @@ class _CallChannel:
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         return tuple(self._conn.connection_errors) + tuple(self._conn.channel_errors)
+
+    def usable(self, max_idle: float | None) -> bool:
+        """Whether this pooled connection can be used: not idle too long, not closed.
+
+        An idle connection reads nothing, so a broker that closed it (missed
+        heartbeats, ``rabbitmqctl close_connection``, a proxy or a NAT that
+        dropped it) has left an EOF or a Connection.Close in the socket. A
+        readable socket is therefore drained here, briefly: heartbeats and
+        stray late replies are consumed, anything else means it is dead.
+        """
+        if max_idle is not None and time.monotonic() - self.idle_since > max_idle:
+            return False
+        if not self._conn.connected:  # (``.connection`` would connect again)
+            return False
+        try:
+            sock = self._conn.connection.sock
+            if sock is None:
+                return False
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                with contextlib.suppress(TimeoutError):  # only heartbeats were waiting
+                    self._conn.drain_events(timeout=0.01)
+                self._conn.heartbeat_check()
+        except Exception:  # any error on an idle connection: it is gone
+            return False
+        return True
 
     def publish(self, target: Target, body: bytes, *, reply: bool, timeout: float | None) -> str:
         exchange, key = routing(target)
@@ -247,6 +313,11 @@ class _CallChannel:
                 channel = self._conn.channel()
                 channel.events["basic_return"].add(self._on_return)
                 exchange(channel).declare()
+                # Selected here, not lazily by basic_publish_confirm: a dead
+                # connection then fails before the message is sent (a retry
+                # on a new connection is safe), not after.
+                channel.confirm_select()
+                channel._confirm_selected = True
                 self._confirm_channel = channel
             message = channel.prepare_message(
                 body,
@@ -327,11 +398,27 @@ class _CallChannel:
         except self._errors() as exc:
             raise _StaleConnection() from exc
 
-    def close(self) -> None:
+    def close(self, *, graceful: bool = True) -> None:
+        """Close the connection: with the AMQP handshake, bounded, or (after any
+        error) by just closing the socket.
+
+        A graceful close waits for the broker's Close-Ok, which a silent broker
+        (a partition that keeps the socket open) never sends: without a bound,
+        the thread closing it would hang for ever. A connection that failed is
+        not worth a handshake at all.
+        """
         try:
-            self._conn.release()
+            if graceful:
+                sock = self._conn.connection.sock if self._conn.connected else None
+                if sock is not None:
+                    sock.settimeout(self._transport.connect_timeout)
+                self._conn.release()
+            else:
+                self._conn.collect()
         except Exception:  # closing a dead connection may raise anything; it is gone
             log.debug("ignoring error while closing an AMQP connection", exc_info=True)
+            with contextlib.suppress(Exception):
+                self._conn.collect()
 
 
 class _RabbitListener(Listener):
