@@ -191,6 +191,7 @@ def _figures(
         "count_5xx": len(failures),
         "p50_ms": round(p50 * 1e3, 3),
         "p99_ms": round(p99 * 1e3, 3),
+        "max_ms": round(max(all_latency.samples) * 1e3, 3),
         "p99_over_p50": round(ratio, 3) if ratio is not None else None,
         "statuses": dict(sorted(statuses.items())),
         "per_kind": per_kind,
