@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import moves
 
         return moves.main(argv[1:])
+    if argv[:1] == ["load"]:  # the all-in-one service under load: benchmarks/load.py
+        from benchmarks import load
+
+        return load.main(argv[1:])
     args = parser().parse_args(argv)
     from benchmarks import run
 

@@ -144,6 +144,7 @@ TYPO = Secret("invalid URL", "ty:p@o/%#?-Kq7o", "ty")
 API_DEAD = Secret("[api_database] connection", "api%@:/#-Kq7p", "apiu")
 KEY_OLD = Secret("encryption key (old)", "u2qvYQbsE3lWq0uN8nC9Jm2tX1oR5kZ4aH7dF6gS0pE=")
 KEY_NEW = Secret("encryption key (new)", "Zx1cV2bN3mA4sD5fG6hJ7kL8qW9eR0tY1uI2oP3aS4d=")
+KEY_STRANGER = Secret("encryption key (stranger)", "Qw3eR5tY7uI9oP1aS3dF5gH7jK9lZ1xC3vB5nM7qW0e=")
 ADMIN_TOKEN = Secret("admin token", "adm-tok-Kq7qZ9x")
 DEMO_TOKEN = Secret("demo token", "demo-tok-Kq7rW3y")
 
@@ -167,6 +168,7 @@ SECRETS = (
     API_DEAD,
     KEY_OLD,
     KEY_NEW,
+    KEY_STRANGER,
     ADMIN_TOKEN,
     DEMO_TOKEN,
 )
@@ -622,6 +624,29 @@ def test_every_cli_command_hides_every_password(tmp_path: Path, scanner: Scanner
     w.cli("cell", "rotate-key", config=rotated)
     w.cli("cell", "history", "good2", "--json", config=new_only)
     w.config.write_text(text.replace(old_keys, f"encryption_keys = {KEY_NEW.password}"))
+
+    # ciphertexts are bound to their row and column: a copied one is refused in one line
+    api_db = sqlite3.connect(str(w.tmp / "api.sqlite"), isolation_level=None)
+    live = "FROM cell_mapping WHERE name = ? AND deleted = 0"
+    (theirs,) = api_db.execute(f"SELECT database_connection {live}", ("good2",)).fetchone()
+    (ours,) = api_db.execute(f"SELECT database_connection {live}", ("long",)).fetchone()
+    set_db = f"UPDATE cell_mapping SET database_connection = ? {live.removeprefix('FROM cell_mapping ')}"
+    api_db.execute(set_db, (theirs, "long"))
+    w.every_way("cell", "show", "long", expect=2)
+    w.cli("--debug", "cell", "list", "--json", expect=2)
+    api_db.execute(set_db, (ours, "long"))
+    # audit entries no configured key opens are listed, marked, with no secret
+    stranger = w.tmp / "stranger.conf"
+    stranger.write_text(text.replace(old_keys, f"encryption_keys = {KEY_STRANGER.password}"))
+    for name in ("good2", "long"):
+        marked = w.cli("cell", "history", name, "--json", config=stranger)
+        assert all(e["unreadable"] for e in json.loads(marked.stdout)), marked.stdout
+        w.cli("--debug", "cell", "history", name, config=stranger)
+    # and at rest the trail holds no password, nor (encrypted) any URL
+    for (changes,) in api_db.execute("SELECT changes FROM cell_mapping_audit"):
+        w.scanner.scan("cell_mapping_audit.changes at rest", changes)
+        assert changes.startswith("aesgcm:") and "://" not in changes, changes[:40]
+    api_db.close()
 
     # cell delete: refused, then ok
     w.every_way("cell", "delete", "cell0", expect=4)

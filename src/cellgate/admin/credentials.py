@@ -7,6 +7,11 @@ locked as a whole, and a run that is interrupted (or races another run) can
 simply be started again: each row is re-checked under its lock and rows that
 are already done are skipped.
 
+Then it walks the audit trail the same way, a batch of entries per
+transaction (entries are encrypted too: :mod:`cellgate.apidb.audit`); an
+entry no configured key opens is counted and left alone, never a reason to
+stop.
+
 The keys are ``app``'s (``[api_database] encryption_keys``): the API database
 handle puts them in every session it opens.
 """
@@ -26,7 +31,13 @@ from cellgate.apidb.mappings import (
     keyring,
     live_rows,
 )
-from cellgate.apidb.updates import ResealMode, reseal_cell, reseal_needed
+from cellgate.apidb.updates import (
+    AuditReseal,
+    ResealMode,
+    reseal_audit,
+    reseal_cell,
+    reseal_needed,
+)
 from cellgate.app import App
 from cellgate.errors import EncryptionKeyError, Hint
 from cellgate.keyring import generate_key as _new_key
@@ -44,6 +55,10 @@ class ResealReport:
     dry_run: bool
     changed: list[dict[str, str]] = field(default_factory=list)
     unchanged: int = 0
+    audit_changed: int = 0
+    audit_unchanged: int = 0
+    #: Audit entries that needed rewriting but no configured key opens.
+    audit_unreadable: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +68,11 @@ class ResealReport:
             "changed": len(self.changed),
             "unchanged": self.unchanged,
             "cells": self.changed,
+            "audit_entries": {
+                "changed": self.audit_changed,
+                "unchanged": self.audit_unchanged,
+                "unreadable": self.audit_unreadable,
+            },
         }
 
 
@@ -144,4 +164,45 @@ def reseal_cells(
                 on_cell(f"{mode}: {label} {before} -> {after}")
         else:
             report.unchanged += 1
+    _reseal_audit(app, mode, report, cell_uuid=_uuid_of(app, ident) if ident else None)
+    if on_cell is not None and report.audit_changed and not dry_run:
+        on_cell(f"{mode}: {report.audit_changed} audit entries")
     return report
+
+
+#: Audit entries rewritten per transaction.
+AUDIT_BATCH = 200
+
+
+def _uuid_of(app: App, ident: str) -> str:
+    with app.api.session() as session:
+        return get_cell(session, ident).uuid
+
+
+def _reseal_audit(
+    app: App, mode: ResealMode, report: ResealReport, *, cell_uuid: str | None
+) -> None:
+    after = 0
+    while True:
+
+        def batch(session: Session, after: int = after) -> AuditReseal:
+            return reseal_audit(
+                session,
+                mode=mode,
+                after_id=after,
+                limit=AUDIT_BATCH,
+                cell_uuid=cell_uuid,
+                write=not report.dry_run,
+            )
+
+        if report.dry_run:
+            with app.api.session() as session:
+                done = batch(session)
+        else:
+            done = app.api.write(batch)
+        report.audit_changed += done.changed
+        report.audit_unchanged += done.unchanged
+        report.audit_unreadable += done.unreadable
+        if done.last_id is None:
+            return
+        after = done.last_id

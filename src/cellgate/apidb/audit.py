@@ -9,6 +9,15 @@ a change that only touches a password is recorded as such
 
 Entries are keyed by cell uuid, so ``cellgate cell history NAME`` follows a
 cell across renames and after its deletion.
+
+Masked URLs still name hosts, users and databases, and host entries name
+compute hosts, so with ``[api_database] encryption_keys`` set ``changes`` is
+stored encrypted with the same keys as the URLs (:mod:`cellgate.keyring`),
+bound to its entry (id and cell uuid): the entry is inserted, flushed for its
+id, then sealed, all in the caller's transaction. ``cell rotate-key`` and
+``cell encrypt`` rewrite old entries too. An entry that no configured key
+opens is still listed, with :attr:`AuditEntry.unreadable` saying why instead
+of its changes; one bad entry never hides the rest of the trail.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from cellgate.apidb.schema import CellMappingAuditRow
+from cellgate.errors import EncryptionKeyError
+from cellgate.keyring import KeyRing, audit_binding, session_ring
 from cellgate.urls import mask_url
 
 #: What a masked URL gets when only its secret part changed.
@@ -66,6 +77,8 @@ class AuditEntry:
     actor: str
     version: int | None
     changes: dict[str, list[Any]]
+    #: Why ``changes`` could not be read (no configured key opens it), else ``None``.
+    unreadable: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +89,7 @@ class AuditEntry:
             "actor": self.actor,
             "version": self.version,
             "changes": self.changes,
+            "unreadable": self.unreadable,
         }
 
 
@@ -89,16 +103,34 @@ def record(
     actor: str | None,
     changes: Mapping[str, Change],
 ) -> None:
-    """Add one entry about a cell in the caller's transaction."""
-    session.add(
-        CellMappingAuditRow(
-            cell_uuid=cell_uuid,
-            cell_name=cell_name,
-            action=action,
-            actor=(actor or local_actor())[:255],
-            version=version,
-            changes=json.dumps({k: list(v) for k, v in changes.items()}, sort_keys=True),
-        )
+    """Add one entry about a cell in the caller's transaction (``changes`` sealed if keyed)."""
+    text = json.dumps({k: list(v) for k, v in changes.items()}, sort_keys=True)
+    ring = session_ring(session.info)
+    row = CellMappingAuditRow(
+        cell_uuid=cell_uuid,
+        cell_name=cell_name,
+        action=action,
+        actor=(actor or local_actor())[:255],
+        version=version,
+        changes="" if ring else text,
+    )
+    session.add(row)
+    if ring:
+        session.flush()  # for the id the ciphertext is bound to
+        row.changes = seal_changes(ring, row, text)
+
+
+def seal_changes(ring: KeyRing, row: CellMappingAuditRow, text: str) -> str:
+    """``text`` (an entry's changes as JSON) encrypted for ``row``, which has its id."""
+    return ring.encrypt(text, bound_to=audit_binding(row.id, row.cell_uuid))
+
+
+def open_changes(ring: KeyRing, row: CellMappingAuditRow) -> str:
+    """An entry's changes as JSON; :class:`EncryptionKeyError` (naming the entry) if sealed shut."""
+    return ring.decrypt(
+        row.changes,
+        what=f"audit entry {row.id} of cell {row.cell_name or row.cell_uuid} changes",
+        bound_to=audit_binding(row.id, row.cell_uuid),
     )
 
 
@@ -117,15 +149,24 @@ def history(session: Session, *, uuids: set[str], name: str | None) -> list[Audi
     rows = session.scalars(
         select(CellMappingAuditRow).where(or_(*clauses)).order_by(CellMappingAuditRow.id)
     ).all()
-    return [
-        AuditEntry(
-            at=r.created_at,
-            cell_uuid=r.cell_uuid,
-            cell_name=r.cell_name,
-            action=r.action,
-            actor=r.actor,
-            version=r.version,
-            changes=json.loads(r.changes),
-        )
-        for r in rows
-    ]
+    ring = session_ring(session.info)
+    return [_entry(ring, r) for r in rows]
+
+
+def _entry(ring: KeyRing, row: CellMappingAuditRow) -> AuditEntry:
+    changes: dict[str, list[Any]] = {}
+    unreadable: str | None = None
+    try:
+        changes = json.loads(open_changes(ring, row))
+    except EncryptionKeyError as exc:
+        unreadable = str(exc)
+    return AuditEntry(
+        at=row.created_at,
+        cell_uuid=row.cell_uuid,
+        cell_name=row.cell_name,
+        action=row.action,
+        actor=row.actor,
+        version=row.version,
+        changes=changes,
+        unreadable=unreadable,
+    )

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from cellgate.apidb.schema import CellMappingRow
 from cellgate.errors import ConfigError, EndpointInUse
-from cellgate.keyring import KeyRing
+from cellgate.keyring import KeyRing, url_binding
 from cellgate.urls import DatabaseURL, StoredURL, TemplateDefaults, TransportURL
 
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -140,8 +140,16 @@ def refuse_shared_endpoints(
     for row in session.scalars(stmt):
         other = row.name or row.uuid
         try:
-            theirs_db = ring.decrypt(row.database_connection, what=f"cell {other}")
-            theirs_mq = ring.decrypt(row.transport_url, what=f"cell {other}")
+            theirs_db = ring.decrypt(
+                row.database_connection,
+                what=f"cell {other} database_connection",
+                bound_to=url_binding(row.uuid, "database_connection"),
+            )
+            theirs_mq = ring.decrypt(
+                row.transport_url,
+                what=f"cell {other} transport_url",
+                bound_to=url_binding(row.uuid, "transport_url"),
+            )
             other_db = set(database_endpoints(defaults.database_url(StoredURL(theirs_db))))
             other_mq = transport_endpoints(defaults.transport_url(StoredURL(theirs_mq)))
         except ConfigError:

@@ -44,7 +44,7 @@ from cellgate.apidb.schema import (
 )
 from cellgate.dbtypes import utcnow
 from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell, Hint, StaleCell
-from cellgate.keyring import SESSION_INFO_KEY, KeyRing, stored_key_id
+from cellgate.keyring import KeyRing, describe, session_ring, url_binding
 from cellgate.urls import NO_TRANSPORT, StoredURL, TemplateDefaults
 from cellgate.validation import control_character
 
@@ -52,7 +52,6 @@ CELL0_UUID: Final = "00000000-0000-0000-0000-000000000000"
 CELL0_NAME: Final = "cell0"
 #: What a deleted cell's URL columns hold instead of credentials.
 SCRUBBED_URL: Final = "scrubbed:///"
-_NO_KEYS: Final = KeyRing()
 
 
 @dataclass(frozen=True)
@@ -104,8 +103,7 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 def keyring(session: Session) -> KeyRing:
     """The keys this session encrypts and decrypts cell URLs with (none: plaintext)."""
-    ring = session.info.get(SESSION_INFO_KEY)
-    return ring if isinstance(ring, KeyRing) else _NO_KEYS
+    return session_ring(session.info)
 
 
 def from_row(row: CellMappingRow, ring: KeyRing) -> CellMapping:
@@ -114,10 +112,18 @@ def from_row(row: CellMappingRow, ring: KeyRing) -> CellMapping:
         uuid=row.uuid,
         name=row.name,
         transport_url=StoredURL(
-            ring.decrypt(row.transport_url, what=f"cell {label} transport_url")
+            ring.decrypt(
+                row.transport_url,
+                what=f"cell {label} transport_url",
+                bound_to=url_binding(row.uuid, "transport_url"),
+            )
         ),
         database_connection=StoredURL(
-            ring.decrypt(row.database_connection, what=f"cell {label} database_connection")
+            ring.decrypt(
+                row.database_connection,
+                what=f"cell {label} database_connection",
+                bound_to=url_binding(row.uuid, "database_connection"),
+            )
         ),
         disabled=row.disabled,
         created_at=row.created_at,
@@ -128,17 +134,17 @@ def from_row(row: CellMappingRow, ring: KeyRing) -> CellMapping:
 
 
 def encryption_of(row: CellMappingRow) -> str:
-    """``plaintext``, ``fernet:<key id>`` or ``mixed``: how the row's URLs are stored."""
-    ids = {stored_key_id(row.transport_url), stored_key_id(row.database_connection)}
-    if len(ids) > 1:
+    """``plaintext``, ``aesgcm:<key id>``, ``fernet:<key id>`` (the old form) or ``mixed``."""
+    forms = {describe(row.transport_url), describe(row.database_connection)}
+    if len(forms) > 1:
         return "mixed"
-    (kid,) = ids
-    return "plaintext" if kid is None else f"fernet:{kid}"
+    (form,) = forms
+    return form
 
 
-def seal(ring: KeyRing, url: str) -> str:
-    """How a new URL is stored: encrypted if the session has keys."""
-    return ring.encrypt(url) if ring else url
+def seal(ring: KeyRing, url: str, *, cell_uuid: str, column: str) -> str:
+    """How a new URL is stored: encrypted (bound to cell and column) if the session has keys."""
+    return ring.encrypt(url, bound_to=url_binding(cell_uuid, column)) if ring else url
 
 
 def normalize_uuid(value: str) -> str | None:
@@ -308,8 +314,10 @@ def _insert_cell(
     row = CellMappingRow(
         uuid=cell_uuid,
         name=name,
-        transport_url=seal(ring, transport_url),
-        database_connection=seal(ring, database_connection),
+        transport_url=seal(ring, transport_url, cell_uuid=cell_uuid, column="transport_url"),
+        database_connection=seal(
+            ring, database_connection, cell_uuid=cell_uuid, column="database_connection"
+        ),
         disabled=disabled,
         deleted=0,
     )

@@ -6,7 +6,8 @@ per caller: lock the row, decrypt it with the session's key ring, compute the
 change, write it through the row's version check, and record it in the audit
 trail in the same transaction. ``update_cell`` never writes when nothing
 changes, and ``reseal_cell`` re-checks under the lock, so an interrupted
-``rotate-key`` can simply be run again.
+``rotate-key`` can simply be run again. ``reseal_audit`` does the same for
+the audit trail's ``changes``, a batch of entries per transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cellgate.apidb import audit
@@ -35,9 +37,9 @@ from cellgate.apidb.mappings import (
     refuse_duplicates,
     seal,
 )
-from cellgate.apidb.schema import CellMappingRow
-from cellgate.errors import ConfigError, Hint, StaleCell
-from cellgate.keyring import KeyRing, stored_key_id
+from cellgate.apidb.schema import CellMappingAuditRow, CellMappingRow
+from cellgate.errors import ConfigError, EncryptionKeyError, Hint, StaleCell
+from cellgate.keyring import KeyRing, is_current, is_encrypted
 from cellgate.urls import TemplateDefaults
 
 
@@ -172,9 +174,11 @@ def update_cell(
     if "name" in plan.changes and name is not None:
         row.name = name
     if "transport_url" in plan.changes and transport_url is not None:
-        row.transport_url = seal(ring, transport_url)
+        row.transport_url = seal(ring, transport_url, cell_uuid=row.uuid, column="transport_url")
     if "database_connection" in plan.changes and database_connection is not None:
-        row.database_connection = seal(ring, database_connection)
+        row.database_connection = seal(
+            ring, database_connection, cell_uuid=row.uuid, column="database_connection"
+        )
     if disabled is not None:
         row.disabled = disabled
     flush_versioned(session, row, ident, row.version)
@@ -188,11 +192,24 @@ ResealMode = Literal["rotate-key", "encrypt", "decrypt"]
 
 def reseal_needed(row: CellMappingRow, ring: KeyRing, mode: ResealMode) -> bool:
     """Whether ``mode`` would rewrite either URL column of ``row``."""
-    stored = (row.transport_url, row.database_connection)
+    return any(
+        value_needs_reseal(v, ring, mode) for v in (row.transport_url, row.database_connection)
+    )
+
+
+def value_needs_reseal(stored: str, ring: KeyRing, mode: ResealMode) -> bool:
+    """Whether ``mode`` rewrites one stored value (a URL column or an audit entry).
+
+    ``rotate-key`` rewrites every encrypted value not in the current form
+    under the first key (so old ``fernet`` values too); ``encrypt`` every
+    value not in the current form (plaintext and ``fernet``) ; ``decrypt``
+    every encrypted one.
+    """
     if mode == "rotate-key":
-        return any(ring.needs_rotation(v) for v in stored)
-    want_encrypted = mode == "encrypt"
-    return any((stored_key_id(v) is not None) != want_encrypted for v in stored)
+        return ring.needs_rotation(stored)
+    if mode == "encrypt":
+        return not is_current(stored, ring.primary_id)
+    return is_encrypted(stored)
 
 
 def reseal_cell(
@@ -214,14 +231,74 @@ def reseal_cell(
     before = encryption_of(row)
     read_version = row.version
 
-    def restore(stored: str, plaintext: str) -> str:
-        encrypted = stored_key_id(stored) is not None
-        if mode == "decrypt" or (mode == "rotate-key" and not encrypted):
+    def restore(stored: str, plaintext: str, column: str) -> str:
+        if not value_needs_reseal(stored, ring, mode):
+            return stored
+        if mode == "decrypt":
             return plaintext
-        return ring.encrypt(plaintext)
+        return seal(ring, plaintext, cell_uuid=row.uuid, column=column)
 
-    row.transport_url = restore(row.transport_url, cell.transport_url.reveal())
-    row.database_connection = restore(row.database_connection, cell.database_connection.reveal())
+    row.transport_url = restore(row.transport_url, cell.transport_url.reveal(), "transport_url")
+    row.database_connection = restore(
+        row.database_connection, cell.database_connection.reveal(), "database_connection"
+    )
     flush_versioned(session, row, cell.label, read_version)
     record_write(session, row, mode, actor, {"encryption": (before, encryption_of(row))})
     return True
+
+
+@dataclass
+class AuditReseal:
+    """What one batch of :func:`reseal_audit` did (or, with ``write=False``, would do)."""
+
+    last_id: int | None = None
+    changed: int = 0
+    unchanged: int = 0
+    #: Entries ``mode`` would rewrite but no configured key opens: left as they are.
+    unreadable: int = 0
+
+
+def reseal_audit(
+    session: Session,
+    *,
+    mode: ResealMode,
+    after_id: int,
+    limit: int,
+    cell_uuid: str | None = None,
+    write: bool = True,
+) -> AuditReseal:
+    """Re-store the ``changes`` of up to ``limit`` audit entries with ids above ``after_id``.
+
+    Entries are walked in id order and locked, so a run that is interrupted
+    resumes where it stopped, and overlapping runs never undo each other.
+    An entry no configured key opens is counted in ``unreadable`` and left
+    alone: it cannot be rewritten, and refusing the whole run over it would
+    make a lost key block every later rotation (``cell history`` marks it).
+    ``last_id`` is ``None`` once there are no more entries.
+    """
+    ring = keyring(session)
+    stmt = (
+        select(CellMappingAuditRow)
+        .where(CellMappingAuditRow.id > after_id)
+        .order_by(CellMappingAuditRow.id)
+        .limit(limit)
+    )
+    if cell_uuid is not None:
+        stmt = stmt.where(CellMappingAuditRow.cell_uuid == cell_uuid)
+    if write:
+        stmt = stmt.with_for_update()
+    result = AuditReseal()
+    for row in session.scalars(stmt):
+        result.last_id = row.id
+        if not value_needs_reseal(row.changes, ring, mode):
+            result.unchanged += 1
+            continue
+        try:
+            text = audit.open_changes(ring, row)
+        except EncryptionKeyError:
+            result.unreadable += 1
+            continue
+        result.changed += 1
+        if write:
+            row.changes = text if mode == "decrypt" else audit.seal_changes(ring, row, text)
+    return result

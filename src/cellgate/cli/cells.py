@@ -166,8 +166,13 @@ def cell_history(state: CliState, ident: str, as_json: bool) -> None:
         emit_json(entries)
         return
     for entry in entries:
-        entry["changes"] = "; ".join(
-            change_text(key, before, after) for key, (before, after) in entry["changes"].items()
+        entry["changes"] = (
+            f"(unreadable: {entry['unreadable']})"
+            if entry["unreadable"]
+            else "; ".join(
+                change_text(key, before, after)
+                for key, (before, after) in entry["changes"].items()
+            )
         )
     emit_table(
         entries,

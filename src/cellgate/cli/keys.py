@@ -97,5 +97,6 @@ def _summary(report: admin.ResealReport) -> str:
     listed = f": {names}" if report.dry_run and names else ""
     return (
         f"{report.mode}{key}: {verb} {len(report.changed)} cell(s){listed}, "
-        f"{report.unchanged} already done"
+        f"{report.unchanged} already done; audit entries: {verb} {report.audit_changed}"
+        + (f", {report.audit_unreadable} unreadable" if report.audit_unreadable else "")
     )

@@ -69,11 +69,24 @@ class AllInOne(Closing):
     def stop_worker(self, name: str) -> None:
         self.workers.pop(name).stop()
 
-    def add_cell(self, name: str) -> CellMapping:
-        """Map, migrate and serve one more SQLite cell, as an operator would."""
-        url = f"sqlite:///{self.settings.state_path / (name + '.sqlite')}"
+    def add_cell(
+        self,
+        name: str,
+        *,
+        database_connection: str | None = None,
+        transport_url: str | None = None,
+    ) -> CellMapping:
+        """Map, migrate and serve one more cell, as an operator would.
+
+        By default a SQLite file and ``memory://``; the load benchmark passes
+        real MariaDB/PostgreSQL databases and RabbitMQ vhosts.
+        """
+        url = database_connection or f"sqlite:///{self.settings.state_path / (name + '.sqlite')}"
         cell = admin.create_cell(
-            self.app, name=name, transport_url=f"memory://{name}", database_connection=url
+            self.app,
+            name=name,
+            transport_url=transport_url or f"memory://{name}",
+            database_connection=url,
         )
         (outcome,) = admin.sync_cells(self.app, cells=[cell.uuid])
         if isinstance(outcome.result, Failed):
