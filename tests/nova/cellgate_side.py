@@ -68,7 +68,12 @@ class Cellgate:
 
 
 def cellgate_beside(
-    nova: Deployment, server: Server, tmp_path: Path, *, extra: str = "", sync: bool = True
+    nova: Deployment,
+    server: Server,
+    tmp_path: Path,
+    *,
+    api_options: str = "",
+    sync: bool = True,
 ) -> Cellgate:
     """cellgate configured with Nova's defaults and a fresh API database on ``server``."""
     api = server.new_database()
@@ -80,10 +85,10 @@ def cellgate_beside(
         f"transport_url = {nova.default_transport}\n"
         "[api_database]\n"
         f"connection = {raw_api}\n"
+        f"{api_options}"
         "[database]\n"
         f"connection = {translate_database_url(nova.default_database)}\n"
-        "connect_timeout = 2\n"
-        f"{extra}",
+        "connect_timeout = 2\n",
         encoding="utf-8",
     )
     side = Cellgate(nova, config, api, [*url_passwords(raw_api), *nova_secrets(nova)])
