@@ -19,7 +19,8 @@ passed in already masked.
      │    ├── DuplicateCell
      │    ├── CellInUse
      │    ├── StaleCell              changed since the caller read it
-     │    └── InstanceNotFound
+     │    ├── InstanceNotFound
+     │    └── NovaImportConflict     a Nova import would clash: nothing was written
      ├── BackendError                a server could not be used
      │    ├── BackendUnavailable     refused, reset, bad credentials
      │    │    └── CellUnavailable   ... and it belongs to a cell
@@ -71,7 +72,7 @@ unchanged until those sites are converted, ``str(exc)`` still appends it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 
 class Hint(enum.Enum):
@@ -590,4 +591,25 @@ class MigrationInterrupted(MigrationError):
             f"{component}: stopped on request after revision {reached} of the {line} line "
             f"(head is {target}); nothing is half-applied",
             hint=Hint.RUN_AGAIN,
+        )
+
+
+class NovaImportConflict(MappingError):
+    """Importing a Nova deployment would clash with cellgate's mappings or break its rules.
+
+    Raised before anything is written, with every conflict found (a cell
+    without a name, a name taken by another cellgate cell, two cells on one
+    queue, a URL cellgate cannot route); ``cellgate nova import --dry-run``
+    lists them too. Each is resolved in Nova or by an explicit option, never
+    guessed.
+    """
+
+    def __init__(self, *, conflicts: Sequence[str]) -> None:
+        self.conflicts = tuple(conflicts)
+        shown = "; ".join(self.conflicts[:5])
+        more = f"; and {len(self.conflicts) - 5} more" if len(self.conflicts) > 5 else ""
+        super().__init__(
+            f"Nova import refused, nothing was written: {len(self.conflicts)} conflict(s):"
+            f" {shown}{more}",
+            hint="'cellgate nova import --dry-run' lists every conflict (docs/nova.md, Import)",
         )

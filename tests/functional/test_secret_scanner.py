@@ -39,6 +39,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 from kombu.connection import Connection
+from sqlalchemy import create_engine, insert
 from sqlalchemy.orm import Session
 
 from cellgate.apidb import audit
@@ -51,6 +52,7 @@ from cellgate.config import Settings, load_settings, template_defaults
 from cellgate.context import RequestContext
 from cellgate.errors import CellgateError, ConfigError, TransactionConflict
 from cellgate.logs import RedactingFilter, configure_logging
+from cellgate.nova import schema as nova
 from cellgate.results import Failed
 from cellgate.rpc.amqp.rabbit import _CallChannel
 from cellgate.rpc.target import Target
@@ -1470,4 +1472,95 @@ def test_usage_errors_never_echo_a_password(tmp_path: Path, scanner: Scanner) ->
     ):
         w.cli(*args, expect=2)
         w.cli("--debug", *args, expect=2)
+    scanner.assert_clean()
+
+
+NOVA1 = Secret("Nova cell1 database", "nv1%:@/#?,ä-Kq7s", "nova1u")
+NOVA2 = Secret("Nova cell2 broker", "nv2@:/%,#-Kq7t", "nova2u")
+NOVA_API = Secret("Nova API database", "nva%@:/#?-Kq7u", "novaapi")
+
+
+def _nova_api_database(path: Path, cells: list[tuple[str, str | None, str, str]]) -> str:
+    """A Nova-shaped API database (the tables cellgate reads) holding ``cells``."""
+    engine = create_engine(f"sqlite:///{path}")
+    nova.api_metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(nova.alembic_version_api), [{"version_num": nova.API_HEAD}])
+        for i, (uuid, name, mq, db) in enumerate(cells, start=1):
+            conn.execute(
+                insert(nova.cell_mappings),
+                [
+                    {
+                        "id": i,
+                        "uuid": uuid,
+                        "name": name,
+                        "transport_url": mq,
+                        "database_connection": db,
+                    }
+                ],
+            )
+        conn.execute(insert(nova.host_mappings), [{"cell_id": 2, "host": "nova-compute-1"}])
+        conn.execute(
+            insert(nova.instance_mappings),
+            [
+                {
+                    "instance_uuid": f"aaaaaaaa-0000-4000-8000-00000000000{i}",
+                    "cell_id": cell,
+                    "project_id": "p",
+                }
+                for i, cell in enumerate((2, 3, None), start=1)
+            ],
+        )
+    engine.dispose()
+    return f"sqlite:///{path}"
+
+
+def test_nova_inspect_and_import_hide_every_password(tmp_path: Path, scanner: Scanner) -> None:
+    """``nova inspect``/``import`` print Nova's URLs (translated, templated, refused) masked."""
+    scanner.secrets += [NOVA1, NOVA2, NOVA_API]
+    w = build_world(tmp_path, scanner)
+    cells = [
+        (
+            "00000000-0000-0000-0000-000000000000",
+            "cell0",
+            "none:///",
+            f"sqlite:///{tmp_path / 'n0.sqlite'}",
+        ),
+        (
+            "cccccccc-0000-4000-8000-000000000001",
+            "nova1",
+            f"rabbit://{MULTI1.user}:{MULTI1.q}@{CLOSED.format(8)},{NOVA2.user}:{NOVA2.q}@{CLOSED.format(9)}/n1",
+            f"mysql://{NOVA1.user}:{NOVA1.q}@{CLOSED.format(8)}/nova_cell1?charset=utf8",
+        ),
+        (
+            "cccccccc-0000-4000-8000-000000000002",
+            None,
+            "rabbit://{username}:{password}@127.0.0.9:1/n2",
+            f"postgresql+psycopg2://{COLON.user}:{COLON.q}@{CLOSED.format(9)}/nova_cell2",
+        ),
+        (
+            "cccccccc-0000-4000-8000-000000000003",
+            "nova3",
+            f"amqp://{NOVA2.user}:{NOVA2.q}@{CLOSED.format(10)}/n3",
+            "{scheme}://{username}:{password}@{hostname}:{port}/nova_cell3",
+        ),
+    ]
+    url = _nova_api_database(tmp_path / "nova_api.sqlite", cells)
+    w.every_way("nova", "inspect", "--nova-api-db", url)
+    # Refused (a NULL name, AMQP 1.0): the conflicts are shown, masked.
+    w.every_way("nova", "import", "--nova-api-db", url, expect=4)
+    w.every_way("nova", "import", "--nova-api-db", url, "--dry-run", expect=4)
+    url = _nova_api_database(tmp_path / "nova_api2.sqlite", cells[:3])
+    w.every_way("nova", "import", "--nova-api-db", url, "--name-from-uuid", "--dry-run")
+    w.cli("nova", "import", "--nova-api-db", url, "--name-from-uuid")
+    w.every_way("nova", "import", "--nova-api-db", url)  # again: differences, masked
+    w.every_way("cell", "show", "nova1")
+    w.every_way("cell", "history", "nova1")
+    for dead in (
+        f"mysql://{NOVA_API.user}:{NOVA_API.q}@{CLOSED.format(11)}/nova_api?charset=utf8",
+        f"postgresql+psycopg2://{NOVA_API.user}:{NOVA_API.q}@{CLOSED.format(12)}/nova_api",
+    ):
+        w.every_way("nova", "inspect", "--nova-api-db", dead, expect=5)
+        w.every_way("nova", "import", "--nova-api-db", dead, "--dry-run", expect=5)
+    w.every_way("nova", "inspect", "--nova-api-db", f"oracle://u:{NOVA_API.q}@h/x", expect=2)
     scanner.assert_clean()

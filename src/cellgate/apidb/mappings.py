@@ -256,6 +256,7 @@ def create_cell(
     uuid: str | None = None,
     disabled: bool = False,
     actor: str | None = None,
+    action: str = "create",
 ) -> CellMapping:
     """Validate and insert a new cell mapping.
 
@@ -263,8 +264,9 @@ def create_cell(
     when another process inserts it concurrently (the unique constraints
     decide the race), and :class:`EndpointInUse` if another cell or the API
     database already has its database or message queue. ``actor`` is who the
-    audit trail names (default: this process's ``user@host``). cell0's name and
-    uuid are refused: only :func:`map_cell0` creates cell0.
+    audit trail names (default: this process's ``user@host``), ``action``
+    what it calls the creation (``nova-import`` for a cell imported from
+    Nova). cell0's name and uuid are refused: only :func:`map_cell0` creates cell0.
     """
     cell_uuid = _check_uuid(uuid) if uuid else str(uuidlib.uuid4())
     if cell_uuid == CELL0_UUID:
@@ -281,6 +283,7 @@ def create_cell(
         defaults=defaults,
         disabled=disabled,
         actor=actor,
+        action=action,
     )
 
 
@@ -294,6 +297,7 @@ def _insert_cell(
     defaults: TemplateDefaults,
     disabled: bool,
     actor: str | None,
+    action: str = "create",
 ) -> CellMapping:
     cell_uuid = uuid
     is_cell0 = cell_uuid == CELL0_UUID
@@ -335,7 +339,7 @@ def _insert_cell(
         "database_connection": audit.url_change(None, database_connection),
         "disabled": (None, disabled),
     }
-    record_write(session, row, "create", actor, {k: v for k, v in changes.items() if v})
+    record_write(session, row, action, actor, {k: v for k, v in changes.items() if v})
     return from_row(row, ring)
 
 
@@ -464,8 +468,13 @@ def map_cell0(
     database_connection: str,
     defaults: TemplateDefaults,
     actor: str | None = None,
+    action: str = "create",
 ) -> tuple[CellMapping, bool]:
-    """Create the cell0 mapping if it is missing; return it and whether it was created."""
+    """Create the cell0 mapping if it is missing; return it and whether it was created.
+
+    ``action`` is what the audit trail calls the creation (``nova-import``
+    for a cell0 adopted from Nova).
+    """
     existing = session.scalars(live_select().where(CellMappingRow.uuid == CELL0_UUID)).first()
     if existing is not None:
         return from_row(existing, keyring(session)), False
@@ -478,6 +487,7 @@ def map_cell0(
         defaults=defaults,
         disabled=False,
         actor=actor,
+        action=action,
     )
     return cell, True
 

@@ -44,6 +44,7 @@ COMMANDS = {
     "instance": "cellgate.cli.moves:instance",
     "quickstart": "cellgate.cli.misc:quickstart",
     "upgrade": "cellgate.cli.upgrade:upgrade",
+    "nova": "cellgate.cli.nova:nova",
     "serve": "cellgate.cli.serve:serve",
     "all-in-one": "cellgate.cli.serve:all_in_one",
     "demo": "cellgate.cli.serve:demo",

@@ -22,6 +22,7 @@ from cellgate.errors import (
     MigrationInterrupted,
     MoveJobNotFound,
     MoveVerifyFailed,
+    NovaImportConflict,
     RPCTimeout,
     StaleCell,
 )
@@ -48,6 +49,7 @@ _TABLE: tuple[tuple[type[CellgateError], ExitCode], ...] = (
     (InstanceMoving, ExitCode.CONFLICT),
     (MoveVerifyFailed, ExitCode.VERIFY_FAILED),
     (DuplicateCell, ExitCode.CONFLICT),
+    (NovaImportConflict, ExitCode.CONFLICT),
     (CellInUse, ExitCode.CONFLICT),
     (StaleCell, ExitCode.CONFLICT),
     (BackendError, ExitCode.UNAVAILABLE),
