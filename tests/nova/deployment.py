@@ -151,8 +151,8 @@ def _quote(kind: str, name: str) -> str:
 
 def _locator(db: Database) -> str:
     """The part of a URL that names the database: what a copy replaces."""
-    if db.kind == "sqlite":
-        return f"{db.name}.sqlite"
+    if db.kind == "sqlite":  # the whole path: a copy lives in the test's own directory
+        return db.nova_url.removeprefix("sqlite:///")
     return f"/{db.name}"
 
 
