@@ -114,17 +114,18 @@ class Deployment:
         with new_api.connect() as conn:
             for name in cells:
                 old, new = self.cells[name], new_cells[name]
-                for column in ("database_connection",):
+                # The whole URL (or template): a copy has its own file, or database,
+                # user and password.
+                for before, after in (
+                    (old.nova_url, new.nova_url),
+                    (_template(old), _template(new)),
+                ):
                     conn.execute(
                         text(
-                            f"UPDATE cell_mappings SET {column} = REPLACE({column}, :old, :new)"
-                            " WHERE uuid = :uuid"
+                            "UPDATE cell_mappings SET database_connection = :new"
+                            " WHERE uuid = :uuid AND database_connection = :old"
                         ),
-                        {
-                            "old": _locator(old),
-                            "new": _locator(new),
-                            "uuid": self.cell_uuids[name],
-                        },
+                        {"old": before, "new": after, "uuid": self.cell_uuids[name]},
                     )
         made = [new_api, *(new_cells[n] for n in cells)]
         return replace(self, api=new_api, cells=new_cells, made=made)
@@ -147,13 +148,6 @@ class Deployment:
 
 def _quote(kind: str, name: str) -> str:
     return f"`{name}`" if kind == "mariadb" else f'"{name}"'
-
-
-def _locator(db: Database) -> str:
-    """The part of a URL that names the database: what a copy replaces."""
-    if db.kind == "sqlite":
-        return f"{db.name}.sqlite"
-    return f"/{db.name}"
 
 
 # ---------------------------------------------------------------- databases

@@ -44,6 +44,7 @@ quickstart             :func:`quickstart`
 db archive-deleted     :func:`archive_deleted`
 db purge               :func:`purge_deleted`
 upgrade check          :func:`upgrade_check`
+nova verify            :func:`verify_nova`
 =====================  ===================================
 """
 
@@ -86,6 +87,8 @@ from cellgate.admin.move import move_instance as move_instance
 from cellgate.admin.move import resume_move as resume_move
 from cellgate.admin.move import rollback_move as rollback_move
 from cellgate.admin.move import show_move as show_move
+from cellgate.admin.nova_verify import NovaVerifyReport as NovaVerifyReport
+from cellgate.admin.nova_verify import verify_nova as verify_nova
 from cellgate.admin.quickstart import quickstart as quickstart
 from cellgate.admin.upgrade import UpgradeReport as UpgradeReport
 from cellgate.admin.upgrade import upgrade_check as upgrade_check
@@ -103,6 +106,7 @@ __all__ = [
     "DeletedHost",
     "DrainReport",
     "HostDiscovery",
+    "NovaVerifyReport",
     "ResealReport",
     "UpgradeReport",
     "VersionInfo",
@@ -137,4 +141,5 @@ __all__ = [
     "update_cell",
     "upgrade_check",
     "verify_cells",
+    "verify_nova",
 ]
