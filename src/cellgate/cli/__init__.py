@@ -48,7 +48,6 @@ COMMANDS = {
     "serve": "cellgate.cli.serve:serve",
     "all-in-one": "cellgate.cli.serve:all_in_one",
     "demo": "cellgate.cli.serve:demo",
-    "nova": "cellgate.cli.nova:nova",
 }
 
 
