@@ -25,7 +25,8 @@ passed in already masked.
      │    ├── BackendUnavailable     refused, reset, bad credentials
      │    │    └── CellUnavailable   ... and it belongs to a cell
      │    ├── BackendTimeout         no answer within the deadline
-     │    │    └── CellTimeout
+     │    │    ├── CellTimeout
+     │    │    └── DeadlineExceeded  the request's own deadline ran out first
      │    └── TransactionConflict    refused as a conflict (deadlock, Galera) on every attempt
      ├── MoveError                   an instance move between cells cannot go on
      │    ├── InstanceMoving         a move of this instance is unfinished
@@ -127,6 +128,7 @@ class Hint(enum.Enum):
     FIX_AND_RERUN = "fix_and_rerun"  # hint_args: revision (rolled back)
     RESUME_MOVE = "resume_move"  # hint_args: job (an unfinished move)
     FINISH_MOVES = "finish_moves"  # a cell with unfinished move jobs
+    NOVA_IMPORT_DRY_RUN = "nova_import_dry_run"  # a dry run lists every import conflict
 
 
 class CellgateError(Exception):
@@ -611,5 +613,5 @@ class NovaImportConflict(MappingError):
         super().__init__(
             f"Nova import refused, nothing was written: {len(self.conflicts)} conflict(s):"
             f" {shown}{more}",
-            hint="'cellgate nova import --dry-run' lists every conflict (docs/nova.md, Import)",
+            hint=Hint.NOVA_IMPORT_DRY_RUN,
         )

@@ -105,6 +105,8 @@ TREE: dict[type[Exception], type[Exception]] = {
     InstanceMoving: MoveError,
     MoveVerifyFailed: MoveError,
     MoveJobNotFound: MoveError,
+    errors.DeadlineExceeded: BackendTimeout,
+    errors.NovaImportConflict: MappingError,
 }
 
 
@@ -489,6 +491,8 @@ SAMPLES: list[CellgateError] = [
     InstanceMoving(uuid="u", job="j", state="moving"),
     MoveVerifyFailed(uuid="u", job="j", reason="r"),
     MoveJobNotFound(job="j"),
+    errors.DeadlineExceeded(component="c", reason="r"),
+    errors.NovaImportConflict(conflicts=["a", "b"]),
 ]
 
 

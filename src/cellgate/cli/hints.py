@@ -77,6 +77,9 @@ CLI_HINTS: Final[dict[Hint, str]] = {
     Hint.RESUME_MOVE: "finish it with 'cellgate instance move --resume {job}' (or --rollback)",
     Hint.FINISH_MOVES: "finish each with 'cellgate instance move --resume JOB' once its grace "
     "period is over, or undo it with --rollback JOB",
+    Hint.NOVA_IMPORT_DRY_RUN: (
+        "'cellgate nova import --dry-run' lists every conflict (docs/nova.md, Import)"
+    ),
 }
 
 
