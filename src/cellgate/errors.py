@@ -24,7 +24,8 @@ passed in already masked.
      │    ├── BackendUnavailable     refused, reset, bad credentials
      │    │    └── CellUnavailable   ... and it belongs to a cell
      │    ├── BackendTimeout         no answer within the deadline
-     │    │    └── CellTimeout
+     │    │    ├── CellTimeout
+     │    │    └── DeadlineExceeded   the REST request's own deadline passed (504)
      │    └── TransactionConflict    refused as a conflict (deadlock, Galera) on every attempt
      ├── MoveError                   an instance move between cells cannot go on
      │    ├── InstanceMoving         a move of this instance is unfinished
