@@ -24,8 +24,8 @@ from contextvars import ContextVar
 
 from cellgate.errors import DeadlineExceeded
 
-#: (monotonic deadline, the request's whole budget in seconds) or ``None``.
-_current: ContextVar[tuple[float, float] | None] = ContextVar("cellgate_deadline", default=None)
+#: The monotonic deadline of the work on this thread, or ``None``.
+_current: ContextVar[float | None] = ContextVar("cellgate_deadline", default=None)
 
 
 def at(budget: float) -> float:
@@ -34,16 +34,16 @@ def at(budget: float) -> float:
 
 
 @contextmanager
-def scope(deadline: float | None, budget: float | None = None) -> Iterator[None]:
+def scope(deadline: float | None) -> Iterator[None]:
     """Bound the work of this thread by ``deadline`` (a ``time.monotonic()`` instant).
 
     An enclosing scope's earlier deadline stays in force; ``None`` adds none.
     """
     current = _current.get()
-    if deadline is None or (current is not None and current[0] <= deadline):
+    if deadline is None or (current is not None and current <= deadline):
         yield
         return
-    token = _current.set((deadline, budget if budget is not None else deadline - time.monotonic()))
+    token = _current.set(deadline)
     try:
         yield
     finally:
@@ -65,7 +65,7 @@ def remaining() -> float | None:
     current = _current.get()
     if current is None:
         return None
-    return max(0.0, current[0] - time.monotonic())
+    return max(0.0, current - time.monotonic())
 
 
 def bound(timeout: float) -> float:
@@ -76,18 +76,15 @@ def bound(timeout: float) -> float:
 
 def check(what: str) -> None:
     """Raise :class:`DeadlineExceeded` if this thread's deadline has passed."""
-    current = _current.get()
-    if current is not None and time.monotonic() >= current[0]:
+    if expired():
         raise exceeded(what)
 
 
 def expired() -> bool:
     current = _current.get()
-    return current is not None and time.monotonic() >= current[0]
+    return current is not None and time.monotonic() >= current
 
 
 def exceeded(what: str) -> DeadlineExceeded:
-    current = _current.get()
-    budget = current[1] if current is not None else 0.0
-    reason = f"the request's deadline ({budget:g}s) passed before {what}"
+    reason = f"the request's deadline passed before {what}"
     return DeadlineExceeded(component="request", reason=reason, public_reason=reason)

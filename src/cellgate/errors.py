@@ -26,7 +26,7 @@ passed in already masked.
      │    │    └── CellUnavailable   ... and it belongs to a cell
      │    ├── BackendTimeout         no answer within the deadline
      │    │    ├── CellTimeout
-     │    │    └── DeadlineExceeded  the request's own deadline ran out first
+     │    │    └── DeadlineExceeded   the REST request's own deadline passed (504)
      │    └── TransactionConflict    refused as a conflict (deadlock, Galera) on every attempt
      ├── MoveError                   an instance move between cells cannot go on
      │    ├── InstanceMoving         a move of this instance is unfinished

@@ -22,6 +22,7 @@ from uuid import uuid4
 import httpx
 import pytest
 import sqlalchemy.exc
+from kombu.connection import Connection
 
 from cellgate import (
     App,
@@ -41,12 +42,15 @@ from cellgate.keyset import SortKey
 from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.results import CellResult
 from cellgate.routing.breaker import BreakerState
+from cellgate.rpc.amqp.queues import CLASSIC, EXCHANGE, declare, topic_queue
+from cellgate.rpc.amqp.rabbit import kombu_urls
 from cellgate.rpc.target import Target
+from cellgate.service.compute import TOPIC
 from cellgate.service.http import CellList, CellOne, create_api
 from cellgate.service.runner import HttpServer
 from cellgate.sql.api_database import ApiDatabase
 from cellgate.sql.engines import make_engine
-from cellgate.urls import DatabaseURL, TemplateDefaults, url_passwords
+from cellgate.urls import DatabaseURL, TemplateDefaults, TransportURL, url_passwords
 from tests.support import Broker, Server, TcpProxy
 
 DEFAULTS = TemplateDefaults(database=None, transport=None)
@@ -542,6 +546,10 @@ def test_a_blackholed_broker_is_named_but_not_located(
         _deployment(Server("sqlite", tmp_path), tmp_path, cell2_broker=vhost) as d,
         _http(d) as http,
     ):
+        # As if a worker of cell2 had run once: a build is mandatory, and with
+        # no topic queue bound the broker would return it (a 503).
+        with Connection(kombu_urls(TransportURL.parse(vhost)), connect_timeout=5) as conn:
+            declare(conn, [topic_queue(f"{EXCHANGE}:{TOPIC}", TOPIC, CLASSIC)]).close()
         booted = http.post("/v1/instances", json={"name": "vm", "cell": "cell2"}, headers=DEMO)
         assert booted.status_code == 202, booted.text
         d.proxy.blackhole()

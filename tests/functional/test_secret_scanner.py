@@ -60,6 +60,7 @@ from cellgate.rpc.transport import Incoming, MemoryBroker
 from cellgate.service.compute import Worker
 from cellgate.service.http import create_api
 from cellgate.service.instances import InstanceService
+from cellgate.service.reconcile import fail_stuck_builds
 from cellgate.service.runner import HttpServer
 from cellgate.sql.engines import make_engine
 from cellgate.urls import DatabaseURL, StoredURL, TransportURL, mask_url, redact
@@ -756,7 +757,9 @@ class Wire:
         original = MemoryBroker.route
         bodies = self.bodies
 
-        def route(broker: MemoryBroker, target: Target, message: Incoming) -> None:
+        def route(
+            broker: MemoryBroker, target: Target, message: Incoming, *, keep: bool = False
+        ) -> None:
             bodies.append(message.body)
             if message.wants_reply:
                 inner = message
@@ -766,7 +769,7 @@ class Wire:
                     inner.reply(body)
 
                 message = Incoming(message.body, reply)
-            original(broker, target, message)
+            original(broker, target, message, keep=keep)
 
         monkeypatch.setattr(MemoryBroker, "route", route)
 
@@ -961,6 +964,9 @@ def _drive_rpc_and_backends(app: App, ctx: RequestContext, scanner: Scanner) -> 
         with pytest.raises(CellgateError) as raised:
             client.cast("build", instance="x")
         scanner.scan_exception(f"RPC cast to {name}'s dead broker", raised.value)
+        with pytest.raises(CellgateError) as raised:
+            client.prepare(confirm=True).cast("build", instance="x")
+        scanner.scan_exception(f"confirmed RPC cast to {name}'s dead broker", raised.value)
     for name in ("cell0", "deadmy", "deadpg", "long", "tpl", "good2", "nowork"):
         cctx = ctx.for_cell(app.cells.get(ctx, name))
         with pytest.raises(CellgateError) as raised, app.db.session(cctx) as session:
@@ -970,6 +976,11 @@ def _drive_rpc_and_backends(app: App, ctx: RequestContext, scanner: Scanner) -> 
     def count(cctx: RequestContext) -> int:
         with app.db.session(cctx) as session:
             return queries.count_instances(session)
+
+    # The build reconciler's round: its warnings name the cells it cannot reach.
+    round_ = fail_stuck_builds(app, ctx, build_timeout=3600, cell_timeout=5)
+    assert round_.unreachable, "the dead cells were not reported"
+    scanner.scan("build reconciler result", repr(round_.to_dict()))
 
     results = app.scatter_gather(
         ctx, None, count, timeout=5, include_disabled=True, include_cell0=True

@@ -29,6 +29,7 @@ from cellgate.errors import (
     CellTimeout,
     CellUnavailable,
     ConfigError,
+    DeadlineExceeded,
     DuplicateCell,
     EncryptionKeyError,
     EndpointInUse,
@@ -84,6 +85,7 @@ TREE: dict[type[Exception], type[Exception]] = {
     CellUnavailable: BackendUnavailable,
     BackendTimeout: BackendError,
     CellTimeout: BackendTimeout,
+    DeadlineExceeded: BackendTimeout,
     TransactionConflict: BackendError,
     RoutingError: CellgateError,
     UntargetedContext: RoutingError,
@@ -105,7 +107,6 @@ TREE: dict[type[Exception], type[Exception]] = {
     InstanceMoving: MoveError,
     MoveVerifyFailed: MoveError,
     MoveJobNotFound: MoveError,
-    errors.DeadlineExceeded: BackendTimeout,
     errors.NovaImportConflict: MappingError,
 }
 
@@ -470,6 +471,7 @@ SAMPLES: list[CellgateError] = [
     CellUnavailable(component="c", reason="r"),
     BackendTimeout(component="c", reason="r"),
     CellTimeout(component="c", reason="r"),
+    DeadlineExceeded(component="request", reason="r", public_reason="r"),
     TransactionConflict(component="c", attempts=8, code="1213"),
     RoutingError("m", hint=Hint.TARGET_CELL),
     UntargetedContext(what="w"),
@@ -491,7 +493,6 @@ SAMPLES: list[CellgateError] = [
     InstanceMoving(uuid="u", job="j", state="moving"),
     MoveVerifyFailed(uuid="u", job="j", reason="r"),
     MoveJobNotFound(job="j"),
-    errors.DeadlineExceeded(component="c", reason="r"),
     errors.NovaImportConflict(conflicts=["a", "b"]),
 ]
 

@@ -262,7 +262,7 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
 
     def within(ctx: RequestContext) -> AbstractContextManager[None]:
         """The request's deadline for the work done on this (the endpoint's) thread."""
-        return deadline.scope(ctx.deadline, settings.request_timeout)
+        return deadline.scope(ctx.deadline)
 
     Ctx = Annotated[RequestContext, Depends(context)]
     Admin = Annotated[RequestContext, Depends(admin)]

@@ -150,8 +150,8 @@ def make_engine(
         event.listen(engine, "checkout", functools.partial(_mysql_bounded, query_timeout))
         event.listen(engine, "checkin", functools.partial(_mysql_unbounded, query_timeout))
     if url.backend == "postgresql":
-        deadline = query_timeout + CLIENT_GRACE
-        event.listen(engine, "do_connect", functools.partial(_pg_connect, deadline))
+        per_call = query_timeout + CLIENT_GRACE
+        event.listen(engine, "do_connect", functools.partial(_pg_connect, per_call))
         event.listen(engine, "handle_error", _keep_pool_on_deadline)
     if url.backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
