@@ -482,6 +482,8 @@ def test_every_cli_command_hides_every_password(tmp_path: Path, scanner: Scanner
     w.every_way("db", "archive-deleted", "--all-cells", "--dry-run", expect=5)
     w.every_way("db", "archive-deleted", "--cell", "deadpg", "--cell", "good1", expect=5)
     w.every_way("db", "purge", "--all-cells", "--before", "2030-01-01", expect=5)
+    w.every_way("db", "migrate-data", "--all-cells", expect=5)
+    w.every_way("db", "migrate-data", "--cell", "deadpg", "--cell", "good1", expect=5)
     w.every_way("upgrade", "check", expect=2)  # dead cells fail their checks, masked
 
     w.every_way("cell", "list")

@@ -43,6 +43,7 @@ cell drain             :func:`drain_cell`
 quickstart             :func:`quickstart`
 db archive-deleted     :func:`archive_deleted`
 db purge               :func:`purge_deleted`
+db migrate-data        :func:`migrate_data`
 upgrade check          :func:`upgrade_check`
 nova verify            :func:`verify_nova`
 =====================  ===================================
@@ -51,6 +52,7 @@ nova verify            :func:`verify_nova`
 from __future__ import annotations
 
 from cellgate.admin import archive as archive
+from cellgate.admin import datamigrations as datamigrations
 from cellgate.admin.archive import archive_deleted as archive_deleted
 from cellgate.admin.archive import purge_deleted as purge_deleted
 from cellgate.admin.cells import Cell0Mapping as Cell0Mapping
@@ -69,6 +71,8 @@ from cellgate.admin.credentials import encrypt_cells as encrypt_cells
 from cellgate.admin.credentials import generate_key as generate_key
 from cellgate.admin.credentials import reseal_cells as reseal_cells
 from cellgate.admin.credentials import rotate_key as rotate_key
+from cellgate.admin.datamigrations import MigrateDataReport as MigrateDataReport
+from cellgate.admin.datamigrations import migrate_data as migrate_data
 from cellgate.admin.drain import DrainReport as DrainReport
 from cellgate.admin.drain import drain_cell as drain_cell
 from cellgate.admin.hosts import DeletedHost as DeletedHost
@@ -106,6 +110,7 @@ __all__ = [
     "DeletedHost",
     "DrainReport",
     "HostDiscovery",
+    "MigrateDataReport",
     "NovaVerifyReport",
     "ResealReport",
     "UpgradeReport",
@@ -116,6 +121,7 @@ __all__ = [
     "cell_history",
     "cell_versions",
     "create_cell",
+    "datamigrations",
     "decrypt_cells",
     "delete_cell",
     "delete_host",
@@ -126,6 +132,7 @@ __all__ = [
     "list_cells",
     "list_hosts",
     "map_cell0",
+    "migrate_data",
     "move_instance",
     "preview_update",
     "purge_deleted",

@@ -149,7 +149,9 @@ def read_worker_versions(
     chosen = [c for c in chosen if not c.is_cell0]
 
     def read(cctx: RequestContext) -> list[queries.WorkerVersion]:
-        with app.db.session(cctx, read_only=True) as session:
+        # Unguarded: a background read neither waits on a cell's breaker nor
+        # counts towards it, so it never changes how requests are routed.
+        with app.db.session(cctx, read_only=True, guarded=False) as session:
             return queries.live_worker_versions(session, now=utcnow(), down_after=down_after)
 
     results = app.scatter_gather(ctx, chosen, read, timeout=deadline)

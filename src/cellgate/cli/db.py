@@ -149,9 +149,11 @@ def _finish(outcomes: list[admin.DatabaseOutcome], as_json: bool) -> None:
 def _register_lifecycle() -> None:
     # Kept in their own module for size; imported here so `cellgate db` lists them.
     from cellgate.cli.archive import archive_deleted, purge
+    from cellgate.cli.migratedata import migrate_data
 
     db.add_command(archive_deleted)
     db.add_command(purge)
+    db.add_command(migrate_data)
 
 
 _register_lifecycle()
