@@ -44,6 +44,8 @@ quickstart             :func:`quickstart`
 db archive-deleted     :func:`archive_deleted`
 db purge               :func:`purge_deleted`
 upgrade check          :func:`upgrade_check`
+nova inspect           :func:`inspect_nova` (reads Nova only)
+nova import            :func:`import_nova`
 =====================  ===================================
 """
 
@@ -86,6 +88,10 @@ from cellgate.admin.move import move_instance as move_instance
 from cellgate.admin.move import resume_move as resume_move
 from cellgate.admin.move import rollback_move as rollback_move
 from cellgate.admin.move import show_move as show_move
+from cellgate.admin.nova_import import NovaImportReport as NovaImportReport
+from cellgate.admin.nova_import import import_nova as import_nova
+from cellgate.admin.nova_inspect import NovaInspection as NovaInspection
+from cellgate.admin.nova_inspect import inspect_nova as inspect_nova
 from cellgate.admin.quickstart import quickstart as quickstart
 from cellgate.admin.upgrade import UpgradeReport as UpgradeReport
 from cellgate.admin.upgrade import upgrade_check as upgrade_check
@@ -103,6 +109,8 @@ __all__ = [
     "DeletedHost",
     "DrainReport",
     "HostDiscovery",
+    "NovaImportReport",
+    "NovaInspection",
     "ResealReport",
     "UpgradeReport",
     "VersionInfo",
@@ -119,6 +127,8 @@ __all__ = [
     "drain_cell",
     "encrypt_cells",
     "generate_key",
+    "import_nova",
+    "inspect_nova",
     "list_cells",
     "list_hosts",
     "map_cell0",
