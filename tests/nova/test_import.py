@@ -252,6 +252,11 @@ def test_conflicting_names_are_refused_or_resolved_explicitly(
     mine = nova_copy()
     _own_vhost(mine)
     mine.api.execute("UPDATE cell_mappings SET name = NULL WHERE name = 'cell2'")
+    mine.api.execute(
+        "UPDATE host_mappings SET cell_id = (SELECT id FROM cell_mappings WHERE uuid = :u)"
+        " WHERE host = 'compute-2a'",
+        u=CELL0_UUID,
+    )
     side = cellgate_beside(mine, server, tmp_path)
     # A cellgate cell already named cell1, somewhere else.
     other = server.new_database()
@@ -271,11 +276,14 @@ def test_conflicting_names_are_refused_or_resolved_explicitly(
     refused = side.run(*args, ok=False)
     assert refused.exit_code == ExitCode.CONFLICT
     message = refused.output.strip().splitlines()[-1]
-    assert "2 conflict(s)" in message
+    assert "3 conflict(s)" in message
+    assert "host 'compute-2a' is mapped to cell0 in Nova" in message
     assert "has the name of the cellgate cell 'cell1'" in message
     assert f"cell {mine.cell_uuids['cell2']} has no name in Nova (NULL)" in message
     assert "--name-from-uuid" in message
     assert cellgate_sum(side) == before
+    # Not a name: only fixed in Nova (here, as nova-manage cell_v2 delete_host would).
+    mine.api.execute("DELETE FROM host_mappings WHERE host = 'compute-2a'")
 
     done = side.json(*args, "--name-from-uuid")
     names = {c["uuid"]: c["name"] for c in done["cells"]}

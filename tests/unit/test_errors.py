@@ -48,6 +48,7 @@ from cellgate.errors import (
     MoveVerifyFailed,
     NoSuchMethod,
     NoTransport,
+    NovaImportConflict,
     NoValidCell,
     RemoteError,
     RoutingError,
@@ -80,6 +81,7 @@ TREE: dict[type[Exception], type[Exception]] = {
     DuplicateCell: MappingError,
     CellInUse: MappingError,
     StaleCell: MappingError,
+    NovaImportConflict: MappingError,
     BackendError: CellgateError,
     BackendUnavailable: BackendError,
     CellUnavailable: BackendUnavailable,
@@ -402,6 +404,7 @@ def test_exit_code_values_are_the_documented_ones() -> None:
         (MoveJobNotFound(job="j"), ExitCode.NOT_FOUND),
         (InstanceMoving(uuid="u", job="j", state="moving"), ExitCode.CONFLICT),
         (MoveVerifyFailed(uuid="u", job="j", reason="r"), ExitCode.VERIFY_FAILED),
+        (NovaImportConflict(conflicts=["cell c: no name"]), ExitCode.CONFLICT),
         (MoveError("m"), ExitCode.ERROR),
         # Not in the table: unexpected, i.e. a bug.
         (UntargetedContext(what="w"), ExitCode.ERROR),
@@ -465,6 +468,7 @@ SAMPLES: list[CellgateError] = [
     DuplicateCell(field="name", value="c"),
     CellInUse(ident="c", reason="r", hint=Hint.FORCE_DELETE_CELL0),
     StaleCell(ident="c", expected=1, found=2),
+    NovaImportConflict(conflicts=["cell c: no name"]),
     InstanceNotFound(uuid="u"),
     BackendError(component="c", reason="r", hint=Hint.ASCII_PASSWORD),
     BackendUnavailable(component="c", reason="r"),
@@ -563,3 +567,11 @@ def test_rest_error_classes_are_not_domain_errors() -> None:
     ]
     assert rest  # Unauthorized, Forbidden
     assert not any(issubclass(cls, CellgateError) for cls in rest)
+
+
+def test_nova_import_conflict_lists_its_conflicts_in_one_line() -> None:
+    many = [f"cell c{i}: no name" for i in range(7)]
+    err = NovaImportConflict(conflicts=many)
+    assert err.conflicts == tuple(many)
+    assert "7 conflict(s): cell c0: no name; " in str(err) and "and 2 more" in str(err)
+    assert "\n" not in str(err) and "cell c6" not in str(err)

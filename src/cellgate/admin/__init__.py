@@ -45,6 +45,8 @@ db archive-deleted     :func:`archive_deleted`
 db purge               :func:`purge_deleted`
 db migrate-data        :func:`migrate_data`
 upgrade check          :func:`upgrade_check`
+nova inspect           :func:`inspect_nova` (reads Nova only)
+nova import            :func:`import_nova`
 nova verify            :func:`verify_nova`
 =====================  ===================================
 """
@@ -91,6 +93,10 @@ from cellgate.admin.move import move_instance as move_instance
 from cellgate.admin.move import resume_move as resume_move
 from cellgate.admin.move import rollback_move as rollback_move
 from cellgate.admin.move import show_move as show_move
+from cellgate.admin.nova_import import NovaImportReport as NovaImportReport
+from cellgate.admin.nova_import import import_nova as import_nova
+from cellgate.admin.nova_inspect import NovaInspection as NovaInspection
+from cellgate.admin.nova_inspect import inspect_nova as inspect_nova
 from cellgate.admin.nova_verify import NovaVerifyReport as NovaVerifyReport
 from cellgate.admin.nova_verify import verify_nova as verify_nova
 from cellgate.admin.quickstart import quickstart as quickstart
@@ -111,6 +117,8 @@ __all__ = [
     "DrainReport",
     "HostDiscovery",
     "MigrateDataReport",
+    "NovaImportReport",
+    "NovaInspection",
     "NovaVerifyReport",
     "ResealReport",
     "UpgradeReport",
@@ -129,6 +137,8 @@ __all__ = [
     "drain_cell",
     "encrypt_cells",
     "generate_key",
+    "import_nova",
+    "inspect_nova",
     "list_cells",
     "list_hosts",
     "map_cell0",

@@ -151,10 +151,13 @@ class NovaImportReport:
     unscheduled_skipped: int = 0
     null_queued_for_delete: int = 0
     batches: int = 0
+    #: Conflicts that are not one cell's (a host Nova maps to cell0).
+    other_conflicts: list[str] = field(default_factory=list)
 
     @property
     def conflicts(self) -> list[str]:
-        return [c.problem for c in self.cells if c.action == "conflict" and c.problem]
+        found = [c.problem for c in self.cells if c.action == "conflict" and c.problem]
+        return found + self.other_conflicts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,6 +210,13 @@ def import_nova(
             existing = mappings.list_cells(session)
         report = NovaImportReport(mask_url(nova_api_db), revision, dry_run)
         report.cells = _plan_cells(app, nova_cells, existing, defaults, name_from_uuid)
+        cell0_ids = {c.id for c in nova_cells if c.is_cell0}
+        report.other_conflicts = [
+            f"host {host!r} is mapped to cell0 in Nova, which holds no hosts (nova-manage"
+            f" cell_v2 delete_host --cell_uuid {nova.CELL0_UUID} --host {host})"
+            for cell_id, host in nova_hosts
+            if cell_id in cell0_ids
+        ]
         nova_uuids = {c.uuid for c in nova_cells}
         report.cells_only_in_cellgate = [c.label for c in existing if c.uuid not in nova_uuids]
         if report.conflicts and not dry_run:

@@ -233,7 +233,7 @@ def inspect_nova(app: App, nova_api_db: str) -> NovaInspection:
         for cell_id, host in read_hosts(conn):
             hosts.setdefault(cell_id, []).append(host)
         per_cell = {
-            r.cell_id: (r.total, r.queued or 0)
+            r.cell_id: (int(r.total), int(r.queued or 0))  # MariaDB sums are Decimal
             for r in conn.execute(
                 select(
                     im.c.cell_id,
