@@ -84,7 +84,10 @@ class _Resources(contextlib.ExitStack):
 
     def database(self, kind: str, name: str) -> str:
         servers = Servers(kind, self.tmp)
-        servers.check()
+        try:
+            servers.check()
+        except SystemExit as exc:  # a measurement that fails, not the end of the suite
+            raise RuntimeError(str(exc)) from None
         self.callback(servers.drop_all)
         (url,) = servers.new_databases([name])
         return url
@@ -92,7 +95,10 @@ class _Resources(contextlib.ExitStack):
     def vhost(self) -> str:
         vhost = Vhost()
         self.callback(vhost.drop)
-        return vhost.create()
+        try:
+            return vhost.create()
+        except SystemExit as exc:
+            raise RuntimeError(str(exc)) from None
 
 
 def _service(tmp: Path, token: str) -> AllInOne:

@@ -81,6 +81,11 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "galera_two_writer_success_without_retry": ("fraction", False),
     "retry_attempts_per_100_writes": ("retries", True),
     "rabbit_node_loss_casts_lost": ("casts", True),
+    "load_requests_per_second": ("1/s", False),
+    "load_count_5xx": ("answers", True),
+    "load_p50_ms": ("ms", True),
+    "load_p99_ms": ("ms", True),
+    "load_p99_over_p50": ("x", True),
 }
 
 

@@ -158,6 +158,38 @@ class Phases:
 
         self.step("CLI start-up: cellgate --version vs import sqlalchemy", names, measure)
 
+    def load(self) -> None:
+        """The all-in-one service under load (``benchmarks.load``), before the big deployment."""
+        names = (
+            "load_requests_per_second",
+            "load_count_5xx",
+            "load_p50_ms",
+            "load_p99_ms",
+            "load_p99_over_p50",
+        )
+        # Real cells when the run uses the servers at all; SQLite cells in the default run.
+        servers = self.backend != "sqlite" or self.args.transport == "rabbit"
+
+        def measure() -> None:
+            from benchmarks import load
+
+            requests = load.QUICK_REQUESTS if self.args.quick else load.REQUESTS
+            found = load.run("servers" if servers else "sqlite", requests, load.CONCURRENCY)
+            note = (
+                f"{found['requests']} requests from {found['concurrency']} clients; "
+                f"{found['backends']}; statuses {found['statuses']}"
+            )
+            if found["failures"]:
+                note += f"; first failure: {found['failures'][0]}"
+            self.report.put("load_requests_per_second", found["requests_per_second"], note=note)
+            self.report.put("load_count_5xx", found["count_5xx"])
+            self.report.put("load_p50_ms", found["p50_ms"])
+            self.report.put("load_p99_ms", found["p99_ms"])
+            self.report.put("load_p99_over_p50", found["p99_over_p50"])
+            self.report.series["load_per_kind"] = found["per_kind"]
+
+        self.step("the all-in-one service under load", names, measure)
+
     def failover(self) -> None:
         name = "pg_failover_recovery_s"
         if not self.args.clusters:
@@ -229,6 +261,7 @@ class Phases:
 
     def run(self) -> None:
         self.cli_startup()
+        self.load()
         self.failover()
         self.rabbit_cluster()
         self.progress.step(f"setting up {self.backend} + {self.args.transport}")
@@ -743,6 +776,8 @@ def set_goals(report: Report) -> None:
     report.goal("api_show_over_healthz_nodelay", ">= 0.5 (what-if)", lambda v: v >= 0.5)
     report.goal("cli_startup_over_import_sqlalchemy", "<= 2.0", lambda v: v <= 2.0)
     report.goal("galera_two_writer_success", "= 1.0", lambda v: v == 1.0)
+    report.goal("load_count_5xx", "= 0", lambda v: v == 0)
+    report.goal("load_p99_over_p50", "< 10", lambda v: v < 10)
 
 
 def _terminate(signum: int, _frame: object) -> None:

@@ -14,9 +14,11 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 
+from cellgate.apidb.mappings import get_cell
 from cellgate.apidb.schema import CellMappingAuditRow, CellMappingRow
 from cellgate.apidb.updates import reseal_cell
 from cellgate.cli.exit_codes import ExitCode
+from cellgate.errors import EncryptionKeyError, Hint
 from cellgate.keyring import FERNET_PREFIX, PREFIX, generate_key, key_id
 from tests.functional.conftest import Deployment
 
@@ -226,6 +228,11 @@ def test_a_ciphertext_copied_to_another_row_or_column_is_refused(synced: Deploym
     assert "cell b2 database_connection does not decrypt" in result.stderr
     assert "copied from another row or column" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    with synced.api() as api, api.session() as session:  # the typed error, for the library
+        with pytest.raises(EncryptionKeyError, match="cell b2 database_connection") as caught:
+            get_cell(session, "b2")
+        assert caught.value.hint is Hint.RESTORE_ROW
+        assert get_cell(session, "a1").name == "a1"  # the row it came from still reads
     # The same row's other column.
     set_column(synced, CellMappingRow, b2.id, database_connection=b2.database_connection)
     set_column(synced, CellMappingRow, b2.id, transport_url=b2.database_connection)
