@@ -350,7 +350,7 @@ def test_amqp_1_0_is_refused_mysql_is_translated_and_keys_encrypt(
         engine.dispose()
     assert len(stored) == 3 and all("://" not in value for row in stored for value in row)
     encryption = {c["encryption"] for c in side.json("cell", "list")}
-    assert len(encryption) == 1 and encryption.pop().startswith("fernet:")
+    assert len(encryption) == 1 and encryption.pop().startswith("aesgcm:")
 
 
 def _start(side: Cellgate, nth: int, ready: Path, *args: str) -> subprocess.Popen[str]:
