@@ -488,10 +488,10 @@ def close_pools() -> None:
 
 
 @contextmanager
-def blackhole() -> Iterator[int]:
-    """A 127.0.0.1 port that accepts TCP connections and never answers."""
+def blackhole(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port on ``host`` (a 127.0.0.x) that accepts TCP connections and never answers."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         sock.listen(16)  # the kernel completes handshakes; nobody ever reads
         yield sock.getsockname()[1]
 

@@ -102,6 +102,7 @@ class Hint(enum.Enum):
     )
     CELL0_HAS_NO_QUEUE = "cell0_has_no_queue"  # workers need a transport
     CHOOSE_OTHER_PORT = "choose_other_port"  # the listen port is taken
+    CHOOSE_OTHER_HOST = "choose_other_host"  # the listen address is not this machine's
     ENCODE_AT_SIGN = "encode_at_sign"  # a raw '@' in a password
     ESCAPE_BRACES = "escape_braces"  # a literal brace in a template
     SET_TEMPLATE_OPTION = "set_template_option"  # hint_args: option

@@ -185,7 +185,7 @@ def fleet(deployment: Deployment) -> Iterator[Fleet]:
 
 
 def _by_cell(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {row["cell"]: row for row in report["cells"]}
+    return {row["name"]: row for row in report["cells"]}
 
 
 def test_archive_moves_deleted_instances_with_their_rows_and_removes_their_mappings(

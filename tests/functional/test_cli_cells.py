@@ -269,7 +269,7 @@ def test_db_sync_all_cells_keeps_going_past_a_broken_cell(synced: Deployment) ->
     args = ["db", "sync", "--cell", "good1", "--cell", "broken", "--cell", "good2", "--json"]
     result = synced.run(*args, ok=False)
     assert result.exit_code == ExitCode.UNAVAILABLE
-    rows = {r["cell"]: r for r in json.loads(result.stdout)}
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["good1"]["status"] == rows["good2"]["status"] == "ok"
     assert rows["good2"]["current"] == head(MigrationLine.CELL)
     assert rows["broken"]["status"] == "failed"

@@ -85,7 +85,7 @@ def test_plaintext_and_encrypted_rows_coexist_until_encrypt_all(synced: Deployme
     assert not stored(synced)["old"][0].startswith(PREFIX)  # a dry run writes nothing
 
     done = synced.json("cell", "encrypt", "--all")
-    assert [c["cell"] for c in done["cells"]] == ["old"]
+    assert [c["name"] for c in done["cells"]] == ["old"]
     assert all(v.startswith(PREFIX) for pair in stored(synced).values() for v in pair)
     again = synced.json("cell", "encrypt", "--all")
     assert (again["changed"], again["unchanged"]) == (0, 2)
@@ -128,7 +128,7 @@ def test_rotate_key_resumes_after_an_interruption(synced: Deployment) -> None:
         assert not reseal_cell(session, uuid, mode="rotate-key")  # re-checked under the lock
     report = synced.json("cell", "rotate-key")
     assert (report["changed"], report["unchanged"]) == (2, 1)
-    assert sorted(c["cell"] for c in report["cells"]) == ["c1", "c3"]
+    assert sorted(c["name"] for c in report["cells"]) == ["c1", "c3"]
 
 
 def test_a_missing_or_wrong_key_is_exit_2_and_names_the_key_id(synced: Deployment) -> None:

@@ -57,7 +57,7 @@ class Cells:
 
     def discover(self, *args: str, ok: bool = True) -> tuple[int, dict[str, dict[str, object]]]:
         result = self.d.run("host", "discover", "--json", *args, ok=ok)
-        return result.exit_code, {row["cell"]: row for row in json.loads(result.stdout)}
+        return result.exit_code, {row["name"]: row for row in json.loads(result.stdout)}
 
     def mapped(self, *args: str) -> dict[str, str | None]:
         return {h["host"]: h["cell_name"] for h in self.d.json("host", "list", *args)}
@@ -169,7 +169,7 @@ def test_disabled_cells_are_skipped_unless_named(cells: Cells) -> None:
 def test_a_host_in_two_cells_stays_with_the_first_and_warns(cells: Cells) -> None:
     cells.report("cell2", "c1-a")
     result = cells.d.run("host", "discover", "--json")
-    rows = {r["cell"]: r for r in json.loads(result.stdout)}
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["cell2"]["mapped"] == ["c2-a"]
     assert "host 'c1-a' reports in cell cell2 but is mapped to cell cell1" in result.stderr
     assert cells.mapped()["c1-a"] == "cell1"

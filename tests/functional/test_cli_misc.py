@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -80,3 +81,36 @@ def test_debug_shows_a_redacted_traceback(sqlite_deployment: Deployment) -> None
     result = sqlite_deployment.run("--debug", "cell", "show", "nope", ok=False)
     assert result.exit_code == ExitCode.NOT_FOUND
     assert "Traceback" in result.stderr and "CellNotFound" in result.stderr
+
+
+def test_serve_api_blames_the_host_or_the_port_whichever_is_wrong(
+    sqlite_deployment: Deployment,
+) -> None:
+    """13.7: an address this machine does not have is a --host problem, not a --port one."""
+    sqlite_deployment.run("api-db", "sync")
+    # 192.0.2.1 (TEST-NET-1) is on no machine; bind() fails locally, nothing is sent.
+    bad_host = sqlite_deployment.run("serve", "api", "--host", "192.0.2.1", ok=False)
+    assert bad_host.exit_code == ExitCode.USAGE, bad_host.output
+    [line] = bad_host.stderr.splitlines()
+    assert line.startswith("cellgate: error: cannot listen on 192.0.2.1:"), line
+    assert "--host" in line and "--port" not in line
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        in_use = sqlite_deployment.run(
+            "serve", "api", "--host", "127.0.0.1", "--port", port, ok=False
+        )
+    assert in_use.exit_code == ExitCode.USAGE, in_use.output
+    [line] = in_use.stderr.splitlines()
+    assert "choose another --port" in line and "--host" not in line
+
+
+def test_cell_verify_without_a_cell_says_what_to_give(sqlite_deployment: Deployment) -> None:
+    """13.7: no argument is not "not both"; it names NAME|UUID and --all."""
+    sqlite_deployment.run("api-db", "sync")
+    for command in (["cell", "verify"], ["cell", "encrypt"], ["cell", "decrypt"]):
+        neither = sqlite_deployment.run(*command, ok=False)
+        assert neither.exit_code == ExitCode.USAGE, neither.output
+        [line] = neither.stderr.splitlines()
+        assert "NAME|UUID" in line and "--all" in line and "not both" not in line, line
+    both = sqlite_deployment.run("cell", "verify", "c1", "--all", ok=False)
+    assert both.exit_code == ExitCode.USAGE and "not both" in both.stderr

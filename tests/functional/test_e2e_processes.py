@@ -337,7 +337,7 @@ def test_cells_end_to_end_with_a_cell_going_down_and_coming_back(
 
         # Both workers heart-beat into their cells: discovery maps both hosts.
         discovered = json.loads(d.cli("host", "discover", "--json").stdout)
-        assert {row["cell"]: row["mapped"] for row in discovered} == {
+        assert {row["name"]: row["mapped"] for row in discovered} == {
             "cell1": ["host1"],
             "cell2": ["host2"],
         }

@@ -232,6 +232,25 @@ class Scanner:
         assert not self.findings, "passwords leaked:\n" + "\n".join(map(str, self.findings))
 
 
+def address_secrets(name: str, url: str) -> list[Secret]:
+    """Where a database lives, as a "secret" no API client may read (issue 12.5).
+
+    Passwords are masked everywhere, but a REST client (any token) must not
+    learn a cell database's user, database name or port either: those belong
+    in the operators' log. The port counts only as an address writes it
+    (``:PORT``, psycopg's ``port PORT``), so a timestamp's digits never match.
+    """
+    parsed = DatabaseURL.parse(url).sqlalchemy_url
+    parts = [f"{name} user", parsed.username], [f"{name} database name", parsed.database]
+    found = [Secret(what, str(value)) for what, value in parts if value]
+    if parsed.port is not None:
+        found += [
+            Secret(f"{name} port", f":{parsed.port}"),
+            Secret(f"{name} port", f"port {parsed.port}"),
+        ]
+    return found
+
+
 def scan(text: str) -> None:
     """Fail if any of this module's passwords appears in ``text`` in any form."""
     scanner = Scanner(list(SECRETS))

@@ -74,7 +74,7 @@ class CellOutcome:
     result: CellResult[CellWork]
 
     def to_dict(self, describe: Callable[[BaseException], str] = str) -> dict[str, Any]:
-        row: dict[str, Any] = {"cell": self.cell.label, "uuid": self.cell.uuid}
+        row: dict[str, Any] = {"uuid": self.cell.uuid, "name": self.cell.label}
         result = self.result
         if isinstance(result, Ok):
             work = result.value

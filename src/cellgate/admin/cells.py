@@ -30,7 +30,7 @@ class DeletedCell:
     cell: CellMapping
 
     def to_dict(self) -> dict[str, Any]:
-        return {"deleted": self.cell.uuid, "name": self.cell.name}
+        return {"uuid": self.cell.uuid, "name": self.cell.name, "deleted": self.cell.uuid}
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,7 @@ def reseal_cells(
             todo.append((cell.uuid, cell.label, encryption_of(row)))
     for uuid, label, before in todo:
         if dry_run:
-            report.changed.append({"cell": label, "uuid": uuid, "before": before})
+            report.changed.append({"uuid": uuid, "name": label, "before": before})
             continue
 
         def transaction(
@@ -159,7 +159,7 @@ def reseal_cells(
 
         done, after = api.write(transaction)
         if done:
-            report.changed.append({"cell": label, "uuid": uuid, "before": before, "after": after})
+            report.changed.append({"uuid": uuid, "name": label, "before": before, "after": after})
             if on_cell is not None:
                 on_cell(f"{mode}: {label} {before} -> {after}")
         else:

@@ -55,8 +55,8 @@ class HostDiscovery:
         """``describe`` renders a failure (the CLI passes its own words for hints)."""
         error = self.result.error if isinstance(self.result, Failed) else None
         return {
-            "cell": self.cell.label,
             "uuid": self.cell.uuid,
+            "name": self.cell.label,
             "status": "ok" if isinstance(self.result, Ok) else "failed",
             "mapped": self.mapped,
             "error": None if error is None else describe(error),

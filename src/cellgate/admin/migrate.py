@@ -67,7 +67,7 @@ class DatabaseOutcome:
 
     def to_dict(self, describe: Callable[[BaseException], str] = str) -> dict[str, Any]:
         """``describe`` renders a failure (the CLI passes its own words for hints)."""
-        row: dict[str, Any] = {"cell": self.database.label, "uuid": self.database.key}
+        row: dict[str, Any] = {"uuid": self.database.key, "name": self.database.label}
         result = self.result
         if isinstance(result, Ok):
             info = result.value

@@ -17,6 +17,7 @@ may be a URL or a password pasted in the wrong place.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
@@ -51,17 +52,40 @@ COMMANDS = {
 }
 
 
+#: The option that asks a command for JSON; errors then come as JSON too.
+JSON_FLAG = "--json"
+
+
+def emit_error_json(code: str, message: str, exit_code: int) -> None:
+    """An error as the one JSON document on stdout (``--json``); see docs/cli.md.
+
+    The one-line ``cellgate: error: ...`` still goes to stderr, for people and
+    logs; a script reads stdout, which holds either the result or this. It is
+    one line, so it also ends the JSON lines of ``instance move`` and ``cell
+    drain`` as one more line.
+    """
+    body = {"error": {"code": code, "message": message, "exit_code": int(exit_code)}}
+    click.echo(json.dumps(body, sort_keys=True))
+
+
 class OneLineError(click.ClickException):
     """A click error as one redacted line (click calls :meth:`show` to print it)."""
 
+    #: The command line asked for ``--json``: the error is also JSON on stdout.
+    as_json = False
+    code = "Error"
+
     def show(self, file: Any = None) -> None:
         click.echo(f"cellgate: error: {self.message}", err=True)
+        if self.as_json:
+            emit_error_json(self.code, self.message, self.exit_code)
 
 
 class OneLineUsageError(OneLineError):
     """A usage error: exit 2 (``ExitCode.USAGE``)."""
 
     exit_code = ExitCode.USAGE
+    code = "UsageError"
 
 
 def _typed_values(args: Iterable[str], commands: set[str]) -> Iterator[str]:
@@ -92,9 +116,11 @@ def one_line(
     context = exc.ctx if isinstance(exc, click.UsageError) else None
     if isinstance(exc, click.UsageError):
         message += f"; see '{context.command_path if context else path} --help'"
-    return (
+    error = (
         OneLineUsageError(message) if isinstance(exc, click.UsageError) else OneLineError(message)
     )
+    error.as_json = JSON_FLAG in args
+    return error
 
 
 class CellgateGroup(LazyGroup):
@@ -130,22 +156,30 @@ class CellgateGroup(LazyGroup):
         except KeyboardInterrupt:
             # Ctrl-C: one line and a shell's exit code, not click's "Aborted!" and 1.
             click.echo("cellgate: interrupted", err=True)
+            if JSON_FLAG in self._argv:
+                emit_error_json("Interrupted", "interrupted", ExitCode.INTERRUPTED)
             ctx.exit(ExitCode.INTERRUPTED)
         except Exception as exc:
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
-            _report(exc, debug=bool(state and state.debug))
-            ctx.exit(exit_code_for(exc))
+            code = exit_code_for(exc)
+            _report(exc, debug=bool(state and state.debug), as_json=JSON_FLAG in self._argv)
+            ctx.exit(code)
 
 
-def _report(exc: Exception, *, debug: bool) -> None:
+def _report(exc: Exception, *, debug: bool, as_json: bool = False) -> None:
     if debug:
         click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
     if isinstance(exc, CellgateError):
-        click.echo(f"cellgate: error: {redact(cli_message(exc))}", err=True)
+        message = redact(cli_message(exc))
+        click.echo(f"cellgate: error: {message}", err=True)
+        code = exc.kind
     else:
         message = redact(f"{type(exc).__name__}: {exc}")
         hint = "" if debug else " (re-run with --debug for the traceback)"
         click.echo(f"cellgate: unexpected error: {message}{hint}", err=True)
+        message, code = f"unexpected error: {message}", "InternalError"
+    if as_json:
+        emit_error_json(code, message, exit_code_for(exc))
 
 
 @click.group(

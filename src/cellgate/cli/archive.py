@@ -144,7 +144,7 @@ def _finish(report: admin.archive.Report, as_json: bool, *, mappings: bool) -> N
         emit_json(data)
     else:
         rows = [{**r, "rows": _rows_text(r.get("rows") or {})} for r in data["cells"]]
-        columns = [("cell", "CELL"), ("status", "STATUS"), ("rows", "ROWS")]
+        columns = [("name", "CELL"), ("status", "STATUS"), ("rows", "ROWS")]
         if mappings:
             columns += [("mappings_removed", "MAPPINGS"), ("queued_pruned", "QUEUED")]
         emit_table(rows, [*columns, ("error", "ERROR")])

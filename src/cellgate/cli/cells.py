@@ -16,7 +16,7 @@ from cellgate.apidb.audit import local_actor
 from cellgate.apidb.updates import CellUpdate
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
 from cellgate.cli.hints import cli_hint
-from cellgate.cli.keys import KEY_COMMANDS
+from cellgate.cli.keys import KEY_COMMANDS, one_or_all
 from cellgate.cli.misc import CELL_COLUMNS
 from cellgate.cli.moves import cell_drain
 from cellgate.cli.render import change_text, emit_fields, emit_json, emit_table
@@ -213,8 +213,7 @@ def cell_map_cell0(state: CliState, database_connection: str | None, as_json: bo
 @pass_state
 def cell_verify(state: CliState, ident: str | None, all_cells: bool, as_json: bool) -> None:
     """Connect to a cell's database and transport with a short timeout, and report."""
-    if bool(ident) == all_cells:
-        raise click.UsageError("give a cell NAME|UUID or --all, not both")
+    one_or_all(ident, all_cells)
     reports = admin.verify_cells(state.app, (ident,) if ident else (), all_cells=all_cells)
     if as_json:
         emit_json([r.to_dict(cli_hint) for r in reports])

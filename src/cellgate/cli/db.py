@@ -119,8 +119,13 @@ def db_version(
 def _report(outcome: admin.DatabaseOutcome) -> None:
     label, result = outcome.database.label, outcome.result
     if isinstance(result, Ok):
-        already = "already " if result.value.unchanged else ""
-        progress(f"{label}: ok, {already}at {result.value.current or 'none'}")
+        info = result.value
+        at = info.current or "none (empty)"
+        if info.at_head:
+            already = "already " if info.unchanged else ""
+            progress(f"{label}: ok, {already}at {at}")
+        else:  # not "ok": say where it is and where head is
+            progress(f"{label}: behind head: at {at}, head {info.head}")
     else:
         progress(f"{label}: FAILED")
 
@@ -133,7 +138,7 @@ def _finish(outcomes: list[admin.DatabaseOutcome], as_json: bool) -> None:
         emit_table(
             rows,
             [
-                ("cell", "CELL"),
+                ("name", "CELL"),
                 ("status", "STATUS"),
                 ("current", "CURRENT"),
                 ("head", "HEAD"),

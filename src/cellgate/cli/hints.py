@@ -43,6 +43,9 @@ CLI_HINTS: Final[dict[Hint, str]] = {
     Hint.CELL0_NO_HOSTS: "it only keeps instances that failed to build",
     Hint.CELL0_HAS_NO_QUEUE: "workers serve cells with a transport; cell0 has none",
     Hint.CHOOSE_OTHER_PORT: "choose another --port, or stop what is using it",
+    Hint.CHOOSE_OTHER_HOST: (
+        "--host must be an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 for all)"
+    ),
     Hint.ENCODE_AT_SIGN: "percent-encode it as %40",
     Hint.ESCAPE_BRACES: "write a literal brace as '{{{{' or '}}}}'",
     Hint.SET_TEMPLATE_OPTION: "set {option} in this host's config file",

@@ -57,7 +57,7 @@ def host_discover(state: CliState, cells: tuple[str, ...], as_json: bool) -> Non
     else:
         emit_table(
             [{**o.to_dict(error_text), "mapped": ", ".join(o.mapped) or None} for o in done],
-            [("cell", "CELL"), ("status", "STATUS"), ("mapped", "NEW HOSTS"), ("error", "ERROR")],
+            [("name", "CELL"), ("status", "STATUS"), ("mapped", "NEW HOSTS"), ("error", "ERROR")],
         )
     failures = [o.result.error for o in done if isinstance(o.result, Failed)]
     click.get_current_context().exit(exit_code_for(failures[0]) if failures else ExitCode.OK)

@@ -45,7 +45,7 @@ def _one_or_all_command(mode: ResealMode, help_text: str) -> click.Command:
     def command(
         state: CliState, ident: str | None, all_cells: bool, dry_run: bool, as_json: bool
     ) -> None:
-        _run(state, mode, _one_or_all(ident, all_cells), dry_run=dry_run, as_json=as_json)
+        _run(state, mode, one_or_all(ident, all_cells), dry_run=dry_run, as_json=as_json)
 
     return command
 
@@ -67,9 +67,12 @@ def generate_key() -> None:
 KEY_COMMANDS = (rotate_key, encrypt, decrypt, generate_key)
 
 
-def _one_or_all(ident: str | None, all_cells: bool) -> str | None:
-    if bool(ident) == all_cells:
+def one_or_all(ident: str | None, all_cells: bool) -> str | None:
+    """``ident``, after checking that exactly one of a cell and ``--all`` was given."""
+    if ident and all_cells:
         raise click.UsageError("give a cell NAME|UUID or --all, not both")
+    if not ident and not all_cells:
+        raise click.UsageError("say which cells: give a cell NAME|UUID, or --all for every cell")
     return ident
 
 
@@ -93,7 +96,7 @@ def _run(
 def _summary(report: admin.ResealReport) -> str:
     verb = "would change" if report.dry_run else "changed"
     key = f" (key {report.key_id})" if report.key_id else ""
-    names = ", ".join(c["cell"] for c in report.changed)
+    names = ", ".join(c["name"] for c in report.changed)
     listed = f": {names}" if report.dry_run and names else ""
     return (
         f"{report.mode}{key}: {verb} {len(report.changed)} cell(s){listed}, "

@@ -9,7 +9,9 @@ the others.
 Everything that can go wrong with a request is answered, not raised: a bad
 message is logged and dropped, an unknown method, a version mismatch, a
 message for another cell or an exception in the method become an error reply
-(type name and redacted message) that the client raises as a typed error.
+(type name and public message, :func:`cellgate.rpc.wire.public_text`) that
+the client raises as a typed error; a backend error's full text, address
+included, goes to this worker's log only.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from typing import Any
 
 from cellgate.apidb.mappings import CellMapping
 from cellgate.context import RequestContext
-from cellgate.errors import MalformedMessage, NoSuchMethod, UnsupportedVersion, WrongCell
+from cellgate.errors import (
+    BackendError,
+    MalformedMessage,
+    NoSuchMethod,
+    SchemaMismatch,
+    UnsupportedVersion,
+    WrongCell,
+)
 from cellgate.rpc.target import Target, version_compatible
 from cellgate.rpc.transport import Incoming, Listener, Transport
 from cellgate.rpc.wire import Reply, Request, decode_request
@@ -141,7 +150,16 @@ class RPCServer:
         try:
             return Reply(request.id, result=method(ctx, **request.args))
         except Exception as exc:  # the method's failure is the caller's answer
-            log.info("cell %s: %r raised %s", self.cell.label, request.method, type(exc).__name__)
+            if isinstance(exc, BackendError | SchemaMismatch):
+                # The full message (address, driver text; password masked) stays
+                # here, in the worker's log: the reply carries the public one.
+                log.warning(
+                    "cell %s: %r failed: %s", self.cell.label, request.method, redact(str(exc))
+                )
+            else:
+                log.info(
+                    "cell %s: %r raised %s", self.cell.label, request.method, type(exc).__name__
+                )
             return Reply.failure(request.id, exc)
 
     def _find(self, name: str) -> Callable[..., Any] | None:

@@ -14,8 +14,9 @@ Reply::
 Decoding never trusts its input: any bytes that are not a well-formed
 envelope raise :class:`MalformedMessage`, which a server logs and drops; a
 worker never crashes on a bad message. Errors travel as a type *name* and a
-(redacted) message; the client raises :class:`~cellgate.errors.RemoteError`
-and never imports a class by name.
+public message (:func:`public_text`: a backend error's public message, never
+the address of the server that failed); the client raises
+:class:`~cellgate.errors.RemoteError` and never imports a class by name.
 """
 
 from __future__ import annotations
@@ -76,11 +77,10 @@ class Reply:
     def failure(
         cls, request_id: str, exc: BaseException, detail: dict[str, str] | None = None
     ) -> Reply:
-        message = exc.message if isinstance(exc, CellgateError) else str(exc)
         return cls(
             request_id,
             error_type=type(exc).__name__,
-            error_message=redact(message),
+            error_message=public_text(exc),
             error_detail=detail,
         )
 
@@ -95,6 +95,31 @@ class Reply:
                 "detail": self.error_detail or {},
             }
         return _dump(body)
+
+
+#: Packages whose exceptions' text is the driver's own words (hosts, ports,
+#: users, database names): never sent back, only logged by the worker.
+_DRIVER_PACKAGES: Final = ("sqlalchemy", "pymysql", "psycopg", "sqlite3", "kombu", "amqp")
+
+
+def public_text(exc: BaseException) -> str:
+    """What an error reply says about ``exc``: nothing that tells where a server lives.
+
+    The reply reaches the caller and, through the REST API, any token. A
+    backend error's :attr:`~cellgate.errors.BackendError.public_message` names
+    the subject and a reason by kind (``cell cell1 database: cannot be
+    reached``), never the masked URL, host, port, user, database name or
+    driver text its ``str()`` holds for the worker's log. A driver's exception
+    that escaped translation is named by its class only. Everything else (an
+    endpoint's own ``ValueError("flavor does not fit")``) keeps its message,
+    redacted.
+    """
+    if isinstance(exc, CellgateError):
+        public = getattr(exc, "public_message", None)
+        return redact(public if isinstance(public, str) else exc.message)
+    if type(exc).__module__.split(".")[0] in _DRIVER_PACKAGES:
+        return f"the worker's {type(exc).__name__}; see the worker's log"
+    return redact(str(exc))
 
 
 def _dump(data: dict[str, Any]) -> bytes:

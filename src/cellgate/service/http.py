@@ -83,7 +83,19 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (BackendError, 503),
 )
 #: Remote exception type names (from workers) -> HTTP status.
-REMOTE_STATUS = {"InvalidState": 409, "UnknownInstance": 404, "TransactionConflict": 503}
+#: A worker that cannot use its cell's database (or keys) is the cell being
+#: unavailable, as when the API itself cannot reach it: 503, not 502.
+REMOTE_STATUS = {
+    "InvalidState": 409,
+    "UnknownInstance": 404,
+    "TransactionConflict": 503,
+    "CellUnavailable": 503,
+    "CellTimeout": 503,
+    "BackendUnavailable": 503,
+    "BackendTimeout": 503,
+    "SchemaMismatch": 503,
+    "EncryptionKeyError": 503,
+}
 
 
 class ApiError(Exception):
@@ -279,6 +291,16 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
         status = _status(exc)
         if isinstance(exc, RemoteError):
             status = REMOTE_STATUS.get(exc.exc_type, 502)
+            if status >= 500:  # the worker's log has the details; this line ties them up
+                log.warning(
+                    "request %s: %s %s -> %d: worker raised %s: %s",
+                    _request_id(request),
+                    request.method,
+                    request.url.path,
+                    status,
+                    exc.exc_type,
+                    exc.remote_message,
+                )
             remote = error_body(status, exc.exc_type, exc.remote_message)
             if exc.exc_type == "TransactionConflict":  # the worker's write: nothing written
                 remote.headers["Retry-After"] = "1"

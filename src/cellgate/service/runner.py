@@ -8,6 +8,7 @@ the tests. Signals are handled by the caller's main thread
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import socket
@@ -83,11 +84,23 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint=Hint.CHOOSE_OTHER_PORT,
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint=_bind_hint(exc),
         ) from None
     sock.listen(128)
     return sock
+
+
+def _bind_hint(exc: OSError) -> Hint:
+    """Which half of HOST:PORT to change: the port only if the host was fine.
+
+    A name that does not resolve (``gaierror``), an address this machine does
+    not have (``EADDRNOTAVAIL``) or a malformed one are the host's fault; a
+    port in use or reserved (``EADDRINUSE``, ``EACCES``) is the port's.
+    """
+    if isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+        return Hint.CHOOSE_OTHER_HOST
+    return Hint.CHOOSE_OTHER_PORT
 
 
 def wait_for_signals(on_reload: Callable[[], None]) -> None:

@@ -9,6 +9,7 @@ kombu itself is imported only when a connection is made (import cost:
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from cellgate.errors import BackendTimeout, BackendUnavailable
 from cellgate.urls import TransportHost, TransportURL, redact
@@ -21,6 +22,17 @@ DEFAULT_AMQP_PORT = 5672
 
 def broker_label(host: TransportHost) -> str:
     return f"{host.hostname}:{host.port or DEFAULT_AMQP_PORT}"
+
+
+def broker_address(url: TransportURL, host: TransportHost) -> str:
+    """One broker of ``url`` as a masked URL: ``rabbit://user:***@host:port/vhost``.
+
+    Built masked (the password is never put into the string), for reports
+    that name one broker of a multi-host URL on its own.
+    """
+    user = f"{quote(host.username, safe='')}:***@" if host.username else ""
+    vhost = quote(url.virtual_host, safe="") if url.virtual_host else ""
+    return f"{url.scheme}://{user}{broker_label(host)}/{vhost}"
 
 
 def connection_for(url: TransportURL, host: TransportHost, *, timeout: float) -> Connection:
@@ -42,10 +54,18 @@ def connection_for(url: TransportURL, host: TransportHost, *, timeout: float) ->
 def probe_broker(
     url: TransportURL, host: TransportHost, *, timeout: float, component: str
 ) -> None:
-    """Open and close one AMQP connection; raise a backend error on failure."""
+    """Open and close one AMQP connection; raise a backend error on failure.
+
+    One attempt, bounded by ``timeout``: kombu's ``connect()`` retries once
+    after a 2 s pause, so a broker that accepts TCP and never answers cost
+    ``2 * timeout + 2`` seconds while the report said "no answer within
+    ``timeout``". ``ensure_connection(max_retries=0)`` makes exactly one
+    attempt, and its ``timeout`` caps the attempt's TCP connect and the AMQP
+    handshake (each read waits at most ``connect_timeout``).
+    """
     conn = connection_for(url, host, timeout=timeout)
     try:
-        conn.connect()
+        conn.ensure_connection(max_retries=0, reraise_as_library_errors=False, timeout=timeout)
     except TimeoutError as exc:
         raise BackendTimeout(component=component, reason=f"no answer within {timeout:g}s") from exc
     except Exception as exc:  # kombu/amqp raise many unrelated types; all mean "unusable"
