@@ -50,7 +50,7 @@ def _run(fleet: Fleet, *args: str, code: int) -> dict[str, Any]:
     result = fleet.d.run("db", "migrate-data", *args, "--json", ok=False)
     assert result.exit_code == code, result.output
     data: dict[str, Any] = json.loads(result.stdout)
-    return {row["cell"]: row for row in data["cells"]}
+    return {row["name"]: row for row in data["cells"]}
 
 
 def test_batches_migrate_rows_of_older_code_until_nothing_is_left(fleet: Fleet) -> None:

@@ -84,7 +84,7 @@ class MigrateDataReport:
     def to_dict(self, describe: Callable[[BaseException], str] = str) -> dict[str, Any]:
         cells = []
         for cell, result in self.outcomes:
-            row: dict[str, Any] = {"cell": cell.label, "uuid": cell.uuid}
+            row: dict[str, Any] = {"uuid": cell.uuid, "name": cell.label}
             if isinstance(result, Ok):
                 row.update(
                     status="more" if result.value.more else "done",

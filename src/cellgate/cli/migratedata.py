@@ -64,7 +64,7 @@ def migrate_data(
             for name, counts in row["migrations"].items() or [("-", None)]:
                 rows.append(
                     {
-                        "cell": row["cell"],
+                        "cell": row["name"],
                         "status": row["status"],
                         "migration": name,
                         "found": counts["found"] if counts else "-",
