@@ -75,6 +75,9 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "galera_two_writer_success_without_retry": ("fraction", False),
     "retry_attempts_per_100_writes": ("retries", True),
     "rabbit_node_loss_casts_lost": ("casts", True),
+    "nova_verify_rows_per_s": ("1/s", False),
+    "nova_verify_peak_mb": ("MB", True),
+    "nova_verify_peak_growth": ("x", True),
 }
 
 

@@ -48,6 +48,9 @@ FIGURES = (
     "api_show_over_healthz",
     "cli_version_ms",
     "cli_startup_over_import_sqlalchemy",
+    "nova_verify_rows_per_s",
+    "nova_verify_peak_mb",
+    "nova_verify_peak_growth",
 )
 META = ("backend", "transport", "cells", "versions", "cpu_count", "date", "command")
 VERSIONS = ("python", "sqlalchemy", "kombu", "cellgate")
@@ -87,3 +90,7 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     assert [k for k in VERSIONS if not meta["versions"].get(k)] == []
     assert "--quick" in meta["command"]
     assert "lookup_speedup" in result.stdout  # the table is printed
+    # nova verify ran on its synthetic deployment (measured on SQLite too, so never null).
+    for name in ("nova_verify_rows_per_s", "nova_verify_peak_mb", "nova_verify_peak_growth"):
+        assert isinstance(figures[name], int | float), (name, doc["notes"].get(name))
+    assert "instance mappings over 10 cells" in doc["notes"]["nova_verify_rows_per_s"]
