@@ -2,7 +2,7 @@
 
 Inspect, verify and import read a Nova deployment's ``nova_api`` database and
 its cell databases; they never write (their engines are read-only at the
-server: ``make_engine(read_only=True)``). These tables name only the columns
+server: ``make_engine`` with ``read_only=True``). These tables name only the columns
 cellgate reads, with the types Nova declares, so a select never asks for a
 column a supported Nova release lacks. They are *not* cellgate's own tables
 (those are :mod:`cellgate.apidb.schema` and :mod:`cellgate.celldb.schema`)
