@@ -1,7 +1,8 @@
 """``nova verify`` throughput and memory on a synthetic Nova deployment.
 
 The tables are :mod:`cellgate.nova.schema`'s (the columns verify reads, as
-Nova declares them), created on the run's backend: an API database and
+Nova declares them, plus the unique indexes on the uuids Nova's migrations
+make), created on the run's backend: an API database and
 ``CELLS`` cell databases at Nova's heads, each cell with compute services
 (all mapped) and instances (all mapped), so a clean run reads every row and
 finds nothing. Full mode: 100,000 instance mappings over 10 cells; quick
@@ -49,6 +50,16 @@ _CHUNK = 5000
 _WHEN = datetime(2026, 1, 5, 12, 0, 0)
 
 
+_API_INDEXES = (
+    "CREATE UNIQUE INDEX uniq_instance_mappings0instance_uuid"
+    " ON instance_mappings (instance_uuid)",
+    "CREATE INDEX instance_mappings_cell_id_fk ON instance_mappings (cell_id)",
+    "CREATE UNIQUE INDEX uniq_host_mappings0host ON host_mappings (host)",
+    "CREATE UNIQUE INDEX uniq_build_requests0instance_uuid ON build_requests (instance_uuid)",
+)
+_CELL_INDEX = "CREATE UNIQUE INDEX uniq_instances0uuid ON instances (uuid)"
+
+
 class NovaDeployment:
     """The synthetic deployment: URLs of the API and cell databases, filled in steps."""
 
@@ -61,6 +72,13 @@ class NovaDeployment:
         nova.api_metadata.create_all(self._engines[0])
         for engine in self._engines[1:]:
             nova.cell_metadata.create_all(engine)
+        # The indexes Nova's own migrations make that verify's lookups use.
+        with self._engines[0].begin() as conn:
+            for ddl in _API_INDEXES:
+                conn.exec_driver_sql(ddl)
+        for engine in self._engines[1:]:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(_CELL_INDEX)
         with self._engines[0].begin() as conn:
             conn.execute(insert(nova.alembic_version_api).values(version_num=nova.API_HEAD))
             conn.execute(
