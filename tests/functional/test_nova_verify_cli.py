@@ -63,3 +63,13 @@ def test_an_unreachable_nova_api_database_is_exit_5(tmp_path: Path) -> None:
     )
     assert result.exit_code == 5, result.output
     assert "Nova API database" in result.output and "s3cr3t-x" not in result.output
+
+
+def test_the_url_can_come_from_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "cellgate.conf"
+    config.write_text(f"[api_database]\nconnection = sqlite:///{tmp_path / 'api.sqlite'}\n")
+    result = CliRunner(
+        env={"CELLGATE_NOVA_API_DB": "mysql+pymysql://nova:s3cr3t-y@127.0.0.2:1/n"}
+    ).invoke(cli, ["--config-file", str(config), "nova", "verify"])
+    assert result.exit_code == 5, result.output  # it was used: the server it names is down
+    assert "127.0.0.2" in result.output and "s3cr3t-y" not in result.output
