@@ -86,6 +86,9 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "load_p50_ms": ("ms", True),
     "load_p99_ms": ("ms", True),
     "load_p99_over_p50": ("x", True),
+    "nova_verify_rows_per_s": ("1/s", False),
+    "nova_verify_peak_mb": ("MB", True),
+    "nova_verify_peak_growth": ("x", True),
 }
 
 

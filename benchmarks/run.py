@@ -238,6 +238,29 @@ class Phases:
 
         self.step("RabbitMQ cluster: SIGKILL of the quorum queue's leader", (name,), measure)
 
+    def nova_verify(self) -> None:
+        names = ("nova_verify_rows_per_s", "nova_verify_peak_mb", "nova_verify_peak_growth")
+
+        def measure() -> None:
+            from benchmarks import nova_verify
+
+            with tempfile.TemporaryDirectory(prefix="cgbench-nova-") as tmp:
+                found = nova_verify.measure(self.backend, Path(tmp), quick=self.args.quick)
+            note = (
+                f"{found['mappings']:,} instance mappings over {nova_verify.CELLS} cells,"
+                f" {found['rows']:,} rows in {found['seconds']:.2f} s"
+            )
+            self.report.put("nova_verify_rows_per_s", found["nova_verify_rows_per_s"], note=note)
+            self.report.put("nova_verify_peak_mb", found["nova_verify_peak_mb"])
+            self.report.put(
+                "nova_verify_peak_growth",
+                found["nova_verify_peak_growth"],
+                note=f"peak with every row over peak with a tenth, batches of"
+                f" {found['growth_batch']}",
+            )
+
+        self.step(f"nova verify over a synthetic Nova deployment ({self.backend})", names, measure)
+
     def show_point(self, app: App, d: Deployment, cells: int) -> Any:
         pair = routing.show(app, d, self.plan)
         points = self.report.series.setdefault(
@@ -264,6 +287,7 @@ class Phases:
         self.load()
         self.failover()
         self.rabbit_cluster()
+        self.nova_verify()
         self.progress.step(f"setting up {self.backend} + {self.args.transport}")
         with Deployment.create(self.backend, self.args.transport) as d:
             with App(d.settings) as app:
@@ -778,6 +802,7 @@ def set_goals(report: Report) -> None:
     report.goal("galera_two_writer_success", "= 1.0", lambda v: v == 1.0)
     report.goal("load_count_5xx", "= 0", lambda v: v == 0)
     report.goal("load_p99_over_p50", "< 10", lambda v: v < 10)
+    report.goal("nova_verify_peak_growth", "<= 2.0", lambda v: v <= 2.0)
 
 
 def _terminate(signum: int, _frame: object) -> None:

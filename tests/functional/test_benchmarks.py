@@ -59,6 +59,9 @@ FIGURES = (
     "load_p50_ms",
     "load_p99_ms",
     "load_p99_over_p50",
+    "nova_verify_rows_per_s",
+    "nova_verify_peak_mb",
+    "nova_verify_peak_growth",
 )
 META = ("backend", "transport", "cells", "versions", "cpu_count", "date", "command")
 VERSIONS = ("python", "sqlalchemy", "kombu", "cellgate")
@@ -86,6 +89,10 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     figures = doc["figures"]
     missing = [name for name in FIGURES if name not in figures]
     assert not missing, f"figures missing from the JSON: {missing}"
+    # nova verify ran on its synthetic deployment (measured on SQLite too, so never null).
+    for name in ("nova_verify_rows_per_s", "nova_verify_peak_mb", "nova_verify_peak_growth"):
+        assert isinstance(figures[name], int | float), (name, doc["notes"].get(name))
+    assert "instance mappings over 10 cells" in doc["notes"]["nova_verify_rows_per_s"]
     for name, value in figures.items():
         assert value is None or isinstance(value, int | float), (name, value)
     # Not measurable on SQLite + memory: null, with the reason beside it.

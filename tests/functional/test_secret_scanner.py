@@ -1595,4 +1595,86 @@ def test_nova_inspect_and_import_hide_every_password(tmp_path: Path, scanner: Sc
         w.every_way("nova", "inspect", "--nova-api-db", dead, expect=5)
         w.every_way("nova", "import", "--nova-api-db", dead, "--dry-run", expect=5)
     w.every_way("nova", "inspect", "--nova-api-db", f"oracle://u:{NOVA_API.q}@h/x", expect=2)
+
+
+def _nova_api(tmp: Path, cells: list[tuple[str, str, str]]) -> str:
+    """A Nova API database (cellgate.nova.schema's tables) on SQLite, mapping ``cells``."""
+    from cellgate.nova import schema as nova
+
+    url = f"sqlite:///{tmp / 'nova_api.sqlite'}"
+    engine = make_engine(
+        DatabaseURL.parse(url), connect_timeout=2, query_timeout=2, create_missing=True
+    )
+    try:
+        nova.api_metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(nova.alembic_version_api.insert().values(version_num=nova.API_HEAD))
+            for i, (name, db, mq) in enumerate(cells):
+                conn.execute(
+                    nova.cell_mappings.insert().values(
+                        uuid=f"0000000{i}-1111-4000-8000-000000000000",
+                        name=name,
+                        database_connection=db,
+                        transport_url=mq,
+                    )
+                )
+    finally:
+        engine.dispose()
+    return url
+
+
+def test_nova_verify_hides_every_password(tmp_path: Path, scanner: Scanner) -> None:
+    """``nova verify``: findings quote URLs (down cells, templates, unsupported schemes)."""
+    config = tmp_path / "cellgate.conf"
+    config.write_text(
+        f"[api_database]\nconnection = sqlite:///{tmp_path / 'api.sqlite'}\n"
+        "[database]\nconnect_timeout = 2\n[cells]\nverify_timeout = 2\n"
+    )
+    w = World(tmp_path, config, scanner)
+    mysql = "mysql+pymysql://{s.user}:{s.q}@{at}/nova"
+    api = _nova_api(
+        tmp_path,
+        [
+            (
+                "down",
+                mysql.format(s=PCT, at=CLOSED.format(2)),
+                f"rabbit://{MULTI1.user}:{MULTI1.q}@{CLOSED.format(3)},"
+                f"{MULTI2.user}:{MULTI2.q}@{CLOSED.format(4)}/",
+            ),
+            (
+                "templated",
+                "{scheme}://{username}:{password}@{hostname}:{port}/cell_t",
+                "{scheme}://{username}:{password}@{hostname9}:{port}/",
+            ),
+            (
+                "unsupported",
+                f"oracle://{COLON.user}:{COLON.q}@127.0.0.8/x",
+                f"amqp://{HASH.user}:{HASH.q}@127.0.0.1:5672/",
+            ),
+            ("long", mysql.format(s=LONG, at=CLOSED.format(9)), "none:///"),
+            ("unicode", mysql.format(s=UNICODE, at=CLOSED.format(10)), "none:///"),
+        ],
+    )
+    defaults = (
+        "--nova-database",
+        mysql.format(s=TPL_DB, at=CLOSED.format(5)),
+        "--nova-transport-url",
+        f"rabbit://{TPL_MQ.user}:{TPL_MQ.q}@{CLOSED.format(6)}/",
+    )
+    w.every_way("nova", "verify", "--nova-api-db", api, *defaults, expect=2)
+    found = json.loads(
+        w.cli("nova", "verify", "--nova-api-db", api, *defaults, "--json", expect=2).stdout
+    )
+    codes = {f["code"] for f in found["findings"]}
+    assert {
+        "cell_db_unreachable",
+        "cell_mq_unreachable",
+        "cell_template_unrenderable",
+        "cell_url_unsupported",
+    } <= codes
+    # The Nova API database itself down, or not a URL cellgate reads: one line, no password.
+    dead = mysql.format(s=API_DEAD, at=CLOSED.format(11))
+    w.every_way("nova", "verify", "--nova-api-db", dead, expect=5)
+    typo = f"oracle://{TYPO.user}:{TYPO.q}@127.0.0.1/x"
+    w.every_way("nova", "verify", "--nova-api-db", typo, expect=2)
     scanner.assert_clean()

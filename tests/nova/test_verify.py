@@ -318,6 +318,17 @@ def test_a_down_cell_is_reported_and_the_others_are_checked(
     assert run.result.exit_code == 2
 
 
+def test_a_cell_whose_tables_cannot_be_read_is_reported(
+    nova_copy: CopyFactory, tmp_path: Path
+) -> None:
+    d = nova_copy(cells=("cell1",))
+    _sql(d.cells["cell1"], "DROP TABLE services" + (" CASCADE" if d.kind == "postgresql" else ""))
+    run = verify(d, tmp_path)
+    assert list(run.codes) == ["cell_db_unreachable"], run.result.output
+    assert "cell cell1 database: a read failed" in run.codes["cell_db_unreachable"]["examples"][0]
+    assert run.result.exit_code == 2
+
+
 def test_examples_are_capped_and_the_text_output_names_the_fix(
     nova_copy: CopyFactory, tmp_path: Path
 ) -> None:

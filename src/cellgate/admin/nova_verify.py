@@ -55,7 +55,7 @@ from cellgate.nova import schema as nova
 from cellgate.nova.urls import check_transport_url, translate_database_url
 from cellgate.results import Failed, Ok, TimedOut, raise_bugs
 from cellgate.rpc.amqp.broker import broker_label, probe_broker
-from cellgate.sql.engines import translate_errors
+from cellgate.sql.engines import describe_db_error, translate_errors
 from cellgate.urls import DatabaseURL, StoredURL, TransportURL, expand, mask_url
 
 #: Rows per batch of the streamed passes (one ``IN`` list on the other side).
@@ -674,6 +674,12 @@ class _Verifier:
         except BackendError as exc:
             scan.database_ok = False
             scan.tally.add("cell_db_unreachable", str(exc))  # names the cell
+        except sqlalchemy.exc.DBAPIError as exc:  # the server refused a read: no grant, no table
+            scan.database_ok = False
+            scan.tally.add(
+                "cell_db_unreachable",
+                f"cell {cell.label} database: a read failed: {describe_db_error(exc)}",
+            )
         return scan
 
     def _probe(self, cell: _NovaCell, url: TransportURL, tally: _Tally) -> bool:
