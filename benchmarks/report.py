@@ -37,6 +37,7 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "locator_hit_rate_zipf_2x": ("fraction", False),
     "locator_hit_rate_zipf_4x": ("fraction", False),
     "routing_overhead_over_proxy_hop": ("x", True),
+    "show_over_nova": ("x", True),
     "gc_full_pause_ms": ("ms", True),
     "gc_full_pause_frozen_ms": ("ms", True),
     "scatter_single_ms": ("ms", True),

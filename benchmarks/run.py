@@ -350,6 +350,7 @@ class Phases:
             lambda: r.put("target_cell_us", routing.target_cell(app, d, plan), scale=1e6),
         )
         self.locator(app, d)
+        self.nova_show(app, d)
         self.proxy_hop(app, d)
         self.gc_pauses(d)
         self.rpc(app, d)
@@ -382,6 +383,26 @@ class Phases:
             }
 
         self.step("instance locator hit rate (Zipf)", names, measure)
+
+    def nova_show(self, app: App, d: Deployment) -> None:
+        name = "show_over_nova"
+        from benchmarks import nova_show
+
+        why = "needs --nova" if not self.args.nova else nova_show.unavailable()
+        if why is not None:
+            self.report.put(name, None, note=f"not run: {why}")
+            return
+
+        def measure() -> None:
+            pair = nova_show.show_over_nova(app, d, self.plan)
+            note = (
+                f"routed show {pair.a.median * 1e6:.0f} us vs Nova 34.0.0's "
+                f"compute API get {pair.b.median * 1e6:.0f} us (medians, {self.backend}, "
+                f"{len(pair.a.samples)} interleaved samples each)"
+            )
+            self.report.put(name, pair.ratio, note=note)
+
+        self.step("show vs Nova's own show (nova-manage deployment)", (name,), measure)
 
     def proxy_hop(self, app: App, d: Deployment) -> None:
         name = "routing_overhead_over_proxy_hop"
@@ -785,6 +806,7 @@ def set_goals(report: Report) -> None:
     report.goal("locator_hit_rate_zipf_2x", ">= 0.7", lambda v: v >= 0.7)
     report.goal("gc_full_pause_frozen_ms", "<= 10", lambda v: v <= 10)
     report.goal("routing_overhead_over_proxy_hop", "<= 0.25", lambda v: v <= 0.25)
+    report.goal("show_over_nova", "<= 0.05", lambda v: v <= 0.05)
     for count in (10, 100):
         report.goal(
             f"list_page100_rows_read_over_nova_{count}_cells", "<= 0.5", lambda v: v <= 0.5

@@ -30,6 +30,7 @@ FIGURES = (
     "locator_hit_rate_zipf_4x",
     "gc_full_pause_ms",
     "routing_overhead_over_proxy_hop",
+    "show_over_nova",
     "gc_full_pause_frozen_ms",
     "scatter_single_ms",
     "scatter_100_ms",
@@ -100,6 +101,7 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
         "rpc_call_over_raw_kombu",
         "rpc_call_over_oslo_messaging",
         "routing_overhead_over_proxy_hop",
+        "show_over_nova",
     ):
         if figures[name] is None:
             assert doc["notes"].get(name), f"{name} is null without a reason"
