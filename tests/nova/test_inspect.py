@@ -7,6 +7,7 @@ after (the engine is read-only at the server, so a write would fail anyway).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -126,8 +127,13 @@ def test_a_wrong_or_unreachable_url_is_one_line(
     for extra in ((), ("--json",)):
         result = side.run("nova", "inspect", "--nova-api-db", url, *extra, ok=False)
         assert result.exit_code == code, result.output
-        lines = result.output.strip().splitlines()
+        lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("cellgate: error: "), result.output
+        if extra:  # and the same error as one JSON line on stdout (docs/cli.md)
+            (line,) = result.stdout.strip().splitlines()
+            assert json.loads(line)["error"]["exit_code"] == code
+        else:
+            assert result.stdout == ""
 
 
 def test_inspect_takes_no_lock_a_writer_would_wait_on(
