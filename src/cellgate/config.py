@@ -463,6 +463,9 @@ class Settings:
     service: ServiceSettings = (
         ServiceSettings()
     )  # the config file read, or None for the embedded default
+    #: A config file was read but sets no option (empty, or all commented out,
+    #: as ``config sample`` prints it): every value is the embedded default.
+    sets_nothing: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -562,6 +565,7 @@ def _build(
             breaker_cooldown=get.number("cells", "breaker_cooldown"),
         ),
         source=source,
+        sets_nothing=source is not None and not values,
         rpc=RPCSettings(
             response_timeout=get.number("DEFAULT", "rpc_response_timeout"),
             connect_timeout=get.number("rpc", "connect_timeout"),

@@ -229,6 +229,8 @@ def _scan(app: App, ctx: RequestContext, timeout: float) -> _CellScan:
             versions: dict[str, int] = {}
             for host, version in services:
                 versions[host] = min(version, versions.get(host, version))
+            # Every row, soft-deleted and hidden ones too, on purpose: a mapping
+            # of a deleted instance is not orphaned (celldb.queries leaves them out).
             instances = set(conn.scalars(select(InstanceRow.uuid)))
     return _CellScan(revision, differences, sorted(versions), versions, instances)
 

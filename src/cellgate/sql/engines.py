@@ -123,6 +123,7 @@ def make_engine(
     engine = sqlalchemy.create_engine(url.sqlalchemy_url, connect_args=connect_args, **kwargs)
     if url.backend == "mysql":
         event.listen(engine, "connect", functools.partial(_mysql_query_timeout, query_timeout))
+        event.listen(engine, "do_connect", _mysql_utf8_password)
     if url.backend == "postgresql":
         deadline = query_timeout + CLIENT_GRACE
         event.listen(engine, "do_connect", functools.partial(_pg_connect, deadline))
@@ -133,6 +134,19 @@ def make_engine(
         if path is not None and not create_missing:
             event.listen(engine, "do_connect", functools.partial(_sqlite_must_exist, path))
     return engine
+
+
+def _mysql_utf8_password(
+    _dialect: Any, _record: Any, _cargs: list[Any], cparams: dict[str, Any]
+) -> None:
+    # PyMySQL encodes a str password as latin-1, so a non-ASCII password set
+    # through any UTF-8 client (CREATE USER ... IDENTIFIED BY 'pässwörd' over
+    # utf8mb4) never matched ("Access denied"), and one outside latin-1 could
+    # not even be sent. Bytes are sent as they are: send the UTF-8 the server
+    # hashed. ASCII passwords are the same bytes either way.
+    password = cparams.get("password")
+    if isinstance(password, str):
+        cparams["password"] = password.encode("utf-8")
 
 
 def _sqlite_must_exist(path: Path, *_args: Any) -> None:
