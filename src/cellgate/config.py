@@ -526,7 +526,11 @@ def _build(
     values: dict[tuple[str, str], str], source: Path | None, env: Mapping[str, str]
 ) -> Settings:
     get = _Getter(values, source)
-    state_path = Path(get.text("DEFAULT", "state_path") or default_state_path(env)).expanduser()
+    # Absolute from here on: the default databases under it must not move with
+    # the working directory (a cell's SQLite file is refused if relative).
+    state_path = (
+        Path(get.text("DEFAULT", "state_path") or default_state_path(env)).expanduser().absolute()
+    )
     api_default = f"sqlite:///{state_path / 'api.sqlite'}"
     cell_default = f"sqlite:///{state_path / 'cellgate.sqlite'}"
     return Settings(
