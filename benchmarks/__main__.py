@@ -46,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
         help="also start a 3-node RabbitMQ cluster on loopback (tests/ha/rabbit.py) and "
         "kill a node during casts (rabbit_node_loss_casts_lost; about 2 minutes)",
     )
+    run.add_argument(
+        "--nova",
+        action="store_true",
+        help="also build a Nova 34.0.0 deployment with nova-manage (Nova's cached venv, "
+        "as tests/nova builds it) and measure show_over_nova (otherwise null)",
+    )
     run.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     run.add_argument("--plot", metavar="DIR", help="also write PNG plots (needs matplotlib)")
     return p

@@ -50,6 +50,23 @@ def write(series: dict[str, Any], meta: dict[str, Any], out: Path) -> list[Path]
         plt.close(fig)
         written.append(path)
 
+    rates = series.get("locator_hit_rate")
+    if rates:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot(rates["multiples"], rates["zipf"], "o-", label="Zipf lookups")
+        ax.plot(rates["multiples"], rates["cyclic"], "s--", label="cyclic scan")
+        ax.set_xlabel(f"working set / locator size ({rates['capacity']} entries)")
+        ax.set_ylabel("hit rate")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"Instance locator (LRU) hit rate\n{where}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = out / "locator_hit_rate.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
     show = series.get("show_vs_cells")
     if show:
         fig, ax = plt.subplots(figsize=(7, 4.5))

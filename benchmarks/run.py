@@ -16,7 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks import api, capacity, listing, routing, rpc, scatter, startup
+from benchmarks import (
+    api,
+    capacity,
+    heap,
+    listing,
+    locator,
+    proxyhop,
+    routing,
+    rpc,
+    scatter,
+    startup,
+)
 from benchmarks.deploy import MAIN_CELLS, MAX_CELLS, SCATTER_CELLS, Deployment
 from benchmarks.report import Report
 from benchmarks.routing import FULL, QUICK, Plan
@@ -281,11 +292,92 @@ class Phases:
             ("target_cell_us",),
             lambda: r.put("target_cell_us", routing.target_cell(app, d, plan), scale=1e6),
         )
+        self.locator(app, d)
+        self.nova_show(app, d)
+        self.proxy_hop(app, d)
+        self.gc_pauses(d)
         self.rpc(app, d)
         for nodelay in (False, True):
             self.api(app, d, nodelay)
         for clients in api.LATENCY_CLIENTS:
             self.api_latency(app, d, clients)
+
+    def locator(self, app: App, d: Deployment) -> None:
+        names = (
+            "locator_hit_rate_zipf_1x",
+            "locator_hit_rate_zipf_2x",
+            "locator_hit_rate_zipf_4x",
+        )
+
+        def measure() -> None:
+            rates = locator.hit_rates(app, d, 500 if self.args.quick else 10_000)
+            note = (
+                f"locator of {rates.capacity} entries, lookups Zipf(s={locator.ZIPF_S}) over "
+                "a working set of Nx its size; a cyclic scan at 2x: "
+                f"{rates.cyclic[rates.multiples.index(2.0)]:.2f}"
+            )
+            for name, multiple in zip(names, (1.0, 2.0, 4.0), strict=True):
+                self.report.put(name, rates.at(multiple), note=note)
+            self.report.series["locator_hit_rate"] = {
+                "capacity": rates.capacity,
+                "multiples": list(rates.multiples),
+                "zipf": [round(v, 4) for v in rates.zipf],
+                "cyclic": [round(v, 4) for v in rates.cyclic],
+            }
+
+        self.step("instance locator hit rate (Zipf)", names, measure)
+
+    def nova_show(self, app: App, d: Deployment) -> None:
+        name = "show_over_nova"
+        from benchmarks import nova_show
+
+        why = "needs --nova" if not self.args.nova else nova_show.unavailable()
+        if why is not None:
+            self.report.put(name, None, note=f"not run: {why}")
+            return
+
+        def measure() -> None:
+            pair = nova_show.show_over_nova(app, d, self.plan)
+            note = (
+                f"routed show {pair.a.median * 1e6:.0f} us vs Nova 34.0.0's "
+                f"compute API get {pair.b.median * 1e6:.0f} us (medians, {self.backend}, "
+                f"{len(pair.a.samples)} interleaved samples each)"
+            )
+            self.report.put(name, pair.ratio, note=note)
+
+        self.step("show vs Nova's own show (nova-manage deployment)", (name,), measure)
+
+    def proxy_hop(self, app: App, d: Deployment) -> None:
+        name = "routing_overhead_over_proxy_hop"
+        why = proxyhop.unavailable(d)
+        if why is not None:
+            self.report.put(name, None, note=f"not run: {why}")
+            return
+
+        def measure() -> None:
+            ratio, routed, direct, proxied = proxyhop.overhead_over_hop(app, d, self.plan)
+            note = (
+                f"(routed - direct) / (through HAProxy - direct), {self.backend}: "
+                f"routed {routed.median * 1e6:.0f} us, direct {direct.median * 1e6:.0f} us, "
+                f"through HAProxy {proxied.median * 1e6:.0f} us (medians)"
+            )
+            self.report.put(name, ratio, note=note)
+
+        self.step("routing vs one HAProxy hop", (name,), measure)
+
+    def gc_pauses(self, d: Deployment) -> None:
+        names = ("gc_full_pause_ms", "gc_full_pause_frozen_ms")
+
+        def measure() -> None:
+            pauses = heap.full_collection_pauses(d.config, 5 if self.args.quick else 21)
+            note = (
+                "gc.collect() in a fresh process that built the API service "
+                f"({self.backend} API database); frozen: {pauses.frozen} objects"
+            )
+            self.report.put(names[0], pauses.before_s * 1e3, note=note)
+            self.report.put(names[1], pauses.after_s * 1e3, note=note)
+
+        self.step("full GC pause after start-up, heap frozen or not", names, measure)
 
     def api_latency(self, app: App, d: Deployment, clients: int) -> None:
         r = self.report
@@ -654,6 +746,10 @@ def set_goals(report: Report) -> None:
     report.goal("show_routed_over_direct", "<= 1.15", lambda v: v <= 1.15)
     report.goal("scatter_100_over_single", "<= 2.0", lambda v: v <= 2.0)
     report.goal("scatter_100_engines_created", "= 0", lambda v: v == 0)
+    report.goal("locator_hit_rate_zipf_2x", ">= 0.7", lambda v: v >= 0.7)
+    report.goal("gc_full_pause_frozen_ms", "<= 10", lambda v: v <= 10)
+    report.goal("routing_overhead_over_proxy_hop", "<= 0.25", lambda v: v <= 0.25)
+    report.goal("show_over_nova", "<= 0.05", lambda v: v <= 0.05)
     for count in (10, 100):
         report.goal(
             f"list_page100_rows_read_over_nova_{count}_cells", "<= 0.5", lambda v: v <= 0.5

@@ -117,6 +117,19 @@ def interleaved(
     return Pair(Series(tuple(sa)), Series(tuple(sb)), ratios(sa, sb))
 
 
+def rotated(
+    fns: Sequence[Callable[[], object]], *, samples: int, target_s: float = 0.002
+) -> list[Series]:
+    """Per-call seconds of each of ``fns``, sampled in an order that rotates every round."""
+    batches = [calibrate(fn, target_s=target_s, warmup_s=0.1) for fn in fns]
+    out: list[list[float]] = [[] for _ in fns]
+    for i in range(samples):
+        for j in range(len(fns)):
+            k = (i + j) % len(fns)
+            out[k].append(_per_call(fns[k], batches[k]))
+    return [Series(tuple(s)) for s in out]
+
+
 def interleaved_once(
     a: Callable[[], float], b: Callable[[], float], *, samples: int, warmup: int = 1
 ) -> Pair:

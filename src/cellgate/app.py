@@ -263,19 +263,27 @@ class App(Closing):
             raise result.error  # a bug, not an outage
         return None
 
-    def reload(self) -> None:
-        """Drop cached cell mappings; the next lookup re-reads the API database.
+    def reload(self, *, wait: float | None = None) -> bool:
+        """Re-read every cell mapping in the background, serving the old ones meanwhile.
 
-        What a service does on SIGHUP (see :meth:`install_sighup_handler`).
-        Engines and transports need no reload: they are keyed by URL, so a
+        What a service does on SIGHUP (see :meth:`install_sighup_handler`):
+        no request waits for the reload (``MappingCache.revalidate``). The
+        instance locator is emptied, so each instance is looked up afresh on
+        its next request. ``wait``: block up to that many seconds for the
+        reload. Returns whether the reload has finished. Engines and transports need no reload: they are keyed by URL, so a
         changed mapping simply reaches a new one.
         """
-        self.cells.invalidate()
+        self.cells.revalidate()
         self.locator.clear()
+        return self.cells.wait_refreshed(wait if wait is not None else 0.0)
+
+    def reload_in_background(self) -> None:
+        """:meth:`reload` without waiting: what a SIGHUP handler calls."""
+        self.reload()
 
     def install_sighup_handler(self) -> None:
         """Make SIGHUP call :meth:`reload` (main thread only, POSIX only)."""
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload())
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload_in_background())
 
     def close(self) -> None:
         """Release every engine, pool and thread this App owns."""

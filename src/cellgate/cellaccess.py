@@ -122,15 +122,19 @@ class CellDatabases:
         *,
         timeout: float | None = None,
         create_missing: bool = False,
+        read_only: bool = False,
     ) -> Iterator[Engine]:
         """:meth:`engine_for` a database that need not be a mapped cell's.
 
         ``db sync --local`` migrates this host's ``[database] connection``;
-        ``label`` names it in errors (``cell LABEL database``).
+        ``label`` names it in errors (``cell LABEL database``). ``read_only``:
+        the server refuses writes (reading a Nova deployment's databases).
         """
         url = self.url_for(stored)
         with (
-            self._engines.transient(url, timeout=timeout, create_missing=create_missing) as engine,
+            self._engines.transient(
+                url, timeout=timeout, create_missing=create_missing, read_only=read_only
+            ) as engine,
             translate_errors(
                 f"cell {label} database",
                 address=str(url),

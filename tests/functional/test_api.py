@@ -199,7 +199,7 @@ def test_a_down_cell_gives_partial_results(service: Service) -> None:
             database_connection=f"sqlite:///{service.tmp}/missing.db",
             defaults=DEFAULTS,
         )
-    service.app.reload()
+    service.app.reload(wait=30)
     page = service.client.get("/v1/instances", headers=DEMO).json()
     assert [d["name"] for d in page["down_cells"]] == ["cell2"]
     minimal = [i for i in page["instances"] if i.get("cell_down")]
@@ -261,7 +261,7 @@ def test_paging_continues_past_a_down_cells_minimal_records(service: Service) ->
             database_connection=f"sqlite:///{service.tmp}/missing.db",
             defaults=DEFAULTS,
         )
-    service.app.reload()
+    service.app.reload(wait=30)
     seen: list[str] = []
     marker = None
     for _ in range(10):
@@ -317,7 +317,7 @@ def _repoint_cell2(service: Service, **urls: str) -> None:
     """Point cell2 at other URLs, as an operator's ``cell update`` would, and reload."""
     with service.app.api.session() as s:
         update_cell(s, "cell2", defaults=DEFAULTS, **urls)
-    service.app.reload()
+    service.app.reload(wait=30)
 
 
 @pytest.mark.parametrize("scheme", ["mysql+pymysql", "postgresql+psycopg"])

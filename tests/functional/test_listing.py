@@ -157,7 +157,7 @@ def test_a_hung_cell_is_reported_and_the_others_answer(cells: Cells) -> None:
                 database_connection=f"mysql+pymysql://u:pw@127.0.0.1:{port}/x",
                 defaults=DEFAULTS,
             )
-        app.reload()
+        app.reload(wait=30)
         listing = app.list_across_cells(
             CTX, _fetch(app, keys), values=_values(keys), sort=keys, limit=50, timeout=1.0
         )

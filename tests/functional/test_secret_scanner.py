@@ -893,7 +893,7 @@ def _drive_api(call: Callable[..., httpx.Response], app: App, tmp: Path) -> None
             database_connection=f"mysql+pymysql://{UPDATED.user}:{UPDATED.q}@{CLOSED.format(10)}/g2",
             defaults=template_defaults(app.settings),
         )
-    app.reload()
+    app.reload(wait=30)
     gone = booted["extra"]
     call("GET", f"/v1/instances/{gone}", 503, headers=DEMO)
     call("GET", "/v1/instances", 200, headers=DEMO)
@@ -905,7 +905,7 @@ def _drive_api(call: Callable[..., httpx.Response], app: App, tmp: Path) -> None
             database_connection=f"sqlite:///{tmp / 'missing.sqlite'}",
             defaults=template_defaults(app.settings),
         )
-    app.reload()
+    app.reload(wait=30)
     call("GET", f"/v1/instances/{booted['nowork']}", 503, headers=DEMO)
     call("GET", "/v1/cells", 200, headers=ADMIN)
     # unknown routes and methods

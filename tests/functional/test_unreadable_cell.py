@@ -242,7 +242,7 @@ def test_an_altered_row_costs_only_its_cell_after_a_sighup(
                 .values(transport_url=row.transport_url[:-8] + "AAAAAAA=")
             )
         caplog.set_level(logging.WARNING)
-        app.reload()  # what SIGHUP does
+        assert app.reload(wait=15)  # what SIGHUP does (a background reload)
         _check_isolated(setup, client, booted, key_id(key), caplog)
 
 

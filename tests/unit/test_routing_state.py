@@ -115,6 +115,37 @@ def test_a_write_elsewhere_is_seen_after_the_ttl(api: ApiDatabase) -> None:
     assert cache.list(CTX) == [] and len(cache.list(CTX, include_disabled=True)) == 1
 
 
+def test_revalidate_reloads_everything_in_the_background_while_serving_the_snapshot(
+    api: ApiDatabase,
+) -> None:
+    uuid1 = _create(api, "c1")
+    cache = MappingCache(api, ttl=3600, clock=Clock())
+    assert cache.get(CTX, "c1").disabled is False
+    # A change that did not move the generation (raw SQL, as a repair would be):
+    # a TTL refresh would keep the snapshot; a SIGHUP's full reload must not.
+    with api.session() as s:
+        s.execute(
+            text("UPDATE cell_mapping SET disabled = :t WHERE uuid = :u"), {"t": True, "u": uuid1}
+        )
+    reads = threading.Event()
+    release = threading.Event()
+
+    def slow_read(*_args: object) -> None:
+        if threading.current_thread().name.startswith("cellgate-mapping"):
+            reads.set()
+            release.wait(10)
+
+    event.listen(api.engine, "before_cursor_execute", slow_read)
+    cache.revalidate()
+    assert reads.wait(10), "revalidate() started no background read"
+    # The reload is stuck in the API database; lookups answer from the snapshot meanwhile.
+    assert cache.get(CTX, "c1").disabled is False
+    assert cache.get(CTX, uuid1).name == "c1"
+    release.set()
+    assert cache.wait_refreshed(10)
+    assert cache.get(CTX, "c1").disabled is True
+
+
 def test_a_miss_reloads_once_then_raises(api: ApiDatabase) -> None:
     cache = MappingCache(api, ttl=3600, clock=Clock())
     assert cache.list(CTX) == []
@@ -354,8 +385,8 @@ def test_engine_in_use_is_not_evicted(tmp_path: Path) -> None:
     registry.close()
 
 
-def test_sighup_drops_the_cached_mappings(api: ApiDatabase, tmp_path: Path) -> None:
-    _create(api, "hup")
+def test_sighup_reloads_the_mappings_in_the_background(api: ApiDatabase, tmp_path: Path) -> None:
+    uuid = _create(api, "hup")
     conf = tmp_path / "hup.conf"
     conf.write_text(f"[api_database]\nconnection = sqlite:///{tmp_path}/api.sqlite\n")
     previous = signal.getsignal(signal.SIGHUP)
@@ -363,9 +394,16 @@ def test_sighup_drops_the_cached_mappings(api: ApiDatabase, tmp_path: Path) -> N
         try:
             app.install_sighup_handler()
             assert app.cells.get(CTX, "hup").name == "hup"
-            assert app.cells.generation >= 0
+            generation = app.cells.generation
+            assert generation >= 0
+            with api.session() as s:  # renamed without moving the generation
+                s.execute(
+                    text("UPDATE cell_mapping SET name = 'hup2' WHERE uuid = :u"), {"u": uuid}
+                )
             os.kill(os.getpid(), signal.SIGHUP)
-            assert app.cells.generation == -1  # nothing cached until the next lookup
+            assert app.cells.generation == generation  # the snapshot is kept meanwhile
+            assert app.cells.wait_refreshed(10)
+            assert app.cells.get(CTX, uuid).name == "hup2"
         finally:
             signal.signal(signal.SIGHUP, previous)
 

@@ -49,7 +49,7 @@ def serve_api(state: CliState, host: str | None, port: int | None) -> None:
     ).start()
     progress(f"cellgate API listening on {server.url}")
     try:
-        wait_for_signals(app.reload)
+        wait_for_signals(app.reload_in_background)
     finally:
         server.stop()
 
@@ -73,7 +73,7 @@ def serve_worker(state: CliState, cell_ident: str, host_name: str) -> None:
     worker = Worker(app, cell, host_name, app.settings.service.heartbeat_interval).start()
     progress(f"cellgate worker {host_name} serving cell {cell.label}")
     try:
-        wait_for_signals(app.reload)
+        wait_for_signals(app.reload_in_background)
     finally:
         worker.stop()
 
@@ -100,7 +100,7 @@ def all_in_one(state: CliState, data_dir: Path | None, port: int) -> None:
     with AllInOne(settings, on_step=progress) as deployment:
         click.echo(f"API:   {deployment.url}")
         click.echo(f"token: {token}   (send 'Authorization: Bearer <token>'; project admin)")
-        wait_for_signals(deployment.app.reload)
+        wait_for_signals(deployment.app.reload_in_background)
 
 
 @click.command("demo")

@@ -28,9 +28,15 @@ never refreshed. Here the cache:
   :class:`CellUnreadable` (a 503 in the service) and is left out of
   :meth:`MappingCache.list`; every other cell serves. Each load that finds
   such a row logs a warning naming the row and why;
-- is owned by ``App``; ``invalidate()`` (or SIGHUP in services) drops the
-  snapshot, so the next lookup loads synchronously, and a background refresh
-  that started before the drop cannot bring the old answer back.
+- is owned by ``App``; ``invalidate()`` (what an in-process write does) drops
+  the snapshot, so the next lookup loads synchronously, and a background
+  refresh that started before the drop cannot bring the old answer back;
+- ``revalidate()`` (SIGHUP in services: ``App.reload``) reloads every
+  mapping in the background *now*, whether or not the generation moved,
+  while lookups keep answering from the snapshot: a full reload at 1,000
+  cells costs about 10 ms and an API database that hangs costs its timeouts,
+  and neither stalls a request. A failed reload keeps being retried (as a
+  background refresh, at most once a second) until one succeeds.
 """
 
 from __future__ import annotations
@@ -127,6 +133,7 @@ class MappingCache:
         self._retry_at = 0.0  # no background refresh before this (after a failure)
         self._warned_at: float | None = None
         self._failed = False
+        self._full_reload = False  # set by revalidate(): the next refresh reads everything
         self._negative: dict[str, float] = {}
         self._closed = False
         self._schema_checked = False
@@ -204,6 +211,17 @@ class MappingCache:
         self._snapshot = None
         self._negative = {}
 
+    def revalidate(self) -> None:
+        """Reload every mapping in the background now; lookups keep the snapshot meanwhile.
+
+        With no snapshot yet there is nothing to keep: the next lookup loads,
+        synchronously, as always. :meth:`wait_refreshed` waits for the reload.
+        """
+        self._negative = {}
+        self._full_reload = True
+        if self._snapshot is not None:
+            self._refresh_in_background(now=True)
+
     def wait_refreshed(self, timeout: float | None = None) -> bool:
         """Wait for the background refresh in flight, if any; ``False`` if it is still running."""
         thread = self._refresher
@@ -244,7 +262,9 @@ class MappingCache:
         snap = self._snapshot
         if snap is None:
             return self._load_now(force=False)
-        if self._clock() - snap.loaded_at >= self._ttl and self._refresher is None:
+        if self._refresher is None and (
+            self._full_reload or self._clock() - snap.loaded_at >= self._ttl
+        ):
             self._refresh_in_background()
         return snap
 
@@ -274,9 +294,11 @@ class MappingCache:
 
     # -- the background refresh --------------------------------------------------------------
 
-    def _refresh_in_background(self) -> None:
+    def _refresh_in_background(self, *, now: bool = False) -> None:
         with self._state_lock:
-            if self._closed or self._refresher is not None or self._clock() < self._retry_at:
+            if self._closed or self._refresher is not None:
+                return
+            if not now and self._clock() < self._retry_at:
                 return
             thread = threading.Thread(
                 target=self._background_refresh,
@@ -299,9 +321,12 @@ class MappingCache:
             current = self._snapshot
             if self._closed or current is None or epoch != self._epoch:
                 return  # closed or invalidated since: the next lookup loads for itself
+            full, self._full_reload = self._full_reload, False
             try:
-                fresh = self._read(current)
+                fresh = self._read(None if full else current)
             except Exception as exc:  # a thread must not raise: logged here
+                if full:
+                    self._full_reload = True  # still owed: the next refresh reads everything
                 self._background_failed(exc)
                 return
             recovered = self._failed
@@ -310,6 +335,10 @@ class MappingCache:
         finally:
             with self._state_lock:
                 self._refresher = None
+                # revalidate() while this read ran (it found this thread busy): go again.
+                again = self._full_reload and not self._closed and not self._failed
+        if again:
+            self._refresh_in_background(now=True)
 
     def _background_failed(self, exc: Exception) -> None:
         if self._closed:

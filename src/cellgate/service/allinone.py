@@ -70,7 +70,7 @@ class AllInOne(Closing):
         (outcome,) = admin.sync_cells(self.app, cells=[cell.uuid])
         if isinstance(outcome.result, Failed):
             raise outcome.result.error
-        self.app.reload()
+        self.app.reload(wait=30)
         self.start_worker(cell)
         return cell
 

@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from cellgate.errors import BackendUnavailable, ConfigError, Hint
+from cellgate.service.heap import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,13 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def wait_for_signals(on_reload: Callable[[], None]) -> None:
-    """Block the main thread until SIGTERM or SIGINT; call ``on_reload`` on SIGHUP."""
+    """Block the main thread until SIGTERM or SIGINT; call ``on_reload`` on SIGHUP.
+
+    Called once start-up is over, so it first freezes the start-up heap
+    (:mod:`cellgate.service.heap` says why).
+    """
+    frozen = freeze_startup_heap()
+    log.debug("start-up heap frozen: %d objects outside garbage collection", frozen)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
 
 import sqlalchemy
 import sqlalchemy.exc
@@ -73,6 +74,7 @@ def make_engine(
     pool_size: int = 2,
     create_missing: bool = False,
     pool: Mapping[str, Any] | None = None,
+    read_only: bool = False,
 ) -> Engine:
     """An engine for ``url`` whose every network wait is bounded.
 
@@ -82,7 +84,15 @@ def make_engine(
     the file and its directory are created, as ``db sync`` needs.
     ``pool`` replaces the pool arguments (the engine registry's connection
     budget). SQLite is not pre-pinged: a file cannot drop a connection.
+
+    ``read_only`` makes the *server* refuse writes, for reading a database
+    cellgate does not own (a Nova deployment's): SQLite opens the file
+    ``mode=ro``, MySQL/MariaDB sessions are ``SET SESSION TRANSACTION READ
+    ONLY``, PostgreSQL sessions have ``default_transaction_read_only``. A bug
+    that wrote would fail, rather than trust this code never to try.
     """
+    if read_only and create_missing:
+        raise ValueError("a read-only engine cannot create its database")
     kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": url.backend != "sqlite"}
     connect_args: dict[str, Any] = {}
     if url.backend == "sqlite":
@@ -108,7 +118,8 @@ def make_engine(
     else:  # postgresql: libpq takes whole seconds, and at least 2
         connect_args.update(
             connect_timeout=max(2, math.ceil(connect_timeout)),
-            options=f"-c statement_timeout={int(query_timeout * 1000)}",
+            options=f"-c statement_timeout={int(query_timeout * 1000)}"
+            + (" -c default_transaction_read_only=on" if read_only else ""),
             tcp_user_timeout=int(query_timeout * 1000),
             keepalives=1,
             keepalives_idle=max(1, int(query_timeout)),
@@ -120,7 +131,13 @@ def make_engine(
         for name in ("pool_size", "max_overflow", "pool_timeout"):
             kwargs.pop(name, None)
         kwargs.update(pool)
-    engine = sqlalchemy.create_engine(url.sqlalchemy_url, connect_args=connect_args, **kwargs)
+    target: str | sqlalchemy.engine.URL = url.sqlalchemy_url
+    if read_only and url.backend == "sqlite" and path is not None:
+        # The URI form is the only way to pass mode=ro through sqlite3.connect.
+        target = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
+    engine = sqlalchemy.create_engine(target, connect_args=connect_args, **kwargs)
+    if read_only and url.backend == "mysql":
+        event.listen(engine, "connect", _mysql_read_only)
     if url.backend == "mysql":
         event.listen(engine, "connect", functools.partial(_mysql_query_timeout, query_timeout))
         event.listen(engine, "do_connect", _mysql_utf8_password)
@@ -133,6 +150,9 @@ def make_engine(
         event.listen(engine, "begin", _sqlite_begin_immediate)
         if path is not None and not create_missing:
             event.listen(engine, "do_connect", functools.partial(_sqlite_must_exist, path))
+    if read_only:
+        # Every transaction then begins as a read (a plain BEGIN on SQLite).
+        return engine.execution_options(**{READ_ONLY: True})
     return engine
 
 
@@ -147,6 +167,12 @@ def _mysql_utf8_password(
     password = cparams.get("password")
     if isinstance(password, str):
         cparams["password"] = password.encode("utf-8")
+
+
+def _mysql_read_only(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET SESSION TRANSACTION READ ONLY")
+    cursor.close()
 
 
 def _sqlite_must_exist(path: Path, *_args: Any) -> None:

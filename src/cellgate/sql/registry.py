@@ -132,12 +132,14 @@ class EngineRegistry:
         *,
         timeout: float | None = None,
         create_missing: bool = False,
+        read_only: bool = False,
     ) -> Iterator[Engine]:
         """An engine of its own for one task, disposed when the block ends.
 
         ``timeout`` replaces both the connect and the per-query timeout (a
         check that must answer quickly); ``create_missing`` lets a SQLite file
-        and its directory be created (a first migration). See the module
+        and its directory be created (a first migration); ``read_only``
+        makes the server refuse writes (:func:`~cellgate.sql.engines.make_engine`). See the module
         docstring for why these engines are not shared.
         """
         with self._lock:
@@ -149,6 +151,7 @@ class EngineRegistry:
             query_timeout=self._query_timeout if timeout is None else timeout,
             pool_size=self._pool_size,
             create_missing=create_missing,
+            read_only=read_only,
         )
         try:
             yield engine
