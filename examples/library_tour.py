@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from _tour import say
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from cellgate import (
     App,
@@ -37,6 +37,7 @@ from cellgate import (
     admin,
     load_settings,
 )
+from cellgate.celldb import queries
 from cellgate.celldb.schema import InstanceRow
 
 #: The context that cache lookups here are made with.
@@ -95,7 +96,7 @@ def add_instance(app: App, cctx: RequestContext, name: str) -> None:
 
 def count_instances(app: App, cctx: RequestContext) -> int:
     with app.db.session(cctx) as session:
-        return session.scalar(select(func.count()).select_from(InstanceRow)) or 0
+        return queries.count_instances(session)  # live rows: soft-deleted ones left out
 
 
 def show(app: App, results: dict[str, CellResult[int]]) -> None:
@@ -135,7 +136,7 @@ def tour(tmp: Path) -> None:
                 for i in range(number):
                     add_instance(app, cctx, f"{name}-vm{i + 1}")
         with app.target_cell(ctx, "cell1") as cctx, app.db.session(cctx) as session:
-            rows = session.scalars(select(InstanceRow.name)).all()
+            rows = session.scalars(queries.select_instances(InstanceRow.name)).all()
         say(f"   cell1 holds: {', '.join(rows)}")
         assert cctx.cell is not None and ctx.cell is None
         say(f"   target_cell yields a copy naming {cctx.cell.name}; ctx.cell is still {ctx.cell}")

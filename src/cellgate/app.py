@@ -129,13 +129,39 @@ class App(Closing):
         self, ctx: RequestContext, cell: CellMapping | str
     ) -> Iterator[RequestContext]:
         """Yield a copy of ``ctx`` targeting ``cell`` (a mapping, name or uuid)."""
-        mapping = cell if isinstance(cell, CellMapping) else self.cells.get(ctx, cell)
+        (mapping,) = self.resolve_cells(ctx, [cell])
         yield ctx.for_cell(mapping)
+
+    def resolve_cells(
+        self, ctx: RequestContext, cells: Iterable[CellMapping | str]
+    ) -> list[CellMapping]:
+        """Mappings for ``cells``: mappings as given, names and uuids from the cache.
+
+        :raises CellNotFound: a name or uuid is no live cell.
+        :raises CellUnreadable: its mapping does not decrypt with the keys.
+        :raises TypeError: an item is neither a mapping nor a string (a caller bug).
+        """
+        if isinstance(cells, str | CellMapping):
+            raise TypeError(
+                "cells must be an iterable of CellMapping or cell names/uuids, "
+                f"not one {type(cells).__name__}"
+            )
+        out: list[CellMapping] = []
+        for cell in cells:
+            if isinstance(cell, CellMapping):
+                out.append(cell)
+            elif isinstance(cell, str):
+                out.append(self.cells.get(ctx, cell))
+            else:
+                raise TypeError(
+                    f"a cell is a CellMapping or a name or uuid, not {type(cell).__name__}"
+                )
+        return out
 
     def scatter_gather(
         self,
         ctx: RequestContext,
-        cells: Iterable[CellMapping] | None,
+        cells: Iterable[CellMapping | str] | None,
         fn: Callable[[RequestContext], T],
         *,
         timeout: float | None = None,
@@ -145,14 +171,19 @@ class App(Closing):
         """Run ``fn(cell_ctx)`` on every cell at once; one result per cell uuid.
 
         ``cells=None`` means every live cell, less cell0 and disabled cells
-        unless asked for; an explicit list is used as given. Returns by the
-        deadline even if a cell hangs.
+        unless asked for; an explicit list is used as given, each item a
+        :class:`CellMapping` or a cell name or uuid (resolved through the
+        mapping cache first: :meth:`resolve_cells`, whose typed errors a bad
+        name raises before any cell is asked). Returns by the deadline even
+        if a cell hangs.
         """
         if cells is None:
-            cells = self.cells.list(
+            chosen = self.cells.list(
                 ctx, include_disabled=include_disabled, include_cell0=include_cell0
             )
-        targets = {c.uuid: ctx.for_cell(c) for c in cells}
+        else:
+            chosen = self.resolve_cells(ctx, cells)
+        targets = {c.uuid: ctx.for_cell(c) for c in chosen}
         deadline = timeout if timeout is not None else self.settings.cells.scatter_timeout
         return self._fanout.scatter_gather(targets, fn, timeout=deadline)
 
@@ -165,7 +196,7 @@ class App(Closing):
         sort: Sequence[SortKey],
         limit: int,
         after: Sequence[Any] | None = None,
-        cells: Iterable[CellMapping] | None = None,
+        cells: Iterable[CellMapping | str] | None = None,
         prune_to_project: str | None = None,
         timeout: float | None = None,
     ) -> Listing[T]:
@@ -180,9 +211,14 @@ class App(Closing):
         the page needs it (``cellgate.routing.listing``); cells that fail or
         miss the one deadline are in ``Listing.down``. ``prune_to_project``
         asks only the cells that hold that project's instances (from the
-        instance mappings). ``cells=None``: every enabled cell but cell0.
+        instance mappings). ``cells=None``: every enabled cell but cell0;
+        given cells may be mappings, names or uuids (:meth:`resolve_cells`).
         """
-        chosen = list(cells) if cells is not None else self.cells.list(ctx, include_cell0=False)
+        chosen = (
+            self.resolve_cells(ctx, cells)
+            if cells is not None
+            else self.cells.list(ctx, include_cell0=False)
+        )
         deadline = timeout if timeout is not None else self.settings.cells.scatter_timeout
         started = time.monotonic()
         if prune_to_project is not None:

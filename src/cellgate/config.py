@@ -488,6 +488,9 @@ class Settings:
     service: ServiceSettings = (
         ServiceSettings()
     )  # the config file read, or None for the embedded default
+    #: A config file was read but sets no option (empty, or all commented out,
+    #: as ``config sample`` prints it): every value is the embedded default.
+    sets_nothing: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -548,7 +551,11 @@ def _build(
     values: dict[tuple[str, str], str], source: Path | None, env: Mapping[str, str]
 ) -> Settings:
     get = _Getter(values, source)
-    state_path = Path(get.text("DEFAULT", "state_path") or default_state_path(env)).expanduser()
+    # Absolute from here on: the default databases under it must not move with
+    # the working directory (a cell's SQLite file is refused if relative).
+    state_path = (
+        Path(get.text("DEFAULT", "state_path") or default_state_path(env)).expanduser().absolute()
+    )
     api_default = f"sqlite:///{state_path / 'api.sqlite'}"
     cell_default = f"sqlite:///{state_path / 'cellgate.sqlite'}"
     return Settings(
@@ -587,6 +594,7 @@ def _build(
             breaker_cooldown=get.number("cells", "breaker_cooldown"),
         ),
         source=source,
+        sets_nothing=source is not None and not values,
         rpc=RPCSettings(
             response_timeout=get.number("DEFAULT", "rpc_response_timeout"),
             connect_timeout=get.number("rpc", "connect_timeout"),

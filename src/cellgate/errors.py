@@ -24,6 +24,8 @@ passed in already masked.
      ├── BackendError                a server could not be used
      │    ├── BackendUnavailable     refused, reset, bad credentials
      │    │    └── CellUnavailable   ... and it belongs to a cell
+     │    │         ├── CellUnreadable  its mapping does not decrypt with the keys
+     │    │         └── DeleteUnconfirmed  the cell did not confirm a delete: outcome unknown
      │    ├── BackendTimeout         no answer within the deadline
      │    │    ├── CellTimeout
      │    │    └── DeadlineExceeded   the REST request's own deadline passed (504)
@@ -380,6 +382,49 @@ class BackendTimeout(BackendError):
 
 class CellUnavailable(BackendUnavailable):
     """A cell's database or transport is unavailable."""
+
+
+class CellUnreadable(CellUnavailable):
+    """A cell's mapping cannot be decrypted with the configured keys: that cell is unusable.
+
+    Raised for the one cell whose row is encrypted with a key that is not
+    configured, or was altered (``reason`` is the
+    :class:`EncryptionKeyError` message: it names the column and the key id,
+    never a value). The other cells are unaffected. Clients read only the
+    generic reason; operators find the row and the cause in ``str(exc)``, the
+    log line written when the mappings are loaded, and ``cell list``.
+    """
+
+    generic_reason = "is unavailable"
+
+    def __init__(self, *, cell: str, reason: str) -> None:
+        self.cell = cell
+        super().__init__(
+            component=f"cell {cell}",
+            reason=f"its mapping cannot be decrypted: {reason}",
+            hint=Hint.ADD_OLD_KEY,
+        )
+
+
+class DeleteUnconfirmed(CellUnavailable):
+    """A delete was sent towards a cell that did not confirm it: it may have been done.
+
+    The call failed or got no reply (``cause``: the cell's or the RPC's error),
+    so whether the cell deleted the instance is unknown; nothing was changed
+    in the API database. Deleting again is safe and converges: the cell
+    deletes the instance if it still has it, and the mapping is removed once
+    the cell confirms. Clients read exactly that, with no address.
+    """
+
+    def __init__(self, *, uuid: str, cell: str, cause: str) -> None:
+        self.uuid = uuid
+        self.cell = cell
+        public = (
+            f"did not confirm the delete of instance {uuid}, so its outcome is unknown; "
+            "retrying the delete is safe"
+        )
+        super().__init__(component=f"cell {cell}", reason=f"{public} ({cause})")
+        self.public_reason = public
 
 
 class CellTimeout(BackendTimeout):

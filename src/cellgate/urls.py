@@ -385,6 +385,8 @@ class DatabaseURL:
                 reason="the password contains an unencoded '@'",
                 hint=Hint.ENCODE_AT_SIGN,
             )
+        if url.port is not None and not 0 < url.port < 65536:  # as for transport URLs
+            raise InvalidURL(url=masked, reason="the port is not 1-65535")
         if "@" in (url.username or ""):  # "u@h:1/db?password=p@ss" reads as user "u@h"
             raise InvalidURL(
                 url=masked,
@@ -616,6 +618,12 @@ class TransportURL:
 def _transport_host(host: _Host, masked: str) -> TransportHost:
     if not host.hostname:
         raise InvalidURL(url=masked, reason="empty host name in the host list")
+    if host.password is not None and "@" in host.password:  # refused as in database URLs
+        raise InvalidURL(
+            url=masked,
+            reason="the password contains an unencoded '@'",
+            hint=Hint.ENCODE_AT_SIGN,
+        )
     port: int | None = None
     if host.port is not None:
         if not (host.port.isascii() and host.port.isdigit()) or not 0 < int(host.port) < 65536:

@@ -1,4 +1,4 @@
-"""The service on encrypted cell mappings: transparent with the key, 503 without it."""
+"""The service on encrypted cell mappings: transparent with the key, 503 for that cell without it."""
 
 from __future__ import annotations
 
@@ -67,10 +67,18 @@ def test_the_service_reads_encrypted_mappings_and_fails_clearly_without_the_key(
         (cell,) = response.json()["cells"]
         assert cell["name"] == "c1" and cell["transport_url"] == "rabbit://u:***@127.0.0.9:1/v"
 
+    # Without its key, the cell is listed (for admins: which row and why) but
+    # unavailable; the listing itself still answers (issue 12.9).
     with serving(settings_with(tmp_path, stranger)) as client:
         response = client.get("/v1/cells", headers=ADMIN)
         body = response.text
-        assert response.status_code == 503, body
-        assert f"encrypted with key {key_id(key)}" in response.json()["error"]["message"]
+        assert response.status_code == 200, body
+        (cell,) = response.json()["cells"]
+        assert f"encrypted with key {key_id(key)}" in cell["unreadable"]
+        assert cell["health"] == {"reachable": False, "error": "cell c1: is unavailable"}
+        one = client.get("/v1/cells/c1", headers=ADMIN)
+        assert one.status_code == 503 and one.json()["error"]["message"] == (
+            "cell c1: is unavailable"
+        )
         for secret in (key, stranger, PASSWORD, "p%40ss", "gAAAA"):
-            assert secret not in body
+            assert secret not in body and secret not in one.text

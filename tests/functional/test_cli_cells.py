@@ -130,6 +130,13 @@ def test_duplicate_name_and_uuid_are_conflicts(synced: Deployment) -> None:
         ("rabbit://u:hunter2secret@127.0.0.1:99999/", "sqlite:///x.db", "not 1-65535"),
         ("none:///", "sqlite:///x.db", "reserved for cell0"),
         ("memory://x", "sqlite:///{nope}", "unknown placeholder {nope}"),
+        # Issue 13.5: one set of rules for both URL kinds, and usable SQLite cells.
+        ("rabbit://u:hunter2@secret@127.0.0.1:5672/v", "sqlite:////tmp/n.db", "unencoded '@'"),
+        ("memory://x", "mysql+pymysql://u:hunter2secret@127.0.0.1:99999/db", "not 1-65535"),
+        ("memory://x", "postgresql://u:hunter2secret@127.0.0.1:0/db", "not 1-65535"),
+        ("memory://x", "sqlite://", "in-memory SQLite database cannot be a cell's"),
+        ("memory://x", "sqlite:///:memory:", "in-memory SQLite database cannot be a cell's"),
+        ("memory://x", "sqlite:///cells/x.db", "'cells/x.db' is relative"),
     ],
 )
 def test_invalid_input_is_one_line_exit_2_and_writes_nothing(
@@ -274,7 +281,8 @@ def test_db_sync_all_cells_keeps_going_past_a_broken_cell(synced: Deployment) ->
     assert rows["good2"]["current"] == head(MigrationLine.CELL)
     assert rows["broken"]["status"] == "failed"
     assert "127.0.0.1" in rows["broken"]["error"]
-    assert "broken: FAILED" in result.stderr
+    (failed,) = [line for line in result.stderr.splitlines() if line.startswith("broken ")]
+    assert failed.endswith(": FAILED") and "127.0.0.1" in failed  # names where (masked)
     versions = synced.json("db", "version", "--cell", "good1", "--cell", "good2")
     assert {v["current"] for v in versions} == {head(MigrationLine.CELL)}
 

@@ -136,7 +136,8 @@ def test_every_command_prints_its_documented_schema(deployment: Deployment) -> N
     _validate(_schema()["x-commands"]["db version"], [row])
     assert (row["name"], row["status"], row["current"]) == ("behind", "behind head", None)
     assert row["head"] == head(MigrationLine.CELL)
-    assert f"behind: behind head: at none (empty), head {row['head']}" in behind.stderr
+    assert f": behind head: at none (empty), head {row['head']}" in behind.stderr
+    assert behind.stderr.startswith("behind ")  # the cell, then where its database is
     assert "ok, at" not in behind.stderr
 
     synced = run("db", "sync", "--all-cells")

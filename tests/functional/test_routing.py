@@ -15,6 +15,7 @@ from sqlalchemy import func, select, text
 from cellgate import (
     App,
     CellMapping,
+    CellNotFound,
     CellTimeout,
     CellUnavailable,
     Failed,
@@ -26,8 +27,10 @@ from cellgate import (
 )
 from cellgate.apidb.mappings import create_cell, delete_cell, map_cell0
 from cellgate.apidb.updates import update_cell
+from cellgate.celldb import queries
 from cellgate.celldb.schema import InstanceRow
 from cellgate.errors import Hint
+from cellgate.keyset import SortKey
 from cellgate.migrations.runner import MigrationLine, upgrade
 from cellgate.sql.api_database import ApiDatabase
 from cellgate.sql.engines import make_engine
@@ -179,6 +182,68 @@ def test_scatter_gather_skips_cell0_and_disabled_unless_asked(
         RequestContext(), None, count, timeout=10, include_disabled=True, include_cell0=True
     )
     assert {app.cells.get(CTX, u).name for u in everything} == {"alpha", "beta", "gamma", "cell0"}
+
+
+def test_scatter_gather_takes_names_and_uuids_and_refuses_the_rest_typed(
+    cells: Cells,
+) -> None:
+    """Issue 13.10: a name gave a raw AttributeError; now it is resolved, or a typed error."""
+    app = cells.app
+    beta = app.cells.get(CTX, "beta")
+
+    def name(cctx: RequestContext) -> str | None:
+        assert cctx.cell is not None
+        return cctx.cell.name
+
+    results = app.scatter_gather(CTX, ["alpha", beta.uuid, app.cells.get(CTX, "gamma")], name)
+    assert sorted(r.value for r in results.values() if isinstance(r, Ok)) == [
+        "alpha",
+        "beta",
+        "gamma",
+    ]
+    assert beta.uuid in results
+    with pytest.raises(CellNotFound):
+        app.scatter_gather(CTX, ["alpha", "nope"], name)
+    with pytest.raises(TypeError, match="not one str"):
+        app.scatter_gather(CTX, "alpha", name)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not int"):
+        app.scatter_gather(CTX, [42], name)  # type: ignore[list-item]
+    listing = app.list_across_cells(
+        CTX,
+        lambda cctx, size, after: [],
+        values=lambda row: (row,),
+        sort=[SortKey("uuid")],
+        limit=5,
+        cells=["alpha", beta.uuid],
+    )
+    assert listing.asked == {app.cells.get(CTX, "alpha").uuid, beta.uuid}
+
+
+def test_cell_queries_leave_soft_deleted_rows_out_unless_asked(cells: Cells) -> None:
+    """Issue 13.10: the default is the safe one; deleted rows are an explicit opt-in."""
+    app = cells.app
+    with app.target_cell(CTX, "alpha") as cctx:
+        kept = _add_instance(app, cctx, "kept")
+        gone = _add_instance(app, cctx, "gone")
+        with app.db.session(cctx) as s:
+            assert queries.soft_delete_instance(s, gone)
+        with app.db.session(cctx) as s:
+            keys = queries.with_tiebreak([SortKey("name")])
+            listed = queries.list_instances(s, project_id=None, keys=keys, limit=10)
+            assert [i.uuid for i in listed] == [kept]
+            assert queries.count_instances(s) == 1
+            assert queries.get_instance(s, gone, project_id=None) is None
+            assert sorted(s.scalars(queries.select_instances(InstanceRow.name))) == ["kept"]
+
+            everything = queries.list_instances(
+                s, project_id=None, keys=keys, limit=10, include_deleted=True
+            )
+            assert [i.name for i in everything] == ["gone", "kept"]
+            assert queries.count_instances(s, include_deleted=True) == 2
+            found = queries.get_instance(s, gone, project_id=None, include_deleted=True)
+            assert found is not None and found.vm_state == "deleted"
+            names = s.scalars(queries.select_instances(InstanceRow.name, include_deleted=True))
+            assert sorted(names) == ["gone", "kept"]
 
 
 def test_dead_and_hung_cells_cost_only_their_deadline(cells: Cells, tmp_path: Path) -> None:

@@ -481,8 +481,10 @@ def test_sample_config_is_loadable_as_is(tmp_path: Path, home: Path) -> None:
     conf = write(tmp_path / "sample.conf", sample_config())
     settings = load_settings(conf, {"XDG_DATA_HOME": str(tmp_path / "x"), "HOME": str(home)})
     assert settings.source == conf
+    assert settings.sets_nothing  # all commented out: the CLI warns (issue 13.6)
     embedded = load_settings(None, {"XDG_DATA_HOME": str(tmp_path / "x"), "HOME": str(home)})
-    assert dataclasses.replace(settings, source=None) == embedded
+    assert not embedded.sets_nothing
+    assert dataclasses.replace(settings, source=None, sets_nothing=False) == embedded
 
 
 def test_sample_config_is_loadable_uncommented(tmp_path: Path, home: Path) -> None:

@@ -28,8 +28,10 @@ from cellgate.errors import (
     CellNotFound,
     CellTimeout,
     CellUnavailable,
+    CellUnreadable,
     ConfigError,
     DeadlineExceeded,
+    DeleteUnconfirmed,
     DuplicateCell,
     EncryptionKeyError,
     EndpointInUse,
@@ -85,6 +87,8 @@ TREE: dict[type[Exception], type[Exception]] = {
     BackendError: CellgateError,
     BackendUnavailable: BackendError,
     CellUnavailable: BackendUnavailable,
+    CellUnreadable: CellUnavailable,
+    DeleteUnconfirmed: CellUnavailable,
     BackendTimeout: BackendError,
     CellTimeout: BackendTimeout,
     DeadlineExceeded: BackendTimeout,
@@ -243,6 +247,27 @@ def test_backend_errors(cls: type[BackendError]) -> None:
     assert str(cls(component="API database", reason="timed out")) == "API database: timed out"
 
 
+def test_an_unconfirmed_delete_says_the_outcome_is_unknown_and_a_retry_is_safe() -> None:
+    err = DeleteUnconfirmed(uuid="u1", cell="cell2", cause="cell cell2 broker 10.0.0.5: reset")
+    assert "10.0.0.5" in str(err) and "10.0.0.5" not in err.public_message
+    assert err.public_message == (
+        "cell cell2: did not confirm the delete of instance u1, so its outcome is unknown; "
+        "retrying the delete is safe"
+    )
+    assert (err.uuid, err.cell) == ("u1", "cell2") and http._status(err) == 503
+
+
+def test_an_unreadable_cell_tells_operators_why_and_clients_nothing() -> None:
+    err = CellUnreadable(
+        cell="cell2",
+        reason="cell cell2 transport_url is encrypted with key 0a1b2c3d, which is not configured",
+    )
+    assert err.cell == "cell2" and err.component == "cell cell2"
+    assert "key 0a1b2c3d" in str(err) and "cannot be decrypted" in str(err)
+    assert err.public_message == "cell cell2: is unavailable"
+    assert http._status(err) == 503
+
+
 @pytest.mark.parametrize(
     ("cls", "generic"),
     [
@@ -396,6 +421,8 @@ def test_exit_code_values_are_the_documented_ones() -> None:
         (BackendTimeout(component="c", reason="r"), ExitCode.UNAVAILABLE),
         (CellUnavailable(component="c", reason="r"), ExitCode.UNAVAILABLE),
         (CellTimeout(component="c", reason="r"), ExitCode.UNAVAILABLE),
+        (CellUnreadable(cell="c", reason="r"), ExitCode.USAGE),  # the keys are at fault
+        (DeleteUnconfirmed(uuid="u", cell="c", cause="r"), ExitCode.UNAVAILABLE),
         (TransactionConflict(component="c", attempts=8, code="1213"), ExitCode.UNAVAILABLE),
         (MigrationError("m"), ExitCode.SCHEMA),
         (SchemaMismatch(component="c", current=None, expected="e", hint="h"), ExitCode.SCHEMA),
@@ -473,6 +500,8 @@ SAMPLES: list[CellgateError] = [
     BackendError(component="c", reason="r", hint=Hint.ASCII_PASSWORD),
     BackendUnavailable(component="c", reason="r"),
     CellUnavailable(component="c", reason="r"),
+    CellUnreadable(cell="c", reason="r"),
+    DeleteUnconfirmed(uuid="u", cell="c", cause="r"),
     BackendTimeout(component="c", reason="r"),
     CellTimeout(component="c", reason="r"),
     DeadlineExceeded(component="request", reason="r", public_reason="r"),

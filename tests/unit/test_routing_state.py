@@ -55,7 +55,7 @@ def _create(api: ApiDatabase, name: str) -> str:
             s,
             name=name,
             transport_url=f"memory://{name}",
-            database_connection=f"sqlite:///{name}.db",
+            database_connection=f"sqlite:////cellgate-never-opened/{name}.db",
             defaults=DEFAULTS,
         ).uuid
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cellgate.cli.hints import cli_hint
-from cellgate.errors import ConfigError, InvalidURL
+from cellgate.errors import ConfigError, Hint, InvalidURL
 from cellgate.urls import (
     DATABASE_SCHEMES,
     MASK,
@@ -954,3 +954,36 @@ def test_transport_url_refuses_an_at_after_a_question_mark() -> None:
     with pytest.raises(InvalidURL, match="after '\\?' or '#'") as info:
         TransportURL.parse("rabbit://u:pa?ss-7Hk2@h/v")
     assert "7Hk2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "rabbit://u:p@ss@127.0.0.1:5672/v",
+        "rabbit://u:ok@127.0.0.1:5672,u:p@ss@127.0.0.2:5672/v",
+        "amqp://u:@@127.0.0.1/",
+    ],
+)
+def test_a_raw_at_in_a_transport_password_is_refused_as_in_a_database_url(raw: str) -> None:
+    """Issue 13.5: the same rule for both URL kinds (percent-encode it as %40)."""
+    with pytest.raises(InvalidURL, match="unencoded '@'") as info:
+        TransportURL.parse(raw)
+    assert info.value.hint is Hint.ENCODE_AT_SIGN
+    assert "p@ss" not in str(info.value)
+    with pytest.raises(InvalidURL, match="unencoded '@'"):
+        DatabaseURL.parse("mysql+pymysql://u:p@ss@127.0.0.1/db")
+    assert TransportURL.parse("rabbit://u:p%40ss@127.0.0.1:5672/v").hosts[0].password == "p@ss"
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_database_and_transport_ports_share_one_range(port: str) -> None:
+    for raw in (
+        f"mysql+pymysql://u:pw@127.0.0.1:{port}/db",
+        f"postgresql+psycopg://u:pw@127.0.0.1:{port}/db",
+    ):
+        with pytest.raises(InvalidURL, match="not 1-65535"):
+            DatabaseURL.parse(raw)
+    with pytest.raises(InvalidURL, match="not 1-65535"):
+        TransportURL.parse(f"rabbit://u:pw@127.0.0.1:{port}/v")
+    for ok in ("1", "65535"):
+        assert DatabaseURL.parse(f"mysql+pymysql://u:pw@127.0.0.1:{ok}/db").hosts[0][1] == int(ok)

@@ -24,7 +24,7 @@ runs over many cells report a result per cell instead of stopping.
 CLI verb               function
 =====================  ===================================
 cell create            :func:`create_cell`
-cell list              :func:`list_cells`
+cell list              :func:`read_cells` (:func:`list_cells`: strict)
 cell show              :func:`show_cell`
 cell update            :func:`update_cell`, :func:`preview_update` (``--dry-run``)
 cell delete            :func:`delete_cell`
@@ -58,6 +58,7 @@ from cellgate.admin import datamigrations as datamigrations
 from cellgate.admin.archive import archive_deleted as archive_deleted
 from cellgate.admin.archive import purge_deleted as purge_deleted
 from cellgate.admin.cells import Cell0Mapping as Cell0Mapping
+from cellgate.admin.cells import CellListing as CellListing
 from cellgate.admin.cells import DeletedCell as DeletedCell
 from cellgate.admin.cells import cell_history as cell_history
 from cellgate.admin.cells import create_cell as create_cell
@@ -65,6 +66,7 @@ from cellgate.admin.cells import delete_cell as delete_cell
 from cellgate.admin.cells import list_cells as list_cells
 from cellgate.admin.cells import map_cell0 as map_cell0
 from cellgate.admin.cells import preview_update as preview_update
+from cellgate.admin.cells import read_cells as read_cells
 from cellgate.admin.cells import show_cell as show_cell
 from cellgate.admin.cells import update_cell as update_cell
 from cellgate.admin.credentials import ResealReport as ResealReport
@@ -109,6 +111,7 @@ from cellgate.admin.verify import verify_cells as verify_cells
 __all__ = [
     "Cell0Mapping",
     "CellDatabase",
+    "CellListing",
     "CellReport",
     "Check",
     "DatabaseOutcome",
@@ -147,6 +150,7 @@ __all__ = [
     "preview_update",
     "purge_deleted",
     "quickstart",
+    "read_cells",
     "reseal_cells",
     "resume_move",
     "rollback_move",

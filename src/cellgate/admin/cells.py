@@ -17,7 +17,7 @@ from typing import Any
 
 from cellgate.apidb import mappings, updates
 from cellgate.apidb.audit import AuditEntry
-from cellgate.apidb.mappings import CellMapping
+from cellgate.apidb.mappings import CellMapping, CellRead
 from cellgate.apidb.updates import CellUpdate
 from cellgate.app import App
 from cellgate.config import template_defaults
@@ -78,10 +78,55 @@ def create_cell(
 
 
 def list_cells(app: App, *, enabled_only: bool = False) -> list[CellMapping]:
-    """Live cells, cell0 first, then by name; read from the API database, not the cache."""
+    """Live cells, cell0 first, then by name; read from the API database, not the cache.
+
+    :raises EncryptionKeyError: a row does not decrypt with the configured
+        keys (:func:`read_cells` reports such rows instead of raising).
+    """
     app.api.require_current()
     with app.api.session() as session:
         return mappings.list_cells(session, include_disabled=not enabled_only)
+
+
+@dataclass(frozen=True)
+class CellListing:
+    """What :func:`read_cells` found: the cells, and the rows that do not decrypt."""
+
+    read: CellRead
+
+    @property
+    def cells(self) -> list[CellMapping]:
+        return self.read.cells
+
+    @property
+    def unreadable(self) -> list[mappings.UnreadableCell]:
+        return self.read.unreadable
+
+    @property
+    def complete(self) -> bool:
+        """True if every live row decrypted (``cell list`` exits 0)."""
+        return self.read.complete
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per live cell, cell0 first, then by name; ``unreadable`` is
+        ``None`` or why that row's URLs (then ``None``) could not be read."""
+        rows = [{**c.to_dict(), "unreadable": None} for c in self.read.cells]
+        rows += [c.to_dict() for c in self.read.unreadable]
+        return sorted(rows, key=lambda r: (not r["is_cell0"], r["name"] or "", r["uuid"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cells": self.rows(), "complete": self.complete}
+
+
+def read_cells(app: App, *, enabled_only: bool = False) -> CellListing:
+    """Like :func:`list_cells`, but a row that does not decrypt is reported, not raised.
+
+    One row sealed with a key that is not configured (or altered) must not
+    hide every other cell from the operator who has to fix it.
+    """
+    app.api.require_current()
+    with app.api.session() as session:
+        return CellListing(mappings.read_cells(session, include_disabled=not enabled_only))
 
 
 def show_cell(app: App, ident: str) -> CellMapping:

@@ -249,6 +249,8 @@ def _scan(app: App, ctx: RequestContext, timeout: float) -> _CellScan:
                 versions[worker.host] = min(
                     worker.version, versions.get(worker.host, worker.version)
                 )
+            # Every row, soft-deleted and hidden ones too, on purpose: a mapping
+            # of a deleted instance is not orphaned (celldb.queries leaves them out).
             instances = set(session.scalars(select(InstanceRow.uuid)))
     return _CellScan(
         revision,

@@ -43,7 +43,16 @@ from cellgate.apidb.schema import (
     MoveJobRow,
 )
 from cellgate.dbtypes import utcnow
-from cellgate.errors import CellInUse, CellNotFound, ConfigError, DuplicateCell, Hint, StaleCell
+from cellgate.errors import (
+    CellInUse,
+    CellNotFound,
+    ConfigError,
+    DuplicateCell,
+    EncryptionKeyError,
+    Hint,
+    InvalidURL,
+    StaleCell,
+)
 from cellgate.keyring import KeyRing, describe, session_ring, url_binding
 from cellgate.urls import NO_TRANSPORT, StoredURL, TemplateDefaults
 from cellgate.validation import control_character
@@ -95,6 +104,66 @@ class CellMapping:
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
+
+
+@dataclass(frozen=True)
+class UnreadableCell:
+    """A live cell mapping whose URLs do not decrypt with the configured keys.
+
+    What is known without its credentials: who it is and why it cannot be
+    read. ``reason`` is the :class:`EncryptionKeyError` message (the column
+    and the key id the row names; never a stored value), ``hint`` its key.
+    """
+
+    uuid: str
+    name: str | None
+    disabled: bool
+    version: int
+    encryption: str
+    reason: str
+    hint: Hint | None
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+
+    @property
+    def is_cell0(self) -> bool:
+        return self.uuid == CELL0_UUID
+
+    @property
+    def label(self) -> str:
+        return self.name or self.uuid
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape of :meth:`CellMapping.to_dict`, URLs ``None``, plus ``unreadable``."""
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "transport_url": None,
+            "database_connection": None,
+            "disabled": self.disabled,
+            "is_cell0": self.is_cell0,
+            "version": self.version,
+            "encryption": self.encryption,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "unreadable": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class CellRead:
+    """Every live cell mapping: those that decrypt, and those that do not.
+
+    :func:`read_cells` returns it so that one row sealed with a missing key,
+    or altered, costs only that cell, never the others.
+    """
+
+    cells: list[CellMapping]
+    unreadable: list[UnreadableCell]
+
+    @property
+    def complete(self) -> bool:
+        return not self.unreadable
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -192,8 +261,13 @@ def check_name(name: str, *, cell0: bool = False) -> str:
 def check_urls(
     transport_url: str, database_connection: str, defaults: TemplateDefaults, *, cell0: bool
 ) -> None:
-    """Reject a URL pair that could not be used, before anything is written."""
-    defaults.database_url(StoredURL(database_connection))
+    """Reject a URL pair that could not be used, before anything is written.
+
+    A cell's SQLite database must be a file named by an absolute path: an
+    in-memory database (``sqlite://``) forgets everything when its engine
+    closes, and a relative path moves with each process's working directory.
+    """
+    database = defaults.database_url(StoredURL(database_connection))
     transport = defaults.transport_url(StoredURL(transport_url))
     if transport.is_none and not cell0:
         raise ConfigError(
@@ -202,6 +276,20 @@ def check_urls(
         )
     if cell0 and not transport.is_none:
         raise ConfigError(f"cell0 has no message queue; its transport URL must be {NO_TRANSPORT}")
+    if database.backend == "sqlite":
+        path = database.database or ""
+        if path in ("", ":memory:") or path.startswith("file::memory:"):
+            raise InvalidURL(
+                url=str(database),
+                reason="an in-memory SQLite database cannot be a cell's database "
+                "(it forgets everything when it is closed); name a file by its absolute path",
+            )
+        if not (path.startswith("/") or path.startswith("file:/")):
+            raise InvalidURL(
+                url=str(database),
+                reason=f"the SQLite path {path!r} is relative (it would move with the "
+                "working directory); give an absolute path, sqlite:////abs/path.sqlite",
+            )
 
 
 def live_select() -> Select[CellMappingRow]:
@@ -235,14 +323,52 @@ def get_cell(session: Session, ident: str) -> CellMapping:
 
 
 def list_cells(session: Session, *, include_disabled: bool = True) -> list[CellMapping]:
-    """Live cells, cell0 first, then by name."""
+    """Live cells, cell0 first, then by name.
+
+    Strict: a row that does not decrypt raises its :class:`EncryptionKeyError`
+    (for tasks that must see every cell, such as ``db sync --all-cells``).
+    :func:`read_cells` reports such rows instead.
+    """
+    read = read_cells(session, include_disabled=include_disabled)
+    if read.unreadable:
+        first = read.unreadable[0]
+        raise EncryptionKeyError(first.reason, hint=first.hint)
+    return read.cells
+
+
+def read_cells(session: Session, *, include_disabled: bool = True) -> CellRead:
+    """Live cells, cell0 first, then by name; rows that do not decrypt set apart."""
     stmt = live_select()
     if not include_disabled:
         stmt = stmt.where(CellMappingRow.disabled.is_(False))
     rows = session.scalars(stmt).all()
     ring = keyring(session)
-    return sorted(
-        (from_row(r, ring) for r in rows), key=lambda c: (not c.is_cell0, c.name or "", c.uuid)
+    cells: list[CellMapping] = []
+    unreadable: list[UnreadableCell] = []
+    for row in rows:
+        try:
+            cells.append(from_row(row, ring))
+        except EncryptionKeyError as exc:
+            unreadable.append(unreadable_cell(row, exc))
+    order = _cell_order
+    return CellRead(sorted(cells, key=order), sorted(unreadable, key=order))
+
+
+def _cell_order(c: CellMapping | UnreadableCell) -> tuple[bool, str, str]:
+    return (not c.is_cell0, c.name or "", c.uuid)
+
+
+def unreadable_cell(row: CellMappingRow, error: EncryptionKeyError) -> UnreadableCell:
+    return UnreadableCell(
+        uuid=row.uuid,
+        name=row.name,
+        disabled=row.disabled,
+        version=row.version,
+        encryption=encryption_of(row),
+        reason=error.message,
+        hint=error.hint if isinstance(error.hint, Hint) else None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 

@@ -2,6 +2,17 @@
 
 Nothing here knows which cell it is in: routing happens before (``app.db
 .session(ctx)``), so the same functions serve every cell.
+
+**Soft-deleted rows are left out by default.** A deleted instance keeps its
+row (``deleted`` = its id, as in Nova) until ``db archive-deleted`` moves it
+away, and an instance being moved has a *hidden* copy in its target cell.
+Every function here reads live, visible rows only, unless the caller opts
+in with ``include_deleted=True`` (soft-deleted rows too; hidden copies are
+never the instance and are never returned). A query written by hand should
+start from :func:`select_instances`, which applies the same default: a bare
+``select(InstanceRow)`` sees deleted rows. The tasks that must see deleted
+and hidden rows, archive/purge (``celldb.archive``), moves (``celldb.rows``)
+and the upgrade checks, build their own statements on purpose and say so.
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from cellgate import keyset
@@ -94,19 +105,37 @@ def add_instance(
     return _instance(row)
 
 
-def _live() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    """Not deleted and not hidden: a hidden row is a move's copy, not the instance."""
-    return (InstanceRow.deleted == 0, InstanceRow.hidden.is_(False))
+def _live(*, include_deleted: bool = False) -> tuple[ColumnElement[bool], ...]:
+    """Not deleted (unless asked) and not hidden: a hidden row is a move's copy."""
+    visible = InstanceRow.hidden.is_(False)
+    return (visible,) if include_deleted else (InstanceRow.deleted == 0, visible)
 
 
-def get_instance(session: Session, uuid: str, *, project_id: str | None) -> Instance | None:
+def select_instances(*columns: ColumnElement[Any], include_deleted: bool = False) -> Select[Any]:
+    """``SELECT`` on ``instances`` (whole rows, or ``columns``), live rows only by default.
+
+    The safe start for a hand-written query (see the module docstring):
+    ``session.scalars(select_instances(InstanceRow.name))``.
+    """
+    stmt: Select[Any] = select(*columns) if columns else select(InstanceRow)
+    if columns:
+        stmt = stmt.select_from(InstanceRow)
+    return stmt.where(*_live(include_deleted=include_deleted))
+
+
+def get_instance(
+    session: Session, uuid: str, *, project_id: str | None, include_deleted: bool = False
+) -> Instance | None:
     """The live instance ``uuid``; ``None`` if missing or (with a project) not the project's.
 
     A hidden row (the copy of an instance moving here, or what is left of one
     that moved away) answers ``None``, so a caller routed by a stale mapping
-    looks the instance up again.
+    looks the instance up again. ``include_deleted`` also finds a
+    soft-deleted row (``vm_state`` ``deleted``).
     """
-    stmt = select(InstanceRow).where(InstanceRow.uuid == uuid, *_live())
+    stmt = select(InstanceRow).where(
+        InstanceRow.uuid == uuid, *_live(include_deleted=include_deleted)
+    )
     if project_id is not None:
         stmt = stmt.where(InstanceRow.project_id == project_id)
     row = session.scalars(stmt).first()
@@ -127,14 +156,15 @@ def list_instances(
     keys: Sequence[SortKey],
     limit: int,
     after: Sequence[Any] | None = None,
+    include_deleted: bool = False,
 ) -> list[Instance]:
     """Live, visible instances sorted by ``keys``, strictly after the values ``after``.
 
     ``keys`` must end in ``uuid`` (:func:`with_tiebreak`). The order is
     :mod:`cellgate.keyset`'s, the same on every backend, so pages of many
-    cells merge correctly.
+    cells merge correctly. ``include_deleted`` lists soft-deleted rows too.
     """
-    stmt = select(InstanceRow).where(*_live())
+    stmt = select_instances(include_deleted=include_deleted)
     if project_id is not None:
         stmt = stmt.where(InstanceRow.project_id == project_id)
     if after is not None:
@@ -143,8 +173,13 @@ def list_instances(
     return [_instance(r) for r in session.scalars(stmt)]
 
 
-def count_instances(session: Session) -> int:
-    stmt = select(func.count()).select_from(InstanceRow).where(*_live())
+def count_instances(session: Session, *, include_deleted: bool = False) -> int:
+    """How many live instances the cell holds (soft-deleted ones too if asked)."""
+    stmt = (
+        select(func.count())
+        .select_from(InstanceRow)
+        .where(*_live(include_deleted=include_deleted))
+    )
     return session.scalar(stmt) or 0
 
 

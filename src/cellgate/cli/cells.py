@@ -15,14 +15,18 @@ from cellgate import admin
 from cellgate.apidb.audit import local_actor
 from cellgate.apidb.updates import CellUpdate
 from cellgate.cli.exit_codes import ExitCode, exit_code_for
-from cellgate.cli.hints import cli_hint
+from cellgate.cli.hints import cli_hint, cli_message
 from cellgate.cli.keys import KEY_COMMANDS, one_or_all
 from cellgate.cli.misc import CELL_COLUMNS
 from cellgate.cli.moves import cell_drain
 from cellgate.cli.render import change_text, emit_fields, emit_json, emit_table
 from cellgate.cli.state import CliState, pass_state
+from cellgate.errors import EncryptionKeyError
+from cellgate.urls import redact
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+#: What ``cell list`` shows instead of the URLs of a row that does not decrypt.
+UNDECRYPTABLE = "UNDECRYPTABLE"
 
 
 @click.group()
@@ -65,9 +69,33 @@ def cell_create(
 @json_option
 @pass_state
 def cell_list(state: CliState, enabled_only: bool, as_json: bool) -> None:
-    """List live cells, cell0 first (URLs masked)."""
-    rows = [c.to_dict() for c in admin.list_cells(state.app, enabled_only=enabled_only)]
-    emit_json(rows) if as_json else emit_table(rows, CELL_COLUMNS)
+    """List live cells, cell0 first (URLs masked).
+
+    A row whose URLs do not decrypt with the configured keys is listed
+    without them (``UNDECRYPTABLE``; ``unreadable`` in JSON says why), one
+    error line per such row goes to stderr, and the exit code is 2.
+    """
+    listing = admin.read_cells(state.app, enabled_only=enabled_only)
+    rows = listing.rows()
+    if as_json:
+        emit_json(rows)
+    else:
+        emit_table(
+            [
+                r if r["unreadable"] is None else {**r, "transport_url": UNDECRYPTABLE}
+                for r in rows
+            ],
+            CELL_COLUMNS,
+        )
+    for bad in listing.unreadable:
+        error = EncryptionKeyError(bad.reason, hint=bad.hint)
+        click.echo(
+            f"cellgate: error: cell {bad.label} is listed without its URLs: "
+            f"{redact(cli_message(error))}",
+            err=True,
+        )
+    if not listing.complete:
+        click.get_current_context().exit(ExitCode.USAGE)  # partial output (docs/cli.md)
 
 
 @cell.command("show")

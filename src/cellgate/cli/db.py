@@ -36,6 +36,8 @@ def api_db() -> None:
 @pass_state
 def api_db_sync(state: CliState, revision: str, lock_timeout: float, as_json: bool) -> None:
     """Upgrade the API database schema."""
+    # Where, first (issue 13.6): an unedited config migrates the embedded default.
+    progress(f"API database {state.settings.api_database.connection}: upgrading to {revision}")
     with stop_on_signals("the API database sync") as stop:
         info = admin.sync_api(state.app, revision, lock_timeout=lock_timeout, stop=stop)
     if info.unchanged:
@@ -117,17 +119,19 @@ def db_version(
 
 
 def _report(outcome: admin.DatabaseOutcome) -> None:
-    label, result = outcome.database.label, outcome.result
+    """One line per database, naming where it is (masked; a template as stored)."""
+    database, result = outcome.database, outcome.result
+    where = f"{database.label} {database.stored}"
     if isinstance(result, Ok):
         info = result.value
         at = info.current or "none (empty)"
         if info.at_head:
             already = "already " if info.unchanged else ""
-            progress(f"{label}: ok, {already}at {at}")
+            progress(f"{where}: ok, {already}at {at}")
         else:  # not "ok": say where it is and where head is
-            progress(f"{label}: behind head: at {at}, head {info.head}")
+            progress(f"{where}: behind head: at {at}, head {info.head}")
     else:
-        progress(f"{label}: FAILED")
+        progress(f"{where}: FAILED")
 
 
 def _finish(outcomes: list[admin.DatabaseOutcome], as_json: bool) -> None:

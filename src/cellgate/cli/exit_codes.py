@@ -13,6 +13,7 @@ from cellgate.errors import (
     CellgateError,
     CellInUse,
     CellNotFound,
+    CellUnreadable,
     ConfigError,
     DuplicateCell,
     HostNotMapped,
@@ -31,7 +32,8 @@ from cellgate.errors import (
 class ExitCode(enum.IntEnum):
     OK = 0
     ERROR = 1  # unexpected error (a bug): re-run with --debug
-    USAGE = 2  # invalid usage or input (bad option, URL, template, config, encryption key)
+    USAGE = 2  # invalid usage or input (bad option, URL, template, config, encryption key);
+    # also `cell list` when it printed every row but some did not decrypt (partial output)
     NOT_FOUND = 3  # no such cell, host, instance or move job
     CONFLICT = 4  # duplicate name/uuid, in use, changed meanwhile, or already being moved
     UNAVAILABLE = 5  # a database or broker is unreachable or timed out (RPC timeouts too)
@@ -52,6 +54,7 @@ _TABLE: tuple[tuple[type[CellgateError], ExitCode], ...] = (
     (NovaImportConflict, ExitCode.CONFLICT),
     (CellInUse, ExitCode.CONFLICT),
     (StaleCell, ExitCode.CONFLICT),
+    (CellUnreadable, ExitCode.USAGE),  # the configured keys are at fault, not a server
     (BackendError, ExitCode.UNAVAILABLE),
     (RPCTimeout, ExitCode.UNAVAILABLE),
     (MigrationInterrupted, ExitCode.INTERRUPTED),

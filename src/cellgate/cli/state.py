@@ -30,6 +30,15 @@ class CliState:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(self.config_file)
+            if self._settings.sets_nothing:
+                # `config sample > cellgate.conf` then a command: say what it will use.
+                s = self._settings
+                click.echo(
+                    f"cellgate: warning: {s.source} sets no option (empty or all commented "
+                    f"out); using the embedded default: API database "
+                    f"{s.api_database.connection}, cell database {s.database.connection}",
+                    err=True,
+                )
         return self._settings
 
     @property

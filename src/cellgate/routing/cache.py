@@ -23,6 +23,11 @@ never refreshed. Here the cache:
   a false :class:`CellNotFound`;
 - says how old its snapshot is (``age``) and whether the last refresh failed
   (``refresh_failed``);
+- isolates a mapping that does not decrypt with the configured keys (a key
+  removed too early, an altered row): that one cell answers
+  :class:`CellUnreadable` (a 503 in the service) and is left out of
+  :meth:`MappingCache.list`; every other cell serves. Each load that finds
+  such a row logs a warning naming the row and why;
 - is owned by ``App``; ``invalidate()`` (what an in-process write does) drops
   the snapshot, so the next lookup loads synchronously, and a background
   refresh that started before the drop cannot bring the old answer back;
@@ -36,17 +41,24 @@ never refreshed. Here the cache:
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cellgate import forksafe
-from cellgate.apidb.mappings import CellMapping, list_cells, normalize_uuid, read_generation
+from cellgate.apidb.mappings import (
+    CellMapping,
+    UnreadableCell,
+    normalize_uuid,
+    read_cells,
+    read_generation,
+)
 from cellgate.context import RequestContext
-from cellgate.errors import CellgateError, CellNotFound
+from cellgate.errors import CellgateError, CellNotFound, CellUnreadable
 from cellgate.sql.api_database import ApiDatabase
 from cellgate.urls import redact
 
@@ -68,15 +80,32 @@ class _Snapshot:
     cells: tuple[CellMapping, ...]
     by_uuid: dict[str, CellMapping] = field(default_factory=dict)
     by_name: dict[str, CellMapping] = field(default_factory=dict)
+    #: Live mappings that do not decrypt, by uuid and by name.
+    unreadable: dict[str, UnreadableCell] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, generation: int, loaded_at: float, cells: list[CellMapping]) -> _Snapshot:
+    def build(
+        cls,
+        generation: int,
+        loaded_at: float,
+        cells: list[CellMapping],
+        unreadable: Sequence[UnreadableCell] = (),
+    ) -> _Snapshot:
+        bad = {c.uuid: c for c in unreadable}
+        bad.update({c.name: c for c in unreadable if c.name})
         return cls(
             generation,
             loaded_at,
             tuple(cells),
             {c.uuid: c for c in cells},
             {c.name: c for c in cells if c.name},
+            bad,
+        )
+
+    def confirmed(self, loaded_at: float) -> _Snapshot:
+        """The same mappings, confirmed current at ``loaded_at``."""
+        return _Snapshot(
+            self.generation, loaded_at, self.cells, self.by_uuid, self.by_name, self.unreadable
         )
 
 
@@ -140,17 +169,21 @@ class MappingCache:
         ``ctx`` names the request in the log line of a miss; lookups are not
         scoped by project (cell mappings are global).
         """
-        found = self._lookup(self._current(), ident)
+        snap = self._current()
+        found = self._lookup(snap, ident)
         if found is not None:
             self.hits += 1
             return found
+        self._refuse_unreadable(snap, ident)
         self.misses += 1
         now = self._clock()
         if self._negative.get(ident, 0.0) > now:
             raise CellNotFound(ident=ident)
         log.debug("%s: cell %r not cached; reloading mappings", ctx.request_id, ident)
-        found = self._lookup(self._load_now(force=True), ident)
+        snap = self._load_now(force=True)
+        found = self._lookup(snap, ident)
         if found is None:
+            self._refuse_unreadable(snap, ident)
             if len(self._negative) >= _NEGATIVE_LIMIT:
                 self._negative.clear()
             self._negative[ident] = now + min(self._ttl, _NEGATIVE_TTL)
@@ -166,6 +199,11 @@ class MappingCache:
             for c in self._current().cells
             if (include_disabled or not c.disabled) and (include_cell0 or not c.is_cell0)
         ]
+
+    def unreadable(self, ctx: RequestContext) -> builtins.list[UnreadableCell]:
+        """Live mappings that do not decrypt with the configured keys (cell0 first)."""
+        seen = {c.uuid: c for c in self._current().unreadable.values()}
+        return sorted(seen.values(), key=lambda c: (not c.is_cell0, c.name or "", c.uuid))
 
     def invalidate(self) -> None:
         """Forget everything; the next lookup reloads from the API database, synchronously."""
@@ -202,6 +240,13 @@ class MappingCache:
         self._closed = True
         self.invalidate()
         self.wait_refreshed(_CLOSE_WAIT)
+
+    @staticmethod
+    def _refuse_unreadable(snap: _Snapshot, ident: str) -> None:
+        as_uuid = normalize_uuid(ident)
+        bad = snap.unreadable.get(as_uuid or ident) or snap.unreadable.get(ident)
+        if bad is not None:
+            raise CellUnreadable(cell=bad.label, reason=bad.reason)
 
     @staticmethod
     def _lookup(snap: _Snapshot, ident: str) -> CellMapping | None:
@@ -322,10 +367,16 @@ class MappingCache:
         with self._api.session() as session:
             generation = read_generation(session)
             if current is not None and current.generation == generation:
-                return _Snapshot(
-                    generation, self._clock(), current.cells, current.by_uuid, current.by_name
-                )
-            return _Snapshot.build(generation, self._clock(), list_cells(session))
+                return current.confirmed(self._clock())
+            read = read_cells(session)
+        for bad in read.unreadable:
+            log.warning(
+                "cell %s (%s) is unavailable until its mapping decrypts: %s",
+                bad.label,
+                bad.uuid,
+                bad.reason,
+            )
+        return _Snapshot.build(generation, self._clock(), read.cells, read.unreadable)
 
     def _install(self, fresh: _Snapshot, epoch: int) -> bool:
         """Make ``fresh`` the snapshot, unless invalidated since ``epoch`` or older than ours."""

@@ -33,7 +33,7 @@ from starlette.routing import Match, Route
 
 from cellgate import deadline, keyset
 from cellgate.apidb.hosts import list_hosts
-from cellgate.apidb.mappings import CellMapping
+from cellgate.apidb.mappings import CellMapping, UnreadableCell
 from cellgate.app import App
 from cellgate.celldb.queries import SORT_KEYS
 from cellgate.config import ServiceSettings
@@ -42,8 +42,10 @@ from cellgate.errors import (
     BackendError,
     CellgateError,
     CellNotFound,
+    CellUnreadable,
     ConfigError,
     DeadlineExceeded,
+    DeleteUnconfirmed,
     EncryptionKeyError,
     HostNotMapped,
     InstanceMoving,
@@ -319,6 +321,8 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
             response = error_body(status, type(exc).__name__, exc.public_message)
             if isinstance(exc, TransactionConflict):  # nothing was written: safe to resend
                 response.headers["Retry-After"] = str(exc.retry_after)
+            elif isinstance(exc, DeleteUnconfirmed):  # the outcome is unknown: resend
+                response.headers["Retry-After"] = "1"
             return response
         # The REST API's own words: no CLI hint, no shell command (service.hints).
         return error_body(status, type(exc).__name__, rest_message(exc))
@@ -406,7 +410,10 @@ def create_api(app: App, settings: ServiceSettings) -> FastAPI:
     def cells(ctx: Admin) -> dict[str, Any]:
         with within(ctx):
             found = app.cells.list(ctx, include_disabled=True)
-            return {"cells": _with_health(app, ctx, found, settings, metrics)}
+            listed = _with_health(app, ctx, found, settings, metrics)
+            listed += [_unreadable(app, bad) for bad in app.cells.unreadable(ctx)]
+        listed.sort(key=lambda c: (not c["is_cell0"], c["name"] or "", c["uuid"]))
+        return {"cells": listed}
 
     @api.get("/v1/cells/{cell}", response_model=None, responses={200: {"model": CellOne}})
     def cell(cell: str, ctx: Admin) -> dict[str, Any]:
@@ -444,6 +451,16 @@ def _status(exc: Exception) -> int:
         if isinstance(exc, cls):
             return status
     return 500
+
+
+def _unreadable(app: App, bad: UnreadableCell) -> dict[str, Any]:
+    """A cell whose mapping does not decrypt: listed (for admins), never reachable."""
+    error = CellUnreadable(cell=bad.label, reason=bad.reason)
+    return {
+        **bad.to_dict(),
+        "health": {"reachable": False, "error": error.public_message},
+        "breaker": app.breakers.status(bad.uuid).to_dict(),
+    }
 
 
 def _with_health(

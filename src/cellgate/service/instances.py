@@ -36,7 +36,7 @@ from cellgate import deadline, keyset
 from cellgate.admin.versions import VersionCaps
 from cellgate.apidb import instances as mapping_db
 from cellgate.apidb import moves
-from cellgate.apidb.mappings import CellMapping, normalize_uuid
+from cellgate.apidb.mappings import CellMapping, UnreadableCell, normalize_uuid
 from cellgate.app import App
 from cellgate.celldb import queries
 from cellgate.config import ServiceSettings
@@ -46,10 +46,13 @@ from cellgate.errors import (
     BackendTimeout,
     CellgateError,
     CellTimeout,
+    CellUnreadable,
+    DeleteUnconfirmed,
     InstanceMoving,
     InstanceNotFound,
     NoValidCell,
     RemoteError,
+    RPCTimeout,
 )
 from cellgate.keyset import SortKey
 from cellgate.results import Failed, Ok, raise_bugs
@@ -391,11 +394,32 @@ class InstanceService:
         return cctx, canonical
 
     def delete(self, ctx: RequestContext, instance: str) -> None:
+        """Delete the instance; the mapping goes only once its cell confirmed it.
+
+        Idempotent: while the mapping is live, every delete asks the cell, and
+        a cell that no longer has the instance live (an earlier delete whose
+        answer was lost did it) confirms as well, so the request that removes
+        the mapping answers 204; afterwards the instance is unknown (404), as
+        for ``show``. A call that fails or gets no reply may still have been
+        carried out: that is :class:`DeleteUnconfirmed` (503, the mapping
+        left live, retrying safe), never a guess either way.
+        """
         for attempt in range(2):  # a second try after a stale location (the instance moved)
             cctx, canonical = self._locate_to_change(ctx, instance)
             assert cctx.cell is not None
-            with self.metrics.timed(cctx.cell, "delete"):
-                deleted = self._compute(cctx).call("delete", instance=canonical)
+            try:
+                with self.metrics.timed(cctx.cell, "delete"):
+                    deleted = self._compute(cctx).call("delete", instance=canonical)
+            except (BackendError, RPCTimeout) as exc:
+                log.warning(
+                    "request %s: instance %s: the delete is unconfirmed: %s",
+                    ctx.request_id,
+                    canonical,
+                    redact(str(exc)),
+                )
+                raise DeleteUnconfirmed(
+                    uuid=canonical, cell=cctx.cell.label, cause=redact(str(exc))
+                ) from exc
             if deleted or attempt:
                 break
             self.app.locator.forget(canonical)
@@ -456,7 +480,18 @@ class InstanceService:
             timeout=_bounded(ctx, self.settings.cell_timeout),
         )
         raise_bugs(listing.down.values())  # a 500 for this request, not a down cell
-        down = [c for c in cells if c.uuid in listing.down]
+        down: list[CellMapping | UnreadableCell] = [c for c in cells if c.uuid in listing.down]
+        # A mapping that does not decrypt is a down cell too: its instances are
+        # listed from their mappings, as for any cell that cannot be asked.
+        unreadable = [c for c in self.app.cells.unreadable(ctx) if not c.is_cell0]
+        reasons = {c.uuid: _reason(listing.down[c.uuid], ctx) for c in down}
+        reasons.update(
+            {
+                c.uuid: CellUnreadable(cell=c.label, reason=c.reason).public_message
+                for c in unreadable
+            }
+        )
+        down += unreadable
         for cell in cells:
             if cell.uuid in listing.asked:
                 self.metrics.cell_up(cell, cell.uuid not in listing.down)
@@ -477,15 +512,12 @@ class InstanceService:
                 seen.add(record["uuid"])
                 page.append(record)
         next_marker = page[-1]["uuid"] if len(page) == limit else None
-        down_cells = [
-            {"uuid": c.uuid, "name": c.name, "reason": _reason(listing.down[c.uuid], ctx)}
-            for c in down
-        ]
+        down_cells = [{"uuid": c.uuid, "name": c.name, "reason": reasons[c.uuid]} for c in down]
         return Page(page, down_cells, next_marker)
 
     def _minimal_records(
         self,
-        down: list[CellMapping],
+        down: Sequence[CellMapping | UnreadableCell],
         project: str | None,
         keys: Sequence[SortKey],
         after: Sequence[Any] | None,
@@ -513,13 +545,14 @@ class InstanceService:
         A page may end on a minimal record of a down cell, and that marker must
         still work: it is keyed exactly as the minimal record was.
         """
-        cctx, canonical = self._locate(ctx, marker)
+        canonical = normalize_uuid(marker) or marker
         try:
+            cctx, canonical = self._locate(ctx, marker)  # CellUnreadable: a down cell too
             found = self._fetch(cctx, canonical, self._project(ctx))
         except BackendError:
             with self.app.db.api_session() as api_session:
                 mapping = mapping_db.get_mapping(api_session, canonical)
-            if mapping is None:
+            if mapping is None or not (ctx.is_admin or mapping.project_id == ctx.project_id):
                 raise InstanceNotFound(uuid=marker) from None
             return _minimal_values(mapping, keys)
         if found is None:

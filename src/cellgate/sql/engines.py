@@ -149,6 +149,7 @@ def make_engine(
         # Within a request, each wait is bounded by what is left of its deadline too.
         event.listen(engine, "checkout", functools.partial(_mysql_bounded, query_timeout))
         event.listen(engine, "checkin", functools.partial(_mysql_unbounded, query_timeout))
+        event.listen(engine, "do_connect", _mysql_utf8_password)
     if url.backend == "postgresql":
         per_call = query_timeout + CLIENT_GRACE
         event.listen(engine, "do_connect", functools.partial(_pg_connect, per_call))
@@ -162,6 +163,19 @@ def make_engine(
         # Every transaction then begins as a read (a plain BEGIN on SQLite).
         return engine.execution_options(**{READ_ONLY: True})
     return engine
+
+
+def _mysql_utf8_password(
+    _dialect: Any, _record: Any, _cargs: list[Any], cparams: dict[str, Any]
+) -> None:
+    # PyMySQL encodes a str password as latin-1, so a non-ASCII password set
+    # through any UTF-8 client (CREATE USER ... IDENTIFIED BY 'pässwörd' over
+    # utf8mb4) never matched ("Access denied"), and one outside latin-1 could
+    # not even be sent. Bytes are sent as they are: send the UTF-8 the server
+    # hashed. ASCII passwords are the same bytes either way.
+    password = cparams.get("password")
+    if isinstance(password, str):
+        cparams["password"] = password.encode("utf-8")
 
 
 def _mysql_read_only(dbapi_connection: Any, _record: Any) -> None:
