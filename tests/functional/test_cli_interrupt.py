@@ -14,7 +14,7 @@ def test_ctrl_c_in_a_command_is_one_line_and_exit_130(monkeypatch: pytest.Monkey
     def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt  # what the terminal's Ctrl-C raises in the main thread
 
-    monkeypatch.setattr(admin, "list_cells", interrupted)
+    monkeypatch.setattr(admin, "read_cells", interrupted)
     result = CliRunner().invoke(cli, ["cell", "list"])
     assert result.exit_code == ExitCode.INTERRUPTED == 130
     assert result.stderr == "cellgate: interrupted\n"

@@ -208,7 +208,7 @@ def test_unexpected_errors_under_json(
         raise RuntimeError("a bug")
 
     sqlite_deployment.run("api-db", "sync")
-    monkeypatch.setattr(admin, "list_cells", broken)
+    monkeypatch.setattr(admin, "read_cells", broken)
     args = ["cell", "list", *([flag] if flag else [])]
     result = sqlite_deployment.run(*args, ok=False)
     assert result.exit_code == 1

@@ -161,7 +161,8 @@ def test_the_cli_reports_a_failed_verification_with_exit_7(cells: TwoCells) -> N
     assert result.exit_code == ExitCode.VERIFY_FAILED, result.output
     assert "stays in its source cell" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert _lines(result.stdout)[-1]["state"] == "failed"
+    *events, error = _lines(result.stdout)  # the JSON lines end with the error (docs/cli.md)
+    assert error["error"]["exit_code"] == 7 and events[-1]["state"] == "failed"
     with cells.app() as app:
         assert cells.assert_one_visible(app, uuid) == "cell1"
         assert not any(cells.rows_of(app, "cell2", uuid).values())

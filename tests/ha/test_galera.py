@@ -95,13 +95,17 @@ def api_db(galera: GaleraCluster, tmp_path: Path) -> Iterator[ApiOnGalera]:  # n
 def test_the_cluster_has_three_synced_nodes_that_replicate(
     galera: GaleraCluster,  # noqa: F811
     api_db: ApiOnGalera,
+    tmp_path: Path,
 ) -> None:
     for node in galera.nodes:
         assert node.status("wsrep_cluster_size") == "3"
         assert node.status("wsrep_local_state_comment") == "Synced"
     with api_db.app(SQL_PORTS[1]) as app:
         admin.create_cell(
-            app, name="seen", transport_url="memory://seen", database_connection="sqlite://"
+            app,
+            name="seen",
+            transport_url="memory://seen",
+            database_connection=f"sqlite:///{tmp_path}/seen.sqlite",  # never opened here
         )
     for node in range(3):  # written on node 2, read on each
         rows = api_db.query(node, "SELECT name FROM cell_mapping WHERE deleted = 0")

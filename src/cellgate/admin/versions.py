@@ -245,7 +245,10 @@ class VersionCaps:
         try:
             self.refresh(cells)
         except Exception as exc:  # a background thread: log, the cap stays as it was
-            log.warning("reading the workers' RPC versions failed: %s", exc)
+            if self._app.fanout.closed:  # the App closed under the read: nothing to report
+                log.debug("reading the workers' RPC versions ended with the App: %s", exc)
+            else:
+                log.warning("reading the workers' RPC versions failed: %s", exc)
         finally:
             now = self._clock()
             with self._lock:

@@ -215,6 +215,11 @@ class FanoutPool(Closing):
             overdue = self._settle(works.values())
         return {key: _result(key, work, timeout, overdue) for key, work in works.items()}
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (its owner is shutting down)."""
+        return self._closed
+
     def close(self) -> None:
         """Cancel queued work and let idle threads exit; never waits for hung ones.
 
