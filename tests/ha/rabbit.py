@@ -282,10 +282,27 @@ class RabbitCluster:
         self.wait_running(len(self.nodes))
 
     def close(self) -> list[str]:
-        """Kill every node; what is still running afterwards (should be nothing)."""
+        """Kill every node; what is still running afterwards (should be nothing).
+
+        A node's ``beam.smp`` is a child of the ``rabbitmq-server`` script that
+        leads its process group: it gets the group's SIGKILL too, but may take
+        a moment longer to exit (a large heap to unmap), and a ``rabbitmqctl``
+        still in flight runs a VM of its own. So anything of this cluster
+        still listed is killed by pid and waited for, within a bound.
+        """
         for node in self.nodes:
             node.kill()
-        return leftover_beams(self.base)
+        deadline = time.monotonic() + CLOSE_WAIT
+        while (left := leftover_beams(self.base)) and time.monotonic() < deadline:
+            for entry in left:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(entry.split()[1].rstrip(":")), signal.SIGKILL)
+            time.sleep(0.2)
+        return left
+
+
+#: Seconds ``close`` waits for this cluster's processes to be gone.
+CLOSE_WAIT = 15.0
 
 
 def _port_busy(port: int) -> bool:
