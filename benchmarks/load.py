@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.deploy import Servers, Vhost
+from benchmarks.report import emit_json
 from benchmarks.stats import Series
 from cellgate.config import TokenGrant, embedded_settings
 from cellgate.service.allinone import AllInOne
@@ -319,8 +320,5 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a benchmark run: one redacted line, not a traceback
         print(f"benchmarks load: {redact(str(exc))}", file=sys.stderr)
         return 1
-    text = json.dumps(result, indent=2, sort_keys=True)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.json)
     return 0

@@ -19,7 +19,6 @@ it is a ratio against, measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.deploy import Servers
+from benchmarks.report import emit_json
 from benchmarks.stats import Series
 from cellgate import App, RequestContext, admin, load_settings
 from cellgate.apidb import instances as mapping_db
@@ -169,8 +169,5 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a benchmark run: one redacted line, not a traceback
         print(f"benchmarks moves: {redact(str(exc))}", file=sys.stderr)
         return 1
-    text = json.dumps(result, indent=2, sort_keys=True)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.json)
     return 0

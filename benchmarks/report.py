@@ -208,3 +208,11 @@ def _fmt(value: float | None) -> str:
     if magnitude >= 1:
         return f"{value:.2f}"
     return f"{value:.3f}"
+
+
+def emit_json(result: dict[str, Any], path: str | None) -> None:
+    """Print a sub-command's result as JSON, and write it to ``path`` too if given."""
+    text = json.dumps(result, indent=2, sort_keys=True)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n", encoding="utf-8")

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 import pytest
-from click.testing import CliRunner, Result
 
-from cellgate.cli import cli
 from cellgate.config import Settings, load_settings
 from cellgate.sql.api_database import ApiDatabase
 from cellgate.urls import DatabaseURL, url_passwords
+from tests.cli_runner import CliUser
 from tests.support import Server
 
 
 @dataclass
-class Deployment:
+class Deployment(CliUser):
     """A config file pointing at fresh databases, and a way to run the CLI on it."""
 
     server: Server
@@ -29,24 +25,6 @@ class Deployment:
     api_url: DatabaseURL
     local_url: DatabaseURL
     secrets: list[str]
-
-    def run(self, *args: str, ok: bool = True) -> Result:
-        result = CliRunner().invoke(cli, ["--config-file", str(self.config_file), *args])
-        self.assert_no_secret(result.output)
-        assert "Traceback" not in result.output or "--debug" in args, result.output
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "--json").stdout)
-
-    def revealed(self, ident: str) -> Any:
-        """``cell show --reveal-secrets``: the one output allowed to hold passwords."""
-        args = ["--config-file", str(self.config_file), "cell", "show", ident]
-        result = CliRunner().invoke(cli, [*args, "--reveal-secrets", "--json"])
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
 
     def new_cell_url(self) -> DatabaseURL:
         url = self.server.new_database()
@@ -63,11 +41,6 @@ class Deployment:
             yield api
         finally:
             api.close()
-
-    def assert_no_secret(self, text: str) -> None:
-        for secret in self.secrets:
-            for form in {secret, quote(secret, safe="")}:
-                assert form not in text, f"password leaked into output: {text!r}"
 
 
 @pytest.fixture

@@ -1515,8 +1515,15 @@ NOVA2 = Secret("Nova cell2 broker", "nv2@:/%,#-Kq7t", "nova2u")
 NOVA_API = Secret("Nova API database", "nva%@:/#?-Kq7u", "novaapi")
 
 
-def _nova_api_database(path: Path, cells: list[tuple[str, str | None, str, str]]) -> str:
-    """A Nova-shaped API database (the tables cellgate reads) holding ``cells``."""
+def _nova_api_database(
+    path: Path, cells: list[tuple[str, str | None, str, str]], *, mappings: bool = True
+) -> str:
+    """A Nova-shaped API database (the tables cellgate reads) holding ``cells``.
+
+    ``cells`` are (uuid, name, transport_url, database_connection); with
+    ``mappings``, a host mapping in the second cell and instance mappings in
+    the second, the third and none.
+    """
     engine = create_engine(f"sqlite:///{path}")
     nova.api_metadata.create_all(engine)
     with engine.begin() as conn:
@@ -1534,18 +1541,19 @@ def _nova_api_database(path: Path, cells: list[tuple[str, str | None, str, str]]
                     }
                 ],
             )
-        conn.execute(insert(nova.host_mappings), [{"cell_id": 2, "host": "nova-compute-1"}])
-        conn.execute(
-            insert(nova.instance_mappings),
-            [
-                {
-                    "instance_uuid": f"aaaaaaaa-0000-4000-8000-00000000000{i}",
-                    "cell_id": cell,
-                    "project_id": "p",
-                }
-                for i, cell in enumerate((2, 3, None), start=1)
-            ],
-        )
+        if mappings:
+            conn.execute(insert(nova.host_mappings), [{"cell_id": 2, "host": "nova-compute-1"}])
+            conn.execute(
+                insert(nova.instance_mappings),
+                [
+                    {
+                        "instance_uuid": f"aaaaaaaa-0000-4000-8000-00000000000{i}",
+                        "cell_id": cell,
+                        "project_id": "p",
+                    }
+                    for i, cell in enumerate((2, 3, None), start=1)
+                ],
+            )
     engine.dispose()
     return f"sqlite:///{path}"
 
@@ -1600,32 +1608,6 @@ def test_nova_inspect_and_import_hide_every_password(tmp_path: Path, scanner: Sc
     w.every_way("nova", "inspect", "--nova-api-db", f"oracle://u:{NOVA_API.q}@h/x", expect=2)
 
 
-def _nova_api(tmp: Path, cells: list[tuple[str, str, str]]) -> str:
-    """A Nova API database (cellgate.nova.schema's tables) on SQLite, mapping ``cells``."""
-    from cellgate.nova import schema as nova
-
-    url = f"sqlite:///{tmp / 'nova_api.sqlite'}"
-    engine = make_engine(
-        DatabaseURL.parse(url), connect_timeout=2, query_timeout=2, create_missing=True
-    )
-    try:
-        nova.api_metadata.create_all(engine)
-        with engine.begin() as conn:
-            conn.execute(nova.alembic_version_api.insert().values(version_num=nova.API_HEAD))
-            for i, (name, db, mq) in enumerate(cells):
-                conn.execute(
-                    nova.cell_mappings.insert().values(
-                        uuid=f"0000000{i}-1111-4000-8000-000000000000",
-                        name=name,
-                        database_connection=db,
-                        transport_url=mq,
-                    )
-                )
-    finally:
-        engine.dispose()
-    return url
-
-
 def test_nova_verify_hides_every_password(tmp_path: Path, scanner: Scanner) -> None:
     """``nova verify``: findings quote URLs (down cells, templates, unsupported schemes)."""
     config = tmp_path / "cellgate.conf"
@@ -1635,28 +1617,33 @@ def test_nova_verify_hides_every_password(tmp_path: Path, scanner: Scanner) -> N
     )
     w = World(tmp_path, config, scanner)
     mysql = "mysql+pymysql://{s.user}:{s.q}@{at}/nova"
-    api = _nova_api(
-        tmp_path,
+    cells = [  # (name, database_connection, transport_url)
+        (
+            "down",
+            mysql.format(s=PCT, at=CLOSED.format(2)),
+            f"rabbit://{MULTI1.user}:{MULTI1.q}@{CLOSED.format(3)},"
+            f"{MULTI2.user}:{MULTI2.q}@{CLOSED.format(4)}/",
+        ),
+        (
+            "templated",
+            "{scheme}://{username}:{password}@{hostname}:{port}/cell_t",
+            "{scheme}://{username}:{password}@{hostname9}:{port}/",
+        ),
+        (
+            "unsupported",
+            f"oracle://{COLON.user}:{COLON.q}@127.0.0.8/x",
+            f"amqp://{HASH.user}:{HASH.q}@127.0.0.1:5672/",
+        ),
+        ("long", mysql.format(s=LONG, at=CLOSED.format(9)), "none:///"),
+        ("unicode", mysql.format(s=UNICODE, at=CLOSED.format(10)), "none:///"),
+    ]
+    api = _nova_api_database(
+        tmp_path / "nova_api.sqlite",
         [
-            (
-                "down",
-                mysql.format(s=PCT, at=CLOSED.format(2)),
-                f"rabbit://{MULTI1.user}:{MULTI1.q}@{CLOSED.format(3)},"
-                f"{MULTI2.user}:{MULTI2.q}@{CLOSED.format(4)}/",
-            ),
-            (
-                "templated",
-                "{scheme}://{username}:{password}@{hostname}:{port}/cell_t",
-                "{scheme}://{username}:{password}@{hostname9}:{port}/",
-            ),
-            (
-                "unsupported",
-                f"oracle://{COLON.user}:{COLON.q}@127.0.0.8/x",
-                f"amqp://{HASH.user}:{HASH.q}@127.0.0.1:5672/",
-            ),
-            ("long", mysql.format(s=LONG, at=CLOSED.format(9)), "none:///"),
-            ("unicode", mysql.format(s=UNICODE, at=CLOSED.format(10)), "none:///"),
+            (f"0000000{i}-1111-4000-8000-000000000000", name, mq, db)
+            for i, (name, db, mq) in enumerate(cells)
         ],
+        mappings=False,
     )
     defaults = (
         "--nova-database",

@@ -10,17 +10,13 @@ side.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
-from click.testing import CliRunner, Result
-
-from cellgate.cli import cli
 from cellgate.nova.urls import translate_database_url
 from cellgate.urls import DatabaseURL, url_passwords
+from tests.cli_runner import CliUser
 from tests.nova.deployment import Deployment
 from tests.support import Server
 
@@ -36,35 +32,13 @@ def nova_secrets(nova: Deployment) -> list[str]:
 
 
 @dataclass
-class Cellgate:
+class Cellgate(CliUser):
     """A cellgate config (API database of its own) beside ``nova``, and its CLI."""
 
     nova: Deployment
     config_file: Path
     api_url: DatabaseURL
     secrets: list[str] = field(default_factory=list)
-
-    def run(self, *args: str, ok: bool = True) -> Result:
-        result = CliRunner().invoke(cli, ["--config-file", str(self.config_file), *args])
-        self.assert_no_secret(result.output)
-        assert "Traceback" not in result.output, result.output
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "--json").stdout)
-
-    def revealed(self, ident: str) -> Any:
-        args = ["--config-file", str(self.config_file), "cell", "show", ident]
-        result = CliRunner().invoke(cli, [*args, "--reveal-secrets", "--json"])
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
-
-    def assert_no_secret(self, text: str) -> None:
-        for secret in self.secrets:
-            for form in {secret, quote(secret, safe="")}:
-                assert form not in text, f"password leaked into output: {text!r}"
 
 
 def cellgate_beside(
